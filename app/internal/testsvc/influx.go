@@ -1,0 +1,177 @@
+package testsvc
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
+)
+
+// Influx is a running InfluxDB OSS 1.8 with Flux enabled. It serves the same
+// /api/v2/write, /api/v2/query and /health endpoints as InfluxDB 2, with the
+// bucket "db/rp" and authentication off (an empty token is accepted).
+type Influx struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	conf string
+	Port int
+	p    *proc
+}
+
+// Database, RetentionPolicy and Bucket name the throw-away database.
+const (
+	Database        = "db"
+	RetentionPolicy = "rp"
+	Bucket          = Database + "/" + RetentionPolicy
+)
+
+// StartInflux starts influxd on free loopback ports with a fresh data
+// directory and creates the database; it is stopped when the test ends.
+func StartInflux(t testing.TB) *Influx {
+	t.Helper()
+	bin := binary(t, "IOTGW_INFLUXD", "influxd", repoTools())
+	in := &Influx{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
+	rpc := FreePort(t)
+	conf := fmt.Sprintf(`reporting-disabled = true
+bind-address = "127.0.0.1:%d"
+[meta]
+  dir = "%[2]s/meta"
+[data]
+  dir = "%[2]s/data"
+  wal-dir = "%[2]s/wal"
+  query-log-enabled = false
+  trace-logging-enabled = false
+[coordinator]
+  log-queries-after = "0s"
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:%[3]d"
+  auth-enabled = false
+  log-enabled = false
+  flux-enabled = true
+  max-body-size = 0
+[logging]
+  level = "warn"
+`, rpc, in.dir, in.Port)
+	in.conf = filepath.Join(in.dir, "influxd.conf")
+	if err := os.WriteFile(in.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in.Start()
+	t.Cleanup(func() { in.p.stop(syscall.SIGTERM) })
+	in.exec("CREATE DATABASE " + Database + " WITH NAME " + RetentionPolicy)
+	return in
+}
+
+// URL is the HTTP base URL.
+func (in *Influx) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", in.Port) }
+
+// Start (re)starts influxd on the same port and data and waits for /health.
+func (in *Influx) Start() {
+	in.t.Helper()
+	log := filepath.Join(in.dir, "influxd.log")
+	p, err := startProc(in.t, log, in.bin, "-config", in.conf)
+	if err != nil {
+		in.t.Fatalf("testsvc: influxd: %v", err)
+	}
+	if err := in.waitHealthy(p); err != nil {
+		p.stop(nil)
+		in.t.Fatalf("testsvc: influxd: %v\n%s", err, tail(log))
+	}
+	in.p = p
+}
+
+func (in *Influx) waitHealthy(p *proc) error {
+	deadline := time.Now().Add(2 * readyTimeout)
+	client := &http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(in.URL() + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("exited before it was ready")
+		case <-time.After(50 * time.Millisecond): // poll interval of a readiness check
+		}
+	}
+	return fmt.Errorf("/health not OK after %s", 2*readyTimeout)
+}
+
+// Stop shuts influxd down gracefully; Kill does not let it finish anything.
+func (in *Influx) Stop() { in.p.stop(syscall.SIGTERM) }
+
+// Kill stops influxd with SIGKILL.
+func (in *Influx) Kill() { in.p.stop(nil) }
+
+// exec runs an InfluxQL statement (1.8's /query) for setup only.
+func (in *Influx) exec(q string) {
+	in.t.Helper()
+	resp, err := http.PostForm(in.URL()+"/query", url.Values{"q": {q}})
+	if err != nil {
+		in.t.Fatalf("testsvc: influx %q: %v", q, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		in.t.Fatalf("testsvc: influx %q: %s", q, resp.Status)
+	}
+}
+
+// Query runs a Flux query through the v2 API (/api/v2/query) and returns
+// every record's values.
+func (in *Influx) Query(flux string) ([]map[string]any, error) {
+	client := influxdb2.NewClient(in.URL(), "")
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := client.QueryAPI("").Query(ctx, flux)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	var rows []map[string]any
+	for res.Next() {
+		rows = append(rows, res.Record().Values())
+	}
+	return rows, res.Err()
+}
+
+// CountFlux counts the points of a measurement's field over all time.
+func CountFlux(measurement, field string) string {
+	return fmt.Sprintf(`from(bucket: %q)
+  |> range(start: 0)
+  |> filter(fn: (r) => r._measurement == %q and r._field == %q)
+  |> group()
+  |> count()`, Bucket, measurement, field)
+}
+
+// Count returns how many points a measurement has for field.
+func (in *Influx) Count(measurement, field string) (int64, error) {
+	rows, err := in.Query(CountFlux(measurement, field))
+	if err != nil {
+		return 0, err
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	n, ok := rows[0]["_value"].(int64)
+	if !ok {
+		return 0, fmt.Errorf("count: unexpected value %#v", rows[0]["_value"])
+	}
+	return n, nil
+}
