@@ -1,0 +1,232 @@
+package app
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/influxdata/line-protocol/v2/lineprotocol"
+)
+
+var recv = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func mustMapper(t testing.TB, cfg MapperConfig) *Mapper {
+	t.Helper()
+	m, err := NewMapper(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestMapperJSON(t *testing.T) {
+	m := mustMapper(t, MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}})
+	tests := []struct {
+		name, topic, payload string
+		want                 string // line protocol, "" when an error is expected
+		reason               string
+	}{
+		{"device time ms", "sensors/site-1/dev-2/environment", `{"ts":1764158400123,"temperature":21.5,"humidity":40}`,
+			"environment,device=dev-2,gateway=gw-1,site=site-1 humidity=40,temperature=21.5 1764158400123000000\n", ""},
+		{"no ts uses receive time", "sensors/s/d/power", `{"battery":97.25,"charging":true,"state":"ok"}`,
+			"power,device=d,gateway=gw-1,site=s battery=97.25,charging=true,state=\"ok\" 1795694400000000000\n", ""},
+		{"rfc3339 ts", "sensors/s/d/m", `{"ts":"2026-11-26T10:00:00.5Z","v":1}`,
+			"m,device=d,gateway=gw-1,site=s v=1 1795687200500000000\n", ""},
+		{"null field skipped", "sensors/s/d/m", `{"v":1,"w":null}`,
+			"m,device=d,gateway=gw-1,site=s v=1 1795694400000000000\n", ""},
+		{"escaping", "sensors/s 1/d,2/m=x", `{"a b":"q\"x"}`,
+			"m=x,device=d\\,2,gateway=gw-1,site=s\\ 1 a\\ b=\"q\\\"x\" 1795694400000000000\n", ""},
+		{"not json", "sensors/s/d/m", `{"v":`, "", ReasonNotJSON},
+		{"trailing data", "sensors/s/d/m", `{"v":1} {"v":2}`, "", ReasonNotJSON},
+		{"array", "sensors/s/d/m", `[1,2]`, "", ReasonNotObject},
+		{"null payload", "sensors/s/d/m", `null`, "", ReasonNotObject},
+		{"number payload", "sensors/s/d/m", `42`, "", ReasonNotObject},
+		{"empty object", "sensors/s/d/m", `{}`, "", ReasonNoFields},
+		{"only ts", "sensors/s/d/m", `{"ts":1}`, "", ReasonNoFields},
+		{"nested object", "sensors/s/d/m", `{"v":{"x":1}}`, "", ReasonBadField},
+		{"array field", "sensors/s/d/m", `{"v":[1]}`, "", ReasonBadField},
+		{"huge number", "sensors/s/d/m", `{"v":1e999}`, "", ReasonBadField},
+		{"ts float", "sensors/s/d/m", `{"ts":1.5,"v":1}`, "", ReasonBadTS},
+		{"ts bool", "sensors/s/d/m", `{"ts":true,"v":1}`, "", ReasonBadTS},
+		{"ts garbage", "sensors/s/d/m", `{"ts":"yesterday","v":1}`, "", ReasonBadTS},
+		{"ts out of range", "sensors/s/d/m", `{"ts":99999999999999999,"v":1}`, "", ReasonBadTS},
+		{"bad utf8", "sensors/s/d/m", "{\"v\":\"\xff\"}", "", ReasonBadUTF8},
+		{"too large", "sensors/s/d/m", `{"v":"` + strings.Repeat("x", DefaultMaxPayload) + `"}`, "", ReasonTooLarge},
+		{"topic too short", "sensors/s/d", `{"v":1}`, "", ReasonBadTopic},
+		{"topic too long", "sensors/s/d/m/x", `{"v":1}`, "", ReasonBadTopic},
+		{"topic wrong prefix", "other/s/d/m", `{"v":1}`, "", ReasonBadTopic},
+		{"empty level", "sensors//d/m", `{"v":1}`, "", ReasonBadTopic},
+		{"control char in key", "sensors/s/d/m", "{\"v\\u0001\":1}", "", ReasonBadField},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			prefix := []byte("prev\n")
+			got, n, err := m.Append(prefix, Message{Topic: tt.topic, Payload: []byte(tt.payload), Received: recv}, FormatJSON)
+			if tt.reason != "" {
+				var de *DecodeError
+				if !errors.As(err, &de) || de.Reason != tt.reason {
+					t.Fatalf("err = %v, want reason %s", err, tt.reason)
+				}
+				if string(got) != "prev\n" || n != 0 {
+					t.Fatalf("buffer changed on error: %q", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 || string(got) != "prev\n"+tt.want {
+				t.Fatalf("got %d points %q\nwant %q", n, got, "prev\n"+tt.want)
+			}
+		})
+	}
+}
+
+func TestMapperLineProtocol(t *testing.T) {
+	m := mustMapper(t, MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}})
+	tests := []struct {
+		name, payload, want, reason string
+		n                           int
+	}{
+		{"two lines, one timed", "cpu,host=a usage=1.5 1700000000000000000\nmem,z=1 free=3i",
+			"cpu,gateway=gw-1,host=a usage=1.5 1700000000000000000\nmem,gateway=gw-1,z=1 free=3i 1795694400000000000\n", "", 2},
+		{"escaped tags kept", `m,k\ 1=v\,2 f="x y"`, "m,gateway=gw-1,k\\ 1=v\\,2 f=\"x y\" 1795694400000000000\n", "", 1},
+		{"no fields", "cpu,host=a", "", ReasonBadLine, 0},
+		{"bad field", "cpu v=abc", "", ReasonBadLine, 0},
+		{"second line bad", "cpu v=1\ncpu v=", "", ReasonBadLine, 0},
+		{"duplicate static tag", "cpu,gateway=x v=1", "", ReasonBadLine, 0},
+		{"empty", "\n\n", "", ReasonNoFields, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, n, err := m.Append(nil, Message{Topic: "any/topic", Payload: []byte(tt.payload), Received: recv}, FormatLine)
+			if tt.reason != "" {
+				var de *DecodeError
+				if !errors.As(err, &de) || de.Reason != tt.reason {
+					t.Fatalf("err = %v, want reason %s", err, tt.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != tt.n || string(got) != tt.want {
+				t.Fatalf("got %d %q\nwant %d %q", n, got, tt.n, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewMapperErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  MapperConfig
+		want string
+	}{
+		{"no measurement", MapperConfig{TopicPattern: "a/{site}"}, "no {_measurement}"},
+		{"twice", MapperConfig{TopicPattern: "{_measurement}/{_measurement}"}, "twice"},
+		{"dup tag", MapperConfig{TopicPattern: "{a}/{a}/{_measurement}"}, "appears twice"},
+		{"wildcard", MapperConfig{TopicPattern: "a/#/{_measurement}"}, "bad level"},
+		{"static clashes", MapperConfig{StaticTags: map[string]string{"site": "x"}}, "also a topic level"},
+		{"static empty value", MapperConfig{StaticTags: map[string]string{"gw": ""}}, "bad value"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewMapper(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	m := mustMapper(t, MapperConfig{TopicPattern: "plant/+/{line}", Measurement: "machine"})
+	got, _, err := m.Append(nil, Message{Topic: "plant/x/l1", Payload: []byte(`{"rpm":3}`), Received: recv}, FormatJSON)
+	if err != nil || string(got) != "machine,line=l1 rpm=3 1795694400000000000\n" {
+		t.Fatalf("fixed measurement: %q %v", got, err)
+	}
+}
+
+// FuzzMapper feeds arbitrary topics and payloads: the mapper must never
+// panic, and whatever it accepts must be valid line protocol.
+func FuzzMapper(f *testing.F) {
+	for _, s := range []string{`{"ts":1764158400123,"t":21.5}`, `{"v":"x","b":true}`, `{"ts":"2026-11-26T10:00:00Z","v":1}`,
+		`{`, `[]`, `{"v":{"x":1}}`, "cpu,host=a v=1 1700000000000000000", "m v=1i\nm v=2"} {
+		f.Add("sensors/s/d/m", []byte(s), false)
+		f.Add("sensors/s/d/m", []byte(s), true)
+	}
+	m := mustMapper(f, MapperConfig{StaticTags: map[string]string{"gateway": "gw"}})
+	f.Fuzz(func(t *testing.T, topic string, payload []byte, line bool) {
+		format := FormatJSON
+		if line {
+			format = FormatLine
+		}
+		out, n, err := m.Append(nil, Message{Topic: topic, Payload: payload, Received: recv}, format)
+		if err != nil {
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Reason == "" {
+				t.Fatalf("error without a reason: %v", err)
+			}
+			return
+		}
+		dec := lineprotocol.NewDecoderWithBytes(out)
+		lines := 0
+		for dec.Next() {
+			if _, err := dec.Measurement(); err != nil {
+				t.Fatalf("output %q: %v", out, err)
+			}
+			for {
+				k, _, err := dec.NextTag()
+				if err != nil {
+					t.Fatalf("output %q: %v", out, err)
+				}
+				if k == nil {
+					break
+				}
+			}
+			for {
+				k, _, err := dec.NextField()
+				if err != nil {
+					t.Fatalf("output %q: %v", out, err)
+				}
+				if k == nil {
+					break
+				}
+			}
+			if _, err := dec.Time(lineprotocol.Nanosecond, time.Time{}); err != nil {
+				t.Fatalf("output %q: %v", out, err)
+			}
+			lines++
+		}
+		if dec.Err() != nil || lines != n {
+			t.Fatalf("output %q: %d lines, reported %d, err %v", out, lines, n, dec.Err())
+		}
+	})
+}
+
+func BenchmarkMapperJSON(b *testing.B) {
+	m := mustMapper(b, MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}})
+	msg := Message{Topic: "sensors/site-01/dev-0003/environment",
+		Payload:  []byte(`{"ts":1764158400123,"temperature":21.37,"humidity":48.2,"pressure":1012.8,"battery":97.1}`),
+		Received: recv}
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		if buf, _, err = m.Append(buf[:0], msg, FormatJSON); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMapperLine(b *testing.B) {
+	m := mustMapper(b, MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}})
+	msg := Message{Topic: "lp/x", Payload: []byte("environment,site=s1,device=d3 temperature=21.37,humidity=48.2 1764158400123000000"), Received: recv}
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		if buf, _, err = m.Append(buf[:0], msg, FormatLine); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
