@@ -1,0 +1,426 @@
+// Package config loads the gateway's configuration: defaults, then a TOML
+// file, then IOTGW_* environment variables, then command-line flags (applied
+// by the caller). Every problem is reported with the key it concerns, before
+// anything connects.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/iot-gateway/iot-gateway/app"
+)
+
+// Sample is the documented sample configuration. Its values are the
+// defaults; a test keeps the two in step.
+//
+//go:embed sample.toml
+var Sample string
+
+// Config is the whole gateway configuration.
+type Config struct {
+	Gateway    Gateway    `toml:"gateway"`
+	MQTT       MQTT       `toml:"mqtt"`
+	Mapping    Mapping    `toml:"mapping"`
+	Influx     Influx     `toml:"influx"`
+	Spool      Spool      `toml:"spool"`
+	DeadLetter DeadLetter `toml:"deadletter"`
+	HTTP       HTTP       `toml:"http"`
+	Log        Log        `toml:"log"`
+}
+
+// Gateway identifies this gateway.
+type Gateway struct {
+	ID string `toml:"id"` // tag "gateway" on every point; empty = host name
+}
+
+// MQTT is the broker connection and subscriptions.
+type MQTT struct {
+	URL                  string   `toml:"url"`
+	ClientID             string   `toml:"client_id"`
+	Username             string   `toml:"username"`
+	Password             string   `toml:"password"`
+	QoS                  int      `toml:"qos"`
+	Topics               []string `toml:"topics"`
+	LineTopics           []string `toml:"line_topics"`
+	Connections          int      `toml:"connections"`
+	KeepAlive            Duration `toml:"keepalive"`
+	ConnectTimeout       Duration `toml:"connect_timeout"`
+	MaxReconnectInterval Duration `toml:"max_reconnect_interval"`
+	CAFile               string   `toml:"ca_file"`
+	CertFile             string   `toml:"cert_file"`
+	KeyFile              string   `toml:"key_file"`
+	InsecureSkipVerify   bool     `toml:"insecure_skip_verify"`
+}
+
+// Mapping is how topics and payloads become points.
+type Mapping struct {
+	TopicPattern string            `toml:"topic_pattern"`
+	Measurement  string            `toml:"measurement"`
+	MaxPayload   int               `toml:"max_payload"`
+	Tags         map[string]string `toml:"tags"`
+}
+
+// Influx is the InfluxDB 2 write target.
+type Influx struct {
+	URL              string   `toml:"url"`
+	Token            string   `toml:"token"`
+	Org              string   `toml:"org"`
+	Bucket           string   `toml:"bucket"`
+	BatchSize        int      `toml:"batch_size"`
+	FlushInterval    Duration `toml:"flush_interval"`
+	Timeout          Duration `toml:"timeout"`
+	MaxRetryInterval Duration `toml:"max_retry_interval"`
+	Gzip             bool     `toml:"gzip"`
+}
+
+// Spool is the durable queue between MQTT and InfluxDB.
+type Spool struct {
+	Dir           string `toml:"dir"`
+	MaxBytes      int64  `toml:"max_bytes"`
+	SegmentBytes  int64  `toml:"segment_bytes"`
+	Policy        string `toml:"policy"`
+	DegradedBytes int64  `toml:"degraded_bytes"`
+}
+
+// DeadLetter bounds the file of rejected messages.
+type DeadLetter struct {
+	MaxBytes int64 `toml:"max_bytes"`
+}
+
+// HTTP is the metrics and health listener.
+type HTTP struct {
+	Addr string `toml:"addr"`
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// Duration is a time.Duration written as "250ms" or "30s".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like 250ms or 30s", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration back.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the defaults, the same values sample.toml documents.
+func Default() Config {
+	return Config{
+		MQTT: MQTT{
+			URL:                  "tcp://127.0.0.1:1883",
+			ClientID:             "iotgw",
+			QoS:                  1,
+			Topics:               []string{"sensors/#"},
+			LineTopics:           []string{},
+			Connections:          1,
+			KeepAlive:            Duration{30 * time.Second},
+			ConnectTimeout:       Duration{10 * time.Second},
+			MaxReconnectInterval: Duration{30 * time.Second},
+		},
+		Mapping: Mapping{
+			TopicPattern: app.DefaultTopicPattern,
+			MaxPayload:   app.DefaultMaxPayload,
+			Tags:         map[string]string{},
+		},
+		Influx: Influx{
+			URL:              "http://127.0.0.1:8086",
+			Bucket:           "sensors",
+			BatchSize:        5000,
+			FlushInterval:    Duration{100 * time.Millisecond},
+			Timeout:          Duration{10 * time.Second},
+			MaxRetryInterval: Duration{30 * time.Second},
+			Gzip:             true,
+		},
+		Spool: Spool{
+			Dir:          "/var/lib/iotgw",
+			MaxBytes:     1 << 30,
+			SegmentBytes: 16 << 20,
+			Policy:       "block",
+		},
+		DeadLetter: DeadLetter{MaxBytes: 64 << 20},
+		HTTP:       HTTP{Addr: "127.0.0.1:9273"},
+		Log:        Log{Level: "info", Format: "text"},
+	}
+}
+
+// Load returns the defaults overlaid with the file at path (skipped when
+// path is empty) and then with the environment, as lookup reports it
+// (os.LookupEnv in production). It does not validate: flags may still
+// change values, so call Validate last.
+func Load(path string, lookup func(string) (string, bool)) (Config, error) {
+	c := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, err // *PathError: "open /etc/iotgw/gw.toml: no such file or directory"
+		}
+		// Tables present in the file replace the default map rather than
+		// merging into it; list-valued defaults likewise.
+		c.Mapping.Tags = nil
+		md, err := toml.Decode(string(b), &c)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
+		}
+		if un := md.Undecoded(); len(un) > 0 {
+			keys := make([]string, len(un))
+			for i, k := range un {
+				keys[i] = k.String()
+			}
+			return c, fmt.Errorf("%s: unknown key %s", path, strings.Join(keys, ", "))
+		}
+		if c.Mapping.Tags == nil {
+			c.Mapping.Tags = map[string]string{}
+		}
+	}
+	if err := c.applyEnv(lookup); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// envVar binds one environment variable to a config field.
+type envVar struct {
+	name string
+	set  func(c *Config, v string) error
+}
+
+func str(f func(c *Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *f(c) = v; return nil }
+}
+
+func list(f func(c *Config) *[]string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		var out []string
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		*f(c) = out
+		return nil
+	}
+}
+
+func integer(f func(c *Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", v)
+		}
+		*f(c) = n
+		return nil
+	}
+}
+
+// Env lists the environment variables the gateway reads, in the order they
+// are documented. The first twelve are a contract with the host's units.
+var Env = []envVar{
+	{"IOTGW_MQTT_URL", str(func(c *Config) *string { return &c.MQTT.URL })},
+	{"IOTGW_MQTT_CLIENT_ID", str(func(c *Config) *string { return &c.MQTT.ClientID })},
+	{"IOTGW_MQTT_USERNAME", str(func(c *Config) *string { return &c.MQTT.Username })},
+	{"IOTGW_MQTT_PASSWORD", str(func(c *Config) *string { return &c.MQTT.Password })},
+	{"IOTGW_MQTT_QOS", integer(func(c *Config) *int { return &c.MQTT.QoS })},
+	{"IOTGW_MQTT_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.Topics })},
+	{"IOTGW_INFLUX_URL", str(func(c *Config) *string { return &c.Influx.URL })},
+	{"IOTGW_INFLUX_TOKEN", str(func(c *Config) *string { return &c.Influx.Token })},
+	{"IOTGW_INFLUX_ORG", str(func(c *Config) *string { return &c.Influx.Org })},
+	{"IOTGW_INFLUX_BUCKET", str(func(c *Config) *string { return &c.Influx.Bucket })},
+	{"IOTGW_HTTP_ADDR", str(func(c *Config) *string { return &c.HTTP.Addr })},
+	{"IOTGW_SPOOL_DIR", str(func(c *Config) *string { return &c.Spool.Dir })},
+	{"IOTGW_MQTT_LINE_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.LineTopics })},
+	{"IOTGW_MQTT_CONNECTIONS", integer(func(c *Config) *int { return &c.MQTT.Connections })},
+	{"IOTGW_MQTT_CA_FILE", str(func(c *Config) *string { return &c.MQTT.CAFile })},
+	{"IOTGW_MQTT_CERT_FILE", str(func(c *Config) *string { return &c.MQTT.CertFile })},
+	{"IOTGW_MQTT_KEY_FILE", str(func(c *Config) *string { return &c.MQTT.KeyFile })},
+	{"IOTGW_GATEWAY_ID", str(func(c *Config) *string { return &c.Gateway.ID })},
+	{"IOTGW_LOG_LEVEL", str(func(c *Config) *string { return &c.Log.Level })},
+	{"IOTGW_LOG_FORMAT", str(func(c *Config) *string { return &c.Log.Format })},
+}
+
+func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
+	if lookup == nil {
+		return nil
+	}
+	for _, e := range Env {
+		v, ok := lookup(e.name)
+		if !ok {
+			continue
+		}
+		if err := e.set(c, v); err != nil {
+			return fmt.Errorf("environment %s: %w", e.name, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks every value and reports all problems, each naming its
+// key, joined into one error.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if u, err := url.Parse(c.MQTT.URL); err != nil || u.Host == "" {
+		bad("mqtt.url", "%q is not a URL like tcp://host:1883", c.MQTT.URL)
+	} else if s := u.Scheme; s != "tcp" && s != "mqtt" && s != "ssl" && s != "tls" && s != "mqtts" && s != "ws" && s != "wss" {
+		bad("mqtt.url", "scheme %q is not one of tcp, ssl, ws, wss", s)
+	}
+	if c.MQTT.ClientID == "" || len(c.MQTT.ClientID) > 23*8 {
+		bad("mqtt.client_id", "must be set (a stable id keeps the persistent session)")
+	}
+	if c.MQTT.QoS < 0 || c.MQTT.QoS > 2 {
+		bad("mqtt.qos", "%d is not 0, 1 or 2", c.MQTT.QoS)
+	}
+	if len(c.MQTT.Topics)+len(c.MQTT.LineTopics) == 0 {
+		bad("mqtt.topics", "at least one topic filter is needed")
+	}
+	for _, t := range append(append([]string{}, c.MQTT.Topics...), c.MQTT.LineTopics...) {
+		if err := validFilter(t); err != nil {
+			bad("mqtt.topics", "%q: %v", t, err)
+		}
+	}
+	if c.MQTT.Connections < 1 || c.MQTT.Connections > 64 {
+		bad("mqtt.connections", "%d is not between 1 and 64", c.MQTT.Connections)
+	} else if c.MQTT.Connections > 1 {
+		for _, t := range append(append([]string{}, c.MQTT.Topics...), c.MQTT.LineTopics...) {
+			if !strings.HasPrefix(t, "$share/") {
+				bad("mqtt.connections", "%d connections need shared subscriptions ($share/group/...), %q is not one", c.MQTT.Connections, t)
+			}
+		}
+	}
+	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
+		bad("mqtt.cert_file", "cert_file and key_file go together")
+	}
+	for key, f := range map[string]string{"mqtt.ca_file": c.MQTT.CAFile, "mqtt.cert_file": c.MQTT.CertFile, "mqtt.key_file": c.MQTT.KeyFile} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				bad(key, "%v", err)
+			}
+		}
+	}
+	positive := func(key string, d Duration) {
+		if d.Duration <= 0 {
+			bad(key, "must be positive")
+		}
+	}
+	positive("mqtt.keepalive", c.MQTT.KeepAlive)
+	positive("mqtt.connect_timeout", c.MQTT.ConnectTimeout)
+	positive("mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
+	if _, err := app.NewMapper(c.MapperConfig()); err != nil {
+		bad("mapping", "%v", err)
+	}
+	if c.Mapping.MaxPayload < 1 || c.Mapping.MaxPayload > 16<<20 {
+		bad("mapping.max_payload", "%d is not between 1 and 16 MiB", c.Mapping.MaxPayload)
+	}
+	if u, err := url.Parse(c.Influx.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("influx.url", "%q is not an http:// or https:// URL", c.Influx.URL)
+	}
+	if c.Influx.Bucket == "" {
+		bad("influx.bucket", "must be set")
+	}
+	if c.Influx.BatchSize < 1 || c.Influx.BatchSize > 100000 {
+		bad("influx.batch_size", "%d is not between 1 and 100000", c.Influx.BatchSize)
+	}
+	positive("influx.flush_interval", c.Influx.FlushInterval)
+	positive("influx.timeout", c.Influx.Timeout)
+	positive("influx.max_retry_interval", c.Influx.MaxRetryInterval)
+	if c.Spool.Dir == "" {
+		bad("spool.dir", "must be set")
+	}
+	if c.Spool.MaxBytes < 1<<20 {
+		bad("spool.max_bytes", "%d is below 1 MiB", c.Spool.MaxBytes)
+	}
+	if c.Spool.SegmentBytes < 64<<10 || c.Spool.SegmentBytes > c.Spool.MaxBytes {
+		bad("spool.segment_bytes", "%d is not between 64 KiB and spool.max_bytes", c.Spool.SegmentBytes)
+	}
+	if c.Spool.Policy != "block" && c.Spool.Policy != "drop-oldest" {
+		bad("spool.policy", "%q is not block or drop-oldest", c.Spool.Policy)
+	}
+	if c.Spool.DegradedBytes < 0 || c.Spool.DegradedBytes > c.Spool.MaxBytes {
+		bad("spool.degraded_bytes", "%d is not between 0 and spool.max_bytes", c.Spool.DegradedBytes)
+	}
+	if c.DeadLetter.MaxBytes < 4096 {
+		bad("deadletter.max_bytes", "%d is below 4096", c.DeadLetter.MaxBytes)
+	}
+	if c.HTTP.Addr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
+			bad("http.addr", "%q is not host:port", c.HTTP.Addr)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// validFilter checks an MQTT topic filter.
+func validFilter(f string) error {
+	if f == "" {
+		return errors.New("empty filter")
+	}
+	if strings.HasPrefix(f, "$share/") {
+		parts := strings.SplitN(f, "/", 3)
+		if len(parts) < 3 || parts[1] == "" || parts[2] == "" {
+			return errors.New("a shared subscription is $share/<group>/<filter>")
+		}
+		f = parts[2]
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if strings.Contains(l, "#") && (l != "#" || i != len(levels)-1) {
+			return errors.New("# must be a whole last level")
+		}
+		if strings.Contains(l, "+") && l != "+" {
+			return errors.New("+ must be a whole level")
+		}
+	}
+	return nil
+}
+
+// MapperConfig is the mapping section in the domain's terms; the gateway
+// id becomes the "gateway" tag.
+func (c *Config) MapperConfig() app.MapperConfig {
+	tags := map[string]string{}
+	for k, v := range c.Mapping.Tags {
+		tags[k] = v
+	}
+	id := c.Gateway.ID
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	if id != "" {
+		tags["gateway"] = id
+	}
+	return app.MapperConfig{
+		TopicPattern: c.Mapping.TopicPattern,
+		Measurement:  c.Mapping.Measurement,
+		StaticTags:   tags,
+		MaxPayload:   c.Mapping.MaxPayload,
+	}
+}

@@ -1,0 +1,119 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "gw.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func noEnv(string) (string, bool) { return "", false }
+
+// The sample documents the defaults: loading it must give exactly Default().
+func TestSampleIsTheDefaults(t *testing.T) {
+	c, err := Load(write(t, Sample), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Fatalf("sample.toml and Default() differ:\n%+v\n%+v", c, Default())
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range Env {
+		if !strings.Contains(Sample, e.name) {
+			t.Errorf("sample.toml does not document %s", e.name)
+		}
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	p := write(t, "[mqtt]\nurl = \"tcp://file:1883\"\nqos = 2\n[influx]\nbucket = \"file\"\nflush_interval = \"1s\"\n")
+	env := map[string]string{"IOTGW_MQTT_URL": "ssl://env:8883", "IOTGW_MQTT_TOPICS": "a/#, $share/g/b/+ ,", "IOTGW_INFLUX_TOKEN": ""}
+	c, err := Load(p, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.URL != "ssl://env:8883" || c.MQTT.QoS != 2 || c.Influx.Bucket != "file" ||
+		c.Influx.FlushInterval.Duration != time.Second || !reflect.DeepEqual(c.MQTT.Topics, []string{"a/#", "$share/g/b/+"}) {
+		t.Fatalf("unexpected %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("empty token must be accepted: %v", err)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name, body string
+		env        map[string]string
+		want       string
+	}{
+		{"unknown key", "[mqtt]\nurll = \"x\"\n", nil, "unknown key mqtt.urll"},
+		{"unknown table", "[mqttt]\nurl = \"x\"\n", nil, "unknown key mqttt"},
+		{"bad type", "[mqtt]\nqos = \"one\"\n", nil, "qos"},
+		{"bad duration", "[influx]\ntimeout = \"soon\"\n", nil, "not a duration"},
+		{"syntax", "[mqtt\n", nil, "gw.toml"},
+		{"bad env int", "", map[string]string{"IOTGW_MQTT_QOS": "high"}, "environment IOTGW_MQTT_QOS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, tt.body), func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := Load("/nonexistent/gw.toml", noEnv); err == nil || !strings.Contains(err.Error(), "open /nonexistent/gw.toml") {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(c *Config)
+		want string
+	}{
+		{"mqtt url", func(c *Config) { c.MQTT.URL = "localhost" }, "mqtt.url"},
+		{"mqtt scheme", func(c *Config) { c.MQTT.URL = "http://x:1" }, "mqtt.url: scheme"},
+		{"qos", func(c *Config) { c.MQTT.QoS = 3 }, "mqtt.qos"},
+		{"no topics", func(c *Config) { c.MQTT.Topics = nil }, "mqtt.topics"},
+		{"bad filter", func(c *Config) { c.MQTT.Topics = []string{"a/#/b"} }, "mqtt.topics"},
+		{"bad share", func(c *Config) { c.MQTT.Topics = []string{"$share/g"} }, "mqtt.topics"},
+		{"connections need share", func(c *Config) { c.MQTT.Connections = 2 }, "mqtt.connections"},
+		{"cert without key", func(c *Config) { c.MQTT.CertFile = "/x" }, "mqtt.cert_file"},
+		{"missing ca", func(c *Config) { c.MQTT.CAFile = "/nonexistent/ca.pem" }, "mqtt.ca_file"},
+		{"pattern", func(c *Config) { c.Mapping.TopicPattern = "a/{b}" }, "mapping"},
+		{"influx url", func(c *Config) { c.Influx.URL = "localhost:8086" }, "influx.url"},
+		{"bucket", func(c *Config) { c.Influx.Bucket = "" }, "influx.bucket"},
+		{"batch", func(c *Config) { c.Influx.BatchSize = 0 }, "influx.batch_size"},
+		{"flush", func(c *Config) { c.Influx.FlushInterval.Duration = 0 }, "influx.flush_interval"},
+		{"spool dir", func(c *Config) { c.Spool.Dir = "" }, "spool.dir"},
+		{"policy", func(c *Config) { c.Spool.Policy = "drop" }, "spool.policy"},
+		{"http", func(c *Config) { c.HTTP.Addr = "9273" }, "http.addr"},
+		{"log", func(c *Config) { c.Log.Level = "loud" }, "log.level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.edit(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
