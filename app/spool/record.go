@@ -1,0 +1,158 @@
+package spool
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Record layout on disk, all integers little endian:
+//
+//	offset 0  u32  payload length in bytes
+//	offset 4  u32  CRC-32C (Castagnoli) over bytes 8.. of the record
+//	offset 8  i64  append time, Unix nanoseconds
+//	offset 16      payload
+//
+// The checksum covers the timestamp and the payload. A corrupted length
+// field is caught either by the bound checks (longer than MaxRecordBytes or
+// than the rest of the file) or, when it still points inside the file, by the
+// checksum failing over the wrong span of bytes.
+const headerSize = 16
+
+// MaxRecordBytes is the largest payload a single record may carry. It bounds
+// what a damaged length field can make the reader allocate.
+const MaxRecordBytes = 16 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// appendRecord encodes one record onto buf.
+func appendRecord(buf, payload []byte, unixNanos int64) []byte {
+	var h [headerSize]byte
+	binary.LittleEndian.PutUint32(h[0:4], uint32(len(payload)))
+	binary.LittleEndian.PutUint64(h[8:16], uint64(unixNanos))
+	crc := crc32.Update(0, castagnoli, h[8:16])
+	crc = crc32.Update(crc, castagnoli, payload)
+	binary.LittleEndian.PutUint32(h[4:8], crc)
+	buf = append(buf, h[:]...)
+	return append(buf, payload...)
+}
+
+// header is a decoded record header.
+type header struct {
+	length int
+	crc    uint32 // stored checksum
+	tsCRC  uint32 // checksum of the timestamp bytes, to be continued over the payload
+	ts     int64
+}
+
+// size is the number of bytes the whole record takes on disk.
+func (h header) size() int64 { return headerSize + int64(h.length) }
+
+// corruptError describes where and why valid data ends in a segment.
+type corruptError struct {
+	off    int64
+	reason string
+}
+
+func (e *corruptError) Error() string {
+	return fmt.Sprintf("offset %d: %s", e.off, e.reason)
+}
+
+// ErrCorrupt is wrapped by errors about damaged records met while reading.
+var ErrCorrupt = errors.New("spool: corrupt record")
+
+func (e *corruptError) Unwrap() error { return ErrCorrupt }
+
+// parseHeader decodes and bounds-checks a header found at off in a segment
+// whose valid bytes end at end.
+func parseHeader(b []byte, off, end int64) (header, error) {
+	h := header{
+		length: int(binary.LittleEndian.Uint32(b[0:4])),
+		crc:    binary.LittleEndian.Uint32(b[4:8]),
+		ts:     int64(binary.LittleEndian.Uint64(b[8:16])),
+		tsCRC:  crc32.Update(0, castagnoli, b[8:16]),
+	}
+	if h.length > MaxRecordBytes {
+		return h, &corruptError{off, fmt.Sprintf("impossible record length %d", h.length)}
+	}
+	if rest := end - off - headerSize; int64(h.length) > rest {
+		return h, &corruptError{off, fmt.Sprintf("record of %d bytes but only %d left (torn write)", h.length, rest)}
+	}
+	return h, nil
+}
+
+// recordReader walks the records of one segment through a buffered reader
+// positioned at off. It never reads past end.
+type recordReader struct {
+	br  *bufio.Reader
+	off int64
+	end int64
+}
+
+// peek returns the next record's header without consuming it, io.EOF at a
+// clean end, or a *corruptError.
+func (r *recordReader) peek() (header, error) {
+	if r.off >= r.end {
+		return header{}, io.EOF
+	}
+	if r.end-r.off < headerSize {
+		return header{}, &corruptError{r.off, fmt.Sprintf("%d trailing bytes, shorter than a record header (torn write)", r.end-r.off)}
+	}
+	b, err := r.br.Peek(headerSize)
+	if err != nil {
+		return header{}, unexpected(err)
+	}
+	return parseHeader(b, r.off, r.end)
+}
+
+// read consumes the record whose header peek returned, copying its payload
+// into dst (len(dst) == h.length) and verifying the checksum.
+func (r *recordReader) read(h header, dst []byte) error {
+	if _, err := r.br.Discard(headerSize); err != nil {
+		return unexpected(err)
+	}
+	if _, err := io.ReadFull(r.br, dst); err != nil {
+		return unexpected(err)
+	}
+	if crc32.Update(h.tsCRC, castagnoli, dst) != h.crc {
+		return &corruptError{r.off, "checksum mismatch"}
+	}
+	r.off += h.size()
+	return nil
+}
+
+// skip consumes the record whose header peek returned, verifying the
+// checksum without keeping the payload.
+func (r *recordReader) skip(h header) error {
+	if _, err := r.br.Discard(headerSize); err != nil {
+		return unexpected(err)
+	}
+	crc := h.tsCRC
+	for left := h.length; left > 0; {
+		n := min(left, r.br.Size())
+		b, err := r.br.Peek(n)
+		if err != nil {
+			return unexpected(err)
+		}
+		crc = crc32.Update(crc, castagnoli, b)
+		_, _ = r.br.Discard(n)
+		left -= n
+	}
+	if crc != h.crc {
+		return &corruptError{r.off, "checksum mismatch"}
+	}
+	r.off += h.size()
+	return nil
+}
+
+// unexpected turns an EOF inside a range the file's size promised into an
+// error: the file shrank under us.
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

@@ -1,0 +1,952 @@
+// Package spool is the gateway's durable queue: a FIFO of checksummed
+// records in rotating segment files on local disk.
+//
+// The MQTT handler appends the line-protocol bytes of accepted messages,
+// Append fsyncs, and only then does the handler acknowledge the messages to
+// the broker. A single writer goroutine reads records in order in large
+// batches, writes them to InfluxDB and commits its position after a 2xx. On
+// restart everything not committed is read again; replays are harmless
+// because each record's timestamp is fixed when it enters the spool, so
+// InfluxDB overwrites the same points.
+//
+// # Why a hand-written log
+//
+// tidwall/wal has no per-record checksum, refuses to open (ErrCorrupt) on a
+// torn tail, keeps whole segments in memory and rewrites the segment on every
+// TruncateFront. bbolt is a copy-on-write B+tree whose mmap counts toward RSS
+// and whose freelist churns for a FIFO, with two fsyncs per commit. A FIFO of
+// checksummed records in rotating segment files is a few hundred lines and
+// does exactly what the gateway needs: one fsync per appended batch, reads
+// through a small buffer, and deleting a consumed segment is an unlink.
+//
+// # Files
+//
+// The directory holds segment files named after the sequence number of
+// their first record (%020d.seg), a checkpoint file with the committed
+// position, and a LOCK file. See record.go for the record layout and
+// checkpoint.go for the checkpoint.
+//
+// # Recovery
+//
+// Open scans every record from the checkpoint to the end. The first record
+// whose length is impossible or whose checksum fails ends the valid data:
+// the file is truncated there, later segments are deleted, a warning names
+// the file, offset and bytes cut, and Stats counts it. Since Append returns
+// (and the broker gets its ack) only after fsync, such a tail only ever
+// holds records nobody acknowledged. A missing or garbled checkpoint makes
+// Open start from the oldest segment.
+package spool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Policy says what Append does when the spool holds MaxBytes of
+// uncommitted data.
+type Policy string
+
+const (
+	// Block makes Append return ErrFull and write nothing; the caller stops
+	// acknowledging, so the broker keeps the messages.
+	Block Policy = "block"
+	// DropOldest discards the oldest uncommitted records, whole records at a
+	// time, until the new batch fits.
+	DropOldest Policy = "drop-oldest"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultSegmentBytes = 16 << 20
+	DefaultMaxBytes     = 1 << 30
+)
+
+// Options configure a Spool. The zero value of each field except Dir picks
+// a default.
+type Options struct {
+	Dir          string           // state directory, created 0700 if missing
+	SegmentBytes int64            // start a new segment once the current one holds this many bytes; default 16 MiB
+	MaxBytes     int64            // cap on bytes (headers included) appended but not committed; default 1 GiB
+	Policy       Policy           // Block (default) or DropOldest
+	Logger       *slog.Logger     // nil means slog.Default()
+	Now          func() time.Time // append timestamps; nil means time.Now
+}
+
+var (
+	// ErrFull is returned by Append under the Block policy when the batch
+	// would take the uncommitted bytes over MaxBytes, and under any policy
+	// when the batch alone is larger than MaxBytes. Nothing was written.
+	ErrFull = errors.New("spool: full")
+	// ErrClosed is returned by calls on a closed Spool.
+	ErrClosed = errors.New("spool: closed")
+)
+
+// Position is a place in the spool, between two records. Positions come
+// from Batch.End and go back to Commit; their fields are private.
+type Position struct {
+	seg uint64 // first sequence number of the segment, i.e. its name
+	off int64  // byte offset in the segment
+	seq uint64 // sequence number of the record at off
+}
+
+// String is for logs.
+func (p Position) String() string {
+	return fmt.Sprintf("%d@%020d.seg+%d", p.seq, p.seg, p.off)
+}
+
+// Batch is what Read returns. The records are freshly allocated and belong
+// to the caller.
+type Batch struct {
+	Records [][]byte
+	Oldest  time.Time // append time of the first record
+	End     Position  // pass to Commit once the records are delivered
+}
+
+// Stats is a snapshot of the spool's counters.
+type Stats struct {
+	Bytes          int64     // appended, not committed (headers included)
+	Records        int64     // appended, not committed
+	Oldest         time.Time // append time of the oldest uncommitted record; zero if none
+	Dropped        int64     // records discarded by DropOldest since Open
+	CorruptRecords int64     // damaged records cut off at Open
+	CorruptBytes   int64     // bytes cut off at Open, later segments included
+	Segments       int       // segment files on disk
+}
+
+type segment struct {
+	first uint64 // sequence number of its first record, and its name
+	size  int64  // bytes fsynced and visible to the reader
+}
+
+// Spool is safe for one goroutine calling Append, one goroutine calling
+// Read, Rewind and Commit, and any goroutine calling Stats.
+type Spool struct {
+	dir      string
+	segBytes int64
+	maxBytes int64
+	policy   Policy
+	log      *slog.Logger
+	now      func() time.Time
+	lock     *os.File
+	done     chan struct{} // closed by Close
+
+	appendMu sync.Mutex // serialises Append; guards the fields below
+	w        *os.File   // tail segment, open for writing
+	buf      []byte     // encoding buffer
+	dirty    bool       // w may hold bytes past the tail's size after a failed write
+	dropping bool       // DropOldest is discarding; logged once per episode
+
+	readMu sync.Mutex // serialises Read; guards rbr
+	rbr    *bufio.Reader
+
+	commitMu sync.Mutex // orders checkpoint writes
+
+	mu        sync.Mutex // guards everything below
+	closed    bool
+	segs      []segment // oldest first; the last one is the tail Append writes to
+	next      uint64    // sequence number of the next record appended
+	committed Position
+	readPos   Position
+	rf        *os.File // reader's current segment; opened and closed under mu
+	rfSeg     uint64
+	hf        *os.File // for header reads at the committed position
+	hfSeg     uint64
+	bytes     int64
+	records   int64
+	oldest    time.Time
+	dropped   int64
+	corruptN  int64
+	corruptB  int64
+	wake      chan struct{} // closed and replaced whenever records become readable
+}
+
+func (o Options) resolve() (Options, error) {
+	if o.Dir == "" {
+		return o, errors.New("spool: Options.Dir is empty")
+	}
+	switch {
+	case o.SegmentBytes < 0:
+		return o, fmt.Errorf("spool: Options.SegmentBytes is %d, must be positive (0 means %d)", o.SegmentBytes, DefaultSegmentBytes)
+	case o.SegmentBytes == 0:
+		o.SegmentBytes = DefaultSegmentBytes
+	}
+	switch {
+	case o.MaxBytes < 0:
+		return o, fmt.Errorf("spool: Options.MaxBytes is %d, must be positive (0 means %d)", o.MaxBytes, DefaultMaxBytes)
+	case o.MaxBytes == 0:
+		o.MaxBytes = DefaultMaxBytes
+	}
+	switch o.Policy {
+	case "":
+		o.Policy = Block
+	case Block, DropOldest:
+	default:
+		return o, fmt.Errorf("spool: Options.Policy is %q, want %q or %q", o.Policy, Block, DropOldest)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+// Open validates opts, creates the directory if needed, recovers from a
+// crash (see the package comment) and returns a spool ready to append to
+// and read from the committed position.
+func Open(opts Options) (*Spool, error) {
+	o, err := opts.resolve()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	lock, err := lockDir(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s := &Spool{
+		dir:      o.Dir,
+		segBytes: o.SegmentBytes,
+		maxBytes: o.MaxBytes,
+		policy:   o.Policy,
+		log:      o.Logger.With("spool", o.Dir),
+		now:      o.Now,
+		lock:     lock,
+		done:     make(chan struct{}),
+		wake:     make(chan struct{}),
+		rbr:      bufio.NewReaderSize(nil, 64<<10),
+	}
+	if err := s.recover(); err != nil {
+		if s.w != nil {
+			s.w.Close()
+		}
+		lock.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Spool) segPath(first uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%020d.seg", first))
+}
+
+// listSegments returns the first sequence numbers of the segment files in
+// dir, sorted.
+func listSegments(dir string) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var firsts []uint64
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".seg")
+		if !ok || len(name) != 20 || !e.Type().IsRegular() {
+			continue
+		}
+		n, err := strconv.ParseUint(name, 10, 64)
+		if err != nil {
+			continue
+		}
+		firsts = append(firsts, n)
+	}
+	slices.Sort(firsts)
+	return firsts, nil
+}
+
+// recover rebuilds the in-memory state from the directory.
+func (s *Spool) recover() error {
+	firsts, err := listSegments(s.dir)
+	if err != nil {
+		return err
+	}
+	ck, haveCk, ckErr := readCheckpoint(s.dir)
+	if ckErr != nil {
+		s.log.Warn("spool: checkpoint unreadable, replaying from the oldest segment", "err", ckErr)
+	}
+
+	// Where does uncommitted data start?
+	startIdx := 0
+	var start Position
+	if len(firsts) > 0 {
+		start = Position{seg: firsts[0], seq: firsts[0]}
+	}
+	switch {
+	case !haveCk:
+		if ckErr == nil && len(firsts) > 0 {
+			s.log.Info("spool: no checkpoint, replaying from the oldest segment", "segment", s.segPath(firsts[0]))
+		}
+	case len(firsts) == 0:
+		start = Position{seg: ck.seq, seq: ck.seq}
+	default:
+		i, found := slices.BinarySearch(firsts, ck.seg)
+		switch {
+		case !found && ck.seg < firsts[0]:
+			// Commit deletes consumed segments before a crash could save the
+			// checkpoint that points past them: everything left is newer.
+		case !found:
+			s.log.Warn("spool: checkpoint names a missing segment, replaying from the oldest segment", "checkpoint", ck.String())
+		default:
+			startIdx = i
+			ok, err := s.onBoundary(ck)
+			if err != nil {
+				return err
+			}
+			if ok {
+				start = ck
+			} else {
+				start = Position{seg: ck.seg, seq: ck.seg}
+				s.log.Warn("spool: checkpoint is not on a record boundary, replaying its whole segment", "checkpoint", ck.String())
+			}
+		}
+	}
+	for _, first := range firsts[:startIdx] {
+		if err := os.Remove(s.segPath(first)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	firsts = firsts[startIdx:]
+
+	seq := start.seq
+	for k, first := range firsts {
+		from := int64(0)
+		if k == 0 {
+			from = start.off
+		} else if first != seq {
+			if first < seq {
+				// Overlapping names cannot come from this code; cut here as
+				// if the data were damaged rather than serve records twice
+				// under one sequence number.
+				s.log.Warn("spool: segment name overlaps the previous segment; deleting it and later segments",
+					"file", s.segPath(first), "want_first", seq)
+				s.cutSegments(firsts[k:])
+				break
+			}
+			s.log.Warn("spool: records missing between segments", "file", s.segPath(first), "missing", first-seq)
+			seq = first
+		}
+		valid, n, oldest, cut, err := s.scanSegment(first, from)
+		if err != nil {
+			return err
+		}
+		if s.records == 0 && n > 0 {
+			s.oldest = oldest
+		}
+		s.segs = append(s.segs, segment{first: first, size: valid})
+		s.bytes += valid - from
+		s.records += n
+		seq += uint64(n)
+		if cut {
+			s.cutSegments(firsts[k+1:])
+			break
+		}
+	}
+	if len(s.segs) == 0 {
+		f, err := s.createSegment(seq)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		s.segs = []segment{{first: seq}}
+		start = Position{seg: seq, seq: seq}
+	}
+	s.next = seq
+	s.committed = s.normalize(start)
+	s.readPos = s.committed
+	tail := s.segs[len(s.segs)-1]
+	s.w, err = os.OpenFile(s.segPath(tail.first), os.O_RDWR, 0)
+	return err
+}
+
+// onBoundary reports whether p falls between two records of its segment,
+// walking the headers before it. A checkpoint is written only at
+// boundaries; this guards against a segment replaced underneath it.
+func (s *Spool) onBoundary(p Position) (bool, error) {
+	f, err := os.Open(s.segPath(p.seg))
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if p.off > fi.Size() {
+		return false, nil
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, p.off), 64<<10)
+	seq := p.seg
+	for off := int64(0); off < p.off; seq++ {
+		b, err := br.Peek(headerSize)
+		if err != nil {
+			return false, nil
+		}
+		h, err := parseHeader(b, off, p.off)
+		if err != nil {
+			return false, nil
+		}
+		if _, err := br.Discard(int(h.size())); err != nil {
+			return false, nil
+		}
+		off += h.size()
+	}
+	return seq == p.seq, nil
+}
+
+// scanSegment validates the records of a segment from offset from. If it
+// finds damage it truncates the file there, logs and counts it, and reports
+// cut. valid is the offset where good data ends, n the number of records
+// scanned and oldest the first one's append time.
+func (s *Spool) scanSegment(first uint64, from int64) (valid, n int64, oldest time.Time, cut bool, err error) {
+	path := s.segPath(first)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, 0, time.Time{}, false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, time.Time{}, false, err
+	}
+	size := fi.Size()
+	if from > size {
+		from = size
+	}
+	r := recordReader{br: bufio.NewReaderSize(io.NewSectionReader(f, from, size-from), 64<<10), off: from, end: size}
+	for {
+		h, err := r.peek()
+		if err == io.EOF {
+			return size, n, oldest, false, nil
+		}
+		if err == nil {
+			err = r.skip(h)
+		}
+		var ce *corruptError
+		if errors.As(err, &ce) {
+			if err := f.Truncate(ce.off); err != nil {
+				return 0, 0, time.Time{}, false, err
+			}
+			if err := f.Sync(); err != nil {
+				return 0, 0, time.Time{}, false, err
+			}
+			s.log.Warn("spool: damaged record, cut the segment there", "file", path,
+				"offset", ce.off, "reason", ce.reason, "bytes_cut", size-ce.off)
+			s.corruptN++
+			s.corruptB += size - ce.off
+			return ce.off, n, oldest, true, nil
+		}
+		if err != nil {
+			return 0, 0, time.Time{}, false, fmt.Errorf("read %s: %w", path, err)
+		}
+		if n == 0 {
+			oldest = time.Unix(0, h.ts)
+		}
+		n++
+	}
+}
+
+// cutSegments deletes segments that follow damaged data: their records can
+// no longer be numbered in order.
+func (s *Spool) cutSegments(firsts []uint64) {
+	for _, first := range firsts {
+		path := s.segPath(first)
+		var size int64
+		if fi, err := os.Stat(path); err == nil {
+			size = fi.Size()
+		}
+		if err := os.Remove(path); err != nil {
+			s.log.Error("spool: cannot delete segment after damaged data", "file", path, "err", err)
+			continue
+		}
+		s.corruptB += size
+		s.log.Warn("spool: deleted segment after damaged data", "file", path, "bytes_cut", size)
+	}
+}
+
+// createSegment creates an empty segment file and makes its name durable.
+func (s *Spool) createSegment(first uint64) (*os.File, error) {
+	path := s.segPath(first)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syncDir(s.dir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Append writes records as one group with a single fsync and returns once
+// they are durable. Either all records are appended or, on error, none is
+// visible to the reader. Under Block it returns ErrFull (wrapped with the
+// numbers) when they do not fit under MaxBytes; under DropOldest it first
+// discards the oldest uncommitted records to make room, and if the write
+// then fails those stay discarded. Disk errors (unwritable directory, no
+// space) are returned; once the disk recovers, later Appends work again.
+func (s *Spool) Append(records [][]byte) error {
+	if len(records) == 0 {
+		return nil
+	}
+	var size int64
+	for i, r := range records {
+		if len(r) > MaxRecordBytes {
+			return fmt.Errorf("spool: append: record %d is %d bytes, limit %d", i, len(r), MaxRecordBytes)
+		}
+		size += headerSize + int64(len(r))
+	}
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if s.bytes+size > s.maxBytes {
+		if s.policy == Block || size > s.maxBytes {
+			used := s.bytes
+			s.mu.Unlock()
+			return fmt.Errorf("%w: %d bytes uncommitted, batch of %d bytes, MaxBytes %d", ErrFull, used, size, s.maxBytes)
+		}
+		if err := s.dropFor(size); err != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("spool: append: dropping oldest records: %w", err)
+		}
+	} else if s.dropping {
+		s.dropping = false
+		s.log.Info("spool: below MaxBytes again, no longer dropping", "dropped_total", s.dropped)
+	}
+	tail := s.segs[len(s.segs)-1]
+	first := s.next
+	s.mu.Unlock()
+
+	if s.dirty {
+		// A failed write may have left a partial group behind; remove it
+		// before writing after it.
+		if err := s.w.Truncate(tail.size); err != nil {
+			return fmt.Errorf("spool: append: %w", err)
+		}
+		s.dirty = false
+	}
+	if tail.size >= s.segBytes {
+		f, err := s.createSegment(first)
+		if err != nil {
+			return fmt.Errorf("spool: append: %w", err)
+		}
+		s.w.Close()
+		s.w = f
+		tail = segment{first: first}
+		s.mu.Lock()
+		s.segs = append(s.segs, tail)
+		s.mu.Unlock()
+	}
+
+	ts := s.now().UnixNano()
+	buf := s.buf[:0]
+	for _, r := range records {
+		buf = appendRecord(buf, r, ts)
+	}
+	if cap(buf) <= 1<<20 {
+		s.buf = buf // keep small buffers only
+	} else {
+		s.buf = nil
+	}
+	_, err := s.w.WriteAt(buf, tail.size)
+	if err == nil {
+		err = s.w.Sync()
+	}
+	if err != nil {
+		if terr := s.w.Truncate(tail.size); terr != nil {
+			s.dirty = true
+		}
+		return fmt.Errorf("spool: append: %w", err)
+	}
+
+	s.mu.Lock()
+	s.segs[len(s.segs)-1].size += size
+	s.next += uint64(len(records))
+	s.bytes += size
+	if s.records == 0 {
+		s.oldest = time.Unix(0, ts)
+	}
+	s.records += int64(len(records))
+	close(s.wake)
+	s.wake = make(chan struct{})
+	s.mu.Unlock()
+	return nil
+}
+
+// dropFor discards the oldest uncommitted records until need more bytes
+// fit under MaxBytes. Called with mu held. The committed position moves
+// past them; the reader, if it is behind, jumps there on its next Read.
+func (s *Spool) dropFor(need int64) error {
+	var n int64
+	for s.bytes+need > s.maxBytes && s.records > 0 {
+		c := s.normalize(s.committed)
+		h, err := s.headerAt(c)
+		if err != nil {
+			return err
+		}
+		s.committed = Position{seg: c.seg, off: c.off + h.size(), seq: c.seq + 1}
+		s.bytes -= h.size()
+		s.records--
+		n++
+	}
+	s.dropped += n
+	if !s.dropping {
+		s.dropping = true
+		s.log.Warn("spool: MaxBytes reached, dropping the oldest records", "max_bytes", s.maxBytes, "dropped", n)
+	}
+	s.settle()
+	return nil
+}
+
+// settle runs after the committed position moved: catch the reader up,
+// delete consumed segments and refresh Oldest. Called with mu held.
+func (s *Spool) settle() {
+	s.committed = s.normalize(s.committed)
+	if s.readPos.seq < s.committed.seq {
+		s.readPos = s.committed
+	}
+	for len(s.segs) > 1 && s.segs[0].first < s.committed.seg {
+		first := s.segs[0].first
+		// The reader may still be reading this file (DropOldest can move
+		// past it); its descriptor stays valid after the unlink, and Read
+		// closes it when it moves on.
+		if s.hf != nil && s.hfSeg == first {
+			s.hf.Close()
+			s.hf = nil
+		}
+		if err := os.Remove(s.segPath(first)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// Left behind, it sits before the checkpoint and the next Open
+			// deletes it.
+			s.log.Warn("spool: cannot delete consumed segment", "err", err)
+		}
+		s.segs = slices.Delete(s.segs, 0, 1)
+	}
+	s.oldest = time.Time{}
+	if s.records > 0 {
+		h, err := s.headerAt(s.committed)
+		if err != nil {
+			s.log.Warn("spool: cannot read the oldest record's header", "err", err)
+			return
+		}
+		s.oldest = time.Unix(0, h.ts)
+	}
+}
+
+// headerAt reads the header of the record at p. Called with mu held.
+func (s *Spool) headerAt(p Position) (header, error) {
+	i := s.segIndex(p.seg)
+	if i < 0 {
+		return header{}, fmt.Errorf("position %s: no such segment", p)
+	}
+	if s.hf == nil || s.hfSeg != p.seg {
+		if s.hf != nil {
+			s.hf.Close()
+			s.hf = nil
+		}
+		f, err := os.Open(s.segPath(p.seg))
+		if err != nil {
+			return header{}, err
+		}
+		s.hf, s.hfSeg = f, p.seg
+	}
+	var b [headerSize]byte
+	if _, err := s.hf.ReadAt(b[:], p.off); err != nil {
+		return header{}, fmt.Errorf("read %s at %d: %w", s.hf.Name(), p.off, unexpected(err))
+	}
+	h, err := parseHeader(b[:], p.off, s.segs[i].size)
+	if err != nil {
+		return header{}, fmt.Errorf("%s: %w", s.hf.Name(), err)
+	}
+	return h, nil
+}
+
+func (s *Spool) segIndex(first uint64) int {
+	i, ok := slices.BinarySearchFunc(s.segs, first, func(g segment, f uint64) int {
+		switch {
+		case g.first < f:
+			return -1
+		case g.first > f:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return -1
+	}
+	return i
+}
+
+// normalize moves a position at the end of a sealed segment to the start
+// of the next one. Called with mu held.
+func (s *Spool) normalize(p Position) Position {
+	i := s.segIndex(p.seg)
+	for i >= 0 && i < len(s.segs)-1 && p.off >= s.segs[i].size {
+		i++
+		p = Position{seg: s.segs[i].first, seq: max(p.seq, s.segs[i].first)}
+	}
+	return p
+}
+
+// distance is the number of bytes between positions a <= b. Called with mu
+// held; both segments must exist.
+func (s *Spool) distance(a, b Position) int64 {
+	i, j := s.segIndex(a.seg), s.segIndex(b.seg)
+	if i == j {
+		return b.off - a.off
+	}
+	d := s.segs[i].size - a.off
+	for k := i + 1; k < j; k++ {
+		d += s.segs[k].size
+	}
+	return d + b.off
+}
+
+// Read returns the next unread records in order, at most maxRecords of
+// them and, past the first, at most maxBytes of payload (the first record
+// is returned even if it alone is larger). It blocks until at least one
+// record is readable or ctx is done. maxRecords <= 0 means 1000 and
+// maxBytes <= 0 means 1 MiB. Memory use is the batch plus a 64 KiB buffer.
+//
+// A record whose checksum fails here (the disk changed it after Open)
+// makes Read return an error wrapping ErrCorrupt, with any good records
+// before it returned first; restarting the gateway cuts the segment there.
+func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, error) {
+	if maxRecords <= 0 {
+		maxRecords = 1000
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20
+	}
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+
+	var b Batch
+	var arena []byte
+	payload := 0
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return Batch{}, ErrClosed
+		}
+		s.readPos = s.normalize(s.readPos)
+		if s.readPos.seq >= s.next {
+			if len(b.Records) > 0 {
+				s.mu.Unlock()
+				return b, nil
+			}
+			wake := s.wake
+			s.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return Batch{}, ctx.Err()
+			case <-s.done:
+				return Batch{}, ErrClosed
+			case <-wake:
+			}
+			continue
+		}
+		pos := s.readPos
+		end := s.segs[s.segIndex(pos.seg)].size
+		if s.rf == nil || s.rfSeg != pos.seg {
+			if s.rf != nil {
+				s.rf.Close()
+				s.rf = nil
+			}
+			f, err := os.Open(s.segPath(pos.seg))
+			if err != nil {
+				s.mu.Unlock()
+				return Batch{}, fmt.Errorf("spool: read: %w", err)
+			}
+			s.rf, s.rfSeg = f, pos.seg
+		}
+		f := s.rf
+		s.mu.Unlock()
+
+		s.rbr.Reset(io.NewSectionReader(f, pos.off, end-pos.off))
+		r := recordReader{br: s.rbr, off: pos.off, end: end}
+		full := false
+		got := 0
+		var rerr error
+		for len(b.Records) < maxRecords {
+			h, err := r.peek()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				rerr = err
+				break
+			}
+			if len(b.Records) > 0 && payload+h.length > maxBytes {
+				full = true
+				break
+			}
+			if len(arena) < h.length {
+				arena = make([]byte, max(h.length, min(maxBytes-payload, 256<<10)))
+			}
+			rec := arena[:h.length:h.length]
+			if err := r.read(h, rec); err != nil {
+				rerr = err
+				break
+			}
+			arena = arena[h.length:]
+			if len(b.Records) == 0 {
+				b.Oldest = time.Unix(0, h.ts)
+			}
+			b.Records = append(b.Records, rec)
+			payload += h.length
+			got++
+		}
+		s.rbr.Reset(nil)
+		pos.off, pos.seq = r.off, pos.seq+uint64(got)
+		s.mu.Lock()
+		if pos.seq > s.readPos.seq {
+			s.readPos = pos
+		}
+		s.mu.Unlock()
+		b.End = pos
+		if rerr != nil {
+			if len(b.Records) > 0 {
+				return b, nil
+			}
+			if s.isClosed() {
+				return Batch{}, ErrClosed
+			}
+			return Batch{}, fmt.Errorf("spool: read %s: %w", f.Name(), rerr)
+		}
+		if full || len(b.Records) >= maxRecords {
+			return b, nil
+		}
+	}
+}
+
+func (s *Spool) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Rewind makes the next Read start again at the committed position. The
+// writer calls it after a failed delivery, from the goroutine that reads.
+func (s *Spool) Rewind() {
+	s.mu.Lock()
+	s.readPos = s.committed
+	s.mu.Unlock()
+}
+
+// Commit records that everything up to end has been delivered: it releases
+// those bytes from the cap, deletes segment files that are fully consumed
+// and saves the position in the checkpoint file. A position at or before
+// the committed one (for instance because DropOldest moved past it) is
+// ignored. If the checkpoint cannot be saved the error is returned, but the
+// spool has still advanced in memory; a restart then replays from the last
+// saved checkpoint, which is harmless.
+func (s *Spool) Commit(end Position) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if end.seq <= s.committed.seq {
+		s.mu.Unlock()
+		return nil
+	}
+	if i := s.segIndex(end.seg); i < 0 || end.seq > s.next || end.off > s.segs[i].size {
+		s.mu.Unlock()
+		return fmt.Errorf("spool: commit %s: position is not in the spool", end)
+	}
+	s.bytes -= s.distance(s.committed, end)
+	s.records -= int64(end.seq - s.committed.seq)
+	s.committed = end
+	s.settle()
+	ck := s.committed
+	s.mu.Unlock()
+	if err := writeCheckpoint(s.dir, ck); err != nil {
+		return fmt.Errorf("spool: save checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the counters. Safe from any goroutine.
+func (s *Spool) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{
+		Bytes:          s.bytes,
+		Records:        s.records,
+		Oldest:         s.oldest,
+		Dropped:        s.dropped,
+		CorruptRecords: s.corruptN,
+		CorruptBytes:   s.corruptB,
+		Segments:       len(s.segs),
+	}
+}
+
+// Close wakes a blocked Read, waits for an Append in progress and releases
+// the files. Data is already durable; Close does not write. Calls after the
+// first return nil.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	s.mu.Unlock()
+
+	s.appendMu.Lock()
+	err := s.w.Close()
+	s.appendMu.Unlock()
+
+	s.mu.Lock()
+	for _, f := range []*os.File{s.rf, s.hf} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	s.rf, s.hf = nil, nil
+	s.mu.Unlock()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	if err != nil {
+		return fmt.Errorf("spool: close: %w", err)
+	}
+	return nil
+}
