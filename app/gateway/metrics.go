@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/iot-gateway/iot-gateway/app/spool"
+)
+
+// metrics are the gateway's Prometheus series, all prefixed iotgw_.
+type metrics struct {
+	received      *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	acked         prometheus.Counter
+	pointsSpooled prometheus.Counter
+	points        prometheus.Counter
+	batches       *prometheus.CounterVec
+	writeLatency  prometheus.Histogram
+	writeErrors   *prometheus.CounterVec
+	spoolWait     prometheus.Histogram
+	fsync         prometheus.Histogram
+	appendErrors  *prometheus.CounterVec
+	connected     *prometheus.GaugeVec
+}
+
+func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_received_total",
+			Help: "MQTT messages received, by payload format."}, []string{"format"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_dead_letters_total",
+			Help: "Messages or points written to the dead-letter file, by reason."}, []string{"reason"}),
+		acked: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_messages_acked_total",
+			Help: "MQTT messages acknowledged to the broker (after they were safe on disk, or dead-lettered)."}),
+		pointsSpooled: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_points_spooled_total",
+			Help: "Points appended to the durable spool."}),
+		points: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_points_written_total",
+			Help: "Points InfluxDB accepted."}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_write_batches_total",
+			Help: "Write requests to InfluxDB, by result (ok, retry, rejected, too_large)."}, []string{"result"}),
+		writeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotgw_write_duration_seconds",
+			Help: "Duration of one write request to InfluxDB.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
+		writeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_write_errors_total",
+			Help: "Failed write requests, by class (network, status code)."}, []string{"class"}),
+		spoolWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotgw_spool_wait_seconds",
+			Help:    "Time from a reading entering the spool to InfluxDB accepting it (oldest of each batch).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 16)}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotgw_spool_append_duration_seconds",
+			Help: "Duration of one grouped spool append including fsync.", Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
+		appendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_spool_append_errors_total",
+			Help: "Spool appends that failed, by kind (full, io)."}, []string{"kind"}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotgw_mqtt_connected",
+			Help: "1 while the MQTT connection is up."}, []string{"connection"}),
+	}
+	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(sp.Stats()) } }
+	reg.MustRegister(m.received, m.rejected, m.acked, m.pointsSpooled, m.points, m.batches, m.writeLatency,
+		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_bytes", Help: "Bytes in the spool waiting for InfluxDB."},
+			stat(func(s spool.Stats) float64 { return float64(s.Bytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_entries", Help: "Messages in the spool waiting for InfluxDB."},
+			stat(func(s spool.Stats) float64 { return float64(s.Records) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_oldest_age_seconds", Help: "Age of the oldest waiting message; 0 when empty."},
+			stat(func(s spool.Stats) float64 {
+				if s.Oldest.IsZero() {
+					return 0
+				}
+				return time.Since(s.Oldest).Seconds()
+			})),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages dropped by the drop-oldest policy."},
+			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_corrupt_records_total", Help: "Damaged records cut off the spool at start."},
+			stat(func(s spool.Stats) float64 { return float64(s.CorruptRecords) })),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
