@@ -47,8 +47,11 @@ type StateFunc func(conn int, connected bool, err error)
 
 // Source is the set of broker connections.
 type Source struct {
-	clients []paho.Client
-	log     *slog.Logger
+	clients   []paho.Client
+	lost      []chan struct{} // one per client: its connection dropped
+	closed    chan struct{}
+	closeOnce sync.Once
+	log       *slog.Logger
 }
 
 // TLSConfig builds the client TLS settings from files.
@@ -98,23 +101,24 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 	for _, t := range cfg.LineTopics {
 		formats[t] = app.FormatLine
 	}
-	s := &Source{log: log}
+	s := &Source{log: log, closed: make(chan struct{})}
 	for i := 0; i < cfg.Connections; i++ {
-		s.clients = append(s.clients, newClient(cfg, i, tc, formats, h, state, log))
+		lost := make(chan struct{}, 1)
+		s.lost = append(s.lost, lost)
+		s.clients = append(s.clients, newClient(cfg, i, tc, formats, h, func(conn int, up bool, err error) {
+			if !up {
+				select {
+				case lost <- struct{}{}:
+				default:
+				}
+			}
+			if state != nil {
+				state(conn, up, err)
+			}
+		}, log))
 	}
 	for i, c := range s.clients {
-		// With ConnectRetry the token completes only once connected; the
-		// gateway must not wait for that: it drains its spool meanwhile.
-		tok := c.Connect()
-		go func() {
-			select {
-			case <-tok.Done():
-				if err := tok.Error(); err != nil {
-					log.Error("mqtt connect failed", "broker", cfg.URL, "connection", i+1, "err", err)
-				}
-			case <-ctx.Done():
-			}
-		}()
+		go s.keepConnected(ctx, i, c, cfg)
 	}
 	return s, nil
 }
@@ -144,10 +148,7 @@ func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Forma
 		SetOrderMatters(true).
 		SetKeepAlive(nonZero(cfg.KeepAlive, 30*time.Second)).
 		SetConnectTimeout(nonZero(cfg.ConnectTimeout, 10*time.Second)).
-		SetAutoReconnect(true).
-		SetConnectRetry(true).
-		SetConnectRetryInterval(time.Second).
-		SetMaxReconnectInterval(nonZero(cfg.MaxReconnectInterval, 30*time.Second)).
+		SetAutoReconnect(false). // keepConnected reconnects sooner
 		SetWriteTimeout(10 * time.Second)
 	filters := map[string]byte{}
 	for t := range formats {
@@ -163,7 +164,8 @@ func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Forma
 		tok := c.SubscribeMultiple(filters, nil)
 		tok.Wait()
 		if err := tok.Error(); err != nil {
-			log.Error("mqtt subscribe failed", "client_id", id, "err", err)
+			log.Error("mqtt subscribe failed; dropping the connection to try again", "client_id", id, "err", err)
+			c.Disconnect(0)
 			if state != nil {
 				state(idx, false, err)
 			}
@@ -185,9 +187,6 @@ func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Forma
 		if state != nil {
 			state(idx, false, err)
 		}
-	})
-	o.SetReconnectingHandler(func(_ paho.Client, _ *paho.ClientOptions) {
-		log.Info("mqtt reconnecting", "client_id", id)
 	})
 	return paho.NewClient(o)
 }
@@ -234,9 +233,52 @@ func nonZero(d, def time.Duration) time.Duration {
 	return def
 }
 
+// keepConnected connects and, whenever the connection drops, connects
+// again: first after 50 ms, then backing off to MaxReconnectInterval.
+// paho's own auto-reconnect waits a fixed second first, long enough for a
+// busy broker to overflow this session's queue (mosquitto keeps 1000
+// messages per client by default) while the gateway is away.
+func (s *Source) keepConnected(ctx context.Context, idx int, c paho.Client, cfg Config) {
+	lost := s.lost[idx]
+	maxWait := nonZero(cfg.MaxReconnectInterval, 30*time.Second)
+	for {
+		wait := 50 * time.Millisecond
+		for {
+			tok := c.Connect()
+			select {
+			case <-tok.Done():
+			case <-ctx.Done():
+				return
+			case <-s.closed:
+				return
+			}
+			if tok.Error() == nil {
+				break
+			}
+			s.log.Warn("mqtt connect failed", "broker", cfg.URL, "connection", idx+1, "retry_in", wait, "err", tok.Error())
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			case <-s.closed:
+				return
+			}
+			wait = min(wait*2, maxWait)
+		}
+		select {
+		case <-lost:
+		case <-ctx.Done():
+			return
+		case <-s.closed:
+			return
+		}
+	}
+}
+
 // Close disconnects every connection, waiting up to quiesce for work in
 // progress. Unacknowledged messages stay with the broker.
 func (s *Source) Close(quiesce time.Duration) {
+	s.closeOnce.Do(func() { close(s.closed) })
 	var wg sync.WaitGroup
 	for _, c := range s.clients {
 		wg.Add(1)
