@@ -45,7 +45,14 @@ func newAccessHook(users []User, gatewayUsers []string, anonymous bool, log *slo
 		log:       log,
 		verified:  map[string][sha256.Size]byte{},
 	}
-	for _, g := range gatewayUsers {
+	names := make(map[string]bool, len(users))
+	for _, u := range users {
+		names[u.Username] = true
+	}
+	for i, g := range gatewayUsers {
+		if !names[g] {
+			return nil, optErr(fmt.Sprintf("GatewayUsers[%d]", i), fmt.Sprintf("%q is not in Users", g))
+		}
 		h.gateways[g] = true
 	}
 	for i, u := range users {
@@ -72,11 +79,6 @@ func newAccessHook(users []User, gatewayUsers []string, anonymous bool, log *slo
 			}
 		}
 		h.users[u.Username] = u
-	}
-	for i, g := range gatewayUsers {
-		if _, ok := h.users[g]; !ok {
-			return nil, optErr(fmt.Sprintf("GatewayUsers[%d]", i), fmt.Sprintf("%q is not in Users", g))
-		}
 	}
 	return h, nil
 }

@@ -249,7 +249,7 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("broker: DataDir: %w", err)
 		}
 		path := filepath.Join(b.opts.DataDir, storeFile)
-		err := srv.AddHook(new(bolt.Hook), &bolt.Options{
+		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{
 			Path:    path,
 			Options: &bbolt.Options{Timeout: 2 * time.Second},
 		})
