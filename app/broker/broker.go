@@ -1,0 +1,347 @@
+// Package broker runs iot-gateway's embedded MQTT broker (mochi-mqtt/server/v2):
+// per-device bcrypt passwords, an ACL that confines each device to its own
+// sensors/<site>/<device>/ subtree, TLS with an optional self-made CA, and
+// sessions, queued messages and retained messages kept in a bbolt file so a
+// restart loses nothing that was queued.
+//
+// Hosts without a broker package (Amazon Linux 2023) run it as `iotgw broker`;
+// `iotgw demo` starts it in-process on loopback.
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"go.etcd.io/bbolt"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Defaults applied by New to zero-valued Options fields.
+const (
+	DefaultMaxInflight   = 1000
+	DefaultMaxQueued     = 65535
+	DefaultSessionExpiry = 7 * 24 * time.Hour
+	DefaultCloseTimeout  = 5 * time.Second
+
+	// maxQueuedLimit is mochi's ceiling: it counts stored QoS>0 messages per
+	// client in a uint16.
+	maxQueuedLimit = 65535
+
+	// storeFile is the bbolt file inside DataDir.
+	storeFile = "broker.db"
+)
+
+// Options configure a Broker. The zero value of every field except
+// Listeners and Users/AllowAnonymous is usable.
+type Options struct {
+	// Listeners the broker accepts clients on; at least one. A listener
+	// without TLS must bind a loopback address unless AllowPlainPublic.
+	Listeners []Listener
+
+	// Users who may connect. Empty Users with AllowAnonymous false is an
+	// error: no client could ever connect, which is always a mistake in
+	// the configuration rather than something to run with.
+	Users []User
+
+	// AllowAnonymous lets clients without a username connect with full
+	// access (publish and subscribe anywhere). For the local demo only.
+	// Clients that send a username are still checked against Users.
+	AllowAnonymous bool
+
+	// AllowPlainPublic allows a listener without TLS on a non-loopback
+	// address. Off by default: passwords would cross the network in clear.
+	AllowPlainPublic bool
+
+	// GatewayUsers are the usernames (each in Users) that may subscribe to
+	// sensors/... and $share/<group>/sensors/...; every other user is a
+	// device confined to its own subtree.
+	GatewayUsers []string
+
+	// DataDir keeps persistent sessions, their subscriptions, queued QoS>0
+	// messages and retained messages in DataDir/broker.db. "" keeps them in
+	// memory only.
+	DataDir string
+
+	// MaxInflight bounds the messages waiting to be written to one connected
+	// client (mochi's client write buffer); beyond it messages to that client
+	// are dropped and logged. Default 1000.
+	MaxInflight int
+
+	// MaxQueued bounds the QoS>0 messages stored per client, in flight or
+	// queued while it is offline; beyond it new messages for that client are
+	// dropped and logged. Default and maximum 65535 (mochi's limit).
+	MaxQueued int
+
+	// SessionExpiry is how long a disconnected persistent session, and any
+	// queued or retained message, is kept. Default 7 days.
+	SessionExpiry time.Duration
+
+	// CloseTimeout bounds how long Close waits for clients to go away before
+	// closing the store. Default 5s.
+	CloseTimeout time.Duration
+
+	// Logger receives the broker's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Listener is one network endpoint. TLS nil means plain MQTT.
+type Listener struct {
+	ID   string
+	Addr string // host:port; port 0 picks a free port (see Broker.Addr)
+	TLS  *tls.Config
+}
+
+// User is a client identity. Device users have Site and Device set and may
+// publish only under sensors/<Site>/<Device>/. Gateway users (listed in
+// Options.GatewayUsers) leave them empty.
+type User struct {
+	Username     string
+	PasswordHash string // bcrypt
+	Site, Device string
+}
+
+// Broker is an MQTT broker built from Options.
+type Broker struct {
+	opts   Options
+	log    *slog.Logger
+	access *accessHook
+
+	mu      sync.Mutex
+	srv     *mqtt.Server
+	started bool
+	closed  bool
+}
+
+// New validates o and returns a broker that is not yet listening.
+func New(o Options) (*Broker, error) {
+	if o.MaxInflight == 0 {
+		o.MaxInflight = DefaultMaxInflight
+	}
+	if o.MaxQueued == 0 {
+		o.MaxQueued = DefaultMaxQueued
+	}
+	if o.SessionExpiry == 0 {
+		o.SessionExpiry = DefaultSessionExpiry
+	}
+	if o.CloseTimeout == 0 {
+		o.CloseTimeout = DefaultCloseTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	listenersCopy := make([]Listener, len(o.Listeners))
+	for i, l := range o.Listeners {
+		if l.TLS != nil {
+			c := l.TLS.Clone()
+			if c.MinVersion < tls.VersionTLS12 {
+				c.MinVersion = tls.VersionTLS12
+			}
+			l.TLS = c
+		}
+		listenersCopy[i] = l
+	}
+	o.Listeners = listenersCopy
+	log := o.Logger.With("component", "broker")
+	access, err := newAccessHook(o.Users, o.GatewayUsers, o.AllowAnonymous, log)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	return &Broker{opts: o, log: log, access: access}, nil
+}
+
+func (o *Options) validate() error {
+	if len(o.Listeners) == 0 {
+		return optErr("Listeners", "at least one listener is required")
+	}
+	ids := map[string]bool{}
+	for i, l := range o.Listeners {
+		if l.ID == "" {
+			return fmt.Errorf("option Listeners[%d].ID: empty", i)
+		}
+		if ids[l.ID] {
+			return fmt.Errorf("option Listeners[%d].ID: duplicate id %q", i, l.ID)
+		}
+		ids[l.ID] = true
+		host, _, err := net.SplitHostPort(l.Addr)
+		if err != nil {
+			return fmt.Errorf("option Listeners[%d].Addr %q: %w", i, l.Addr, err)
+		}
+		if l.TLS == nil && !o.AllowPlainPublic && !isLoopback(host) {
+			return fmt.Errorf("option Listeners[%d].Addr %q: a plain (non-TLS) listener must bind a loopback address unless AllowPlainPublic is set", i, l.Addr)
+		}
+		if l.TLS != nil && len(l.TLS.Certificates) == 0 && l.TLS.GetCertificate == nil {
+			return fmt.Errorf("option Listeners[%d].TLS: no certificate", i)
+		}
+	}
+	if len(o.Users) == 0 && !o.AllowAnonymous {
+		return optErr("Users", "empty and AllowAnonymous is false, so no client could connect")
+	}
+	if o.MaxInflight < 1 {
+		return fmt.Errorf("option MaxInflight: must be at least 1, got %d", o.MaxInflight)
+	}
+	if o.MaxQueued < 1 || o.MaxQueued > maxQueuedLimit {
+		return fmt.Errorf("option MaxQueued: must be between 1 and %d, got %d", maxQueuedLimit, o.MaxQueued)
+	}
+	if o.SessionExpiry < time.Second {
+		return fmt.Errorf("option SessionExpiry: must be at least 1s, got %s", o.SessionExpiry)
+	}
+	if o.CloseTimeout < 0 {
+		return fmt.Errorf("option CloseTimeout: must not be negative, got %s", o.CloseTimeout)
+	}
+	return nil
+}
+
+func optErr(name, msg string) error { return fmt.Errorf("option %s: %s", name, msg) }
+
+// isLoopback reports whether host names only the loopback interface.
+// "" (all interfaces) is not loopback.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Start opens the store (if DataDir is set), binds every listener and starts
+// serving. It returns once clients can connect.
+func (b *Broker) Start() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.started || b.closed {
+		return errors.New("broker: Start called twice or after Close")
+	}
+	b.started = true
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = int32(b.opts.MaxInflight)
+	caps.MaximumInflight = uint16(b.opts.MaxQueued)
+	expiry := int64(b.opts.SessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = expiry
+	caps.MaximumSessionExpiryInterval = uint32(min(expiry, int64(^uint32(0))))
+
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 b.log,
+		SysTopicResendInterval: 10,
+	})
+	b.srv = srv
+	b.access.clients = srv.Clients
+	if err := srv.AddHook(b.access, nil); err != nil {
+		return fmt.Errorf("broker: add access hook: %w", err)
+	}
+	if b.opts.DataDir != "" {
+		if err := os.MkdirAll(b.opts.DataDir, 0o700); err != nil {
+			return fmt.Errorf("broker: DataDir: %w", err)
+		}
+		path := filepath.Join(b.opts.DataDir, storeFile)
+		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{
+			Path:    path,
+			Options: &bbolt.Options{Timeout: 2 * time.Second},
+		})
+		if err != nil {
+			return fmt.Errorf("broker: open store %s: %w (is another broker using it?)", path, err)
+		}
+	}
+	for _, l := range b.opts.Listeners {
+		tl := listeners.NewTCP(listeners.Config{ID: l.ID, Address: l.Addr, TLSConfig: l.TLS})
+		if err := srv.AddListener(tl); err != nil {
+			b.shutdown()
+			return fmt.Errorf("broker: listener %s on %s: %w", l.ID, l.Addr, err)
+		}
+	}
+	if err := srv.Serve(); err != nil {
+		b.shutdown()
+		return fmt.Errorf("broker: start: %w", err)
+	}
+	for _, l := range b.opts.Listeners {
+		b.log.Info("listening", "listener", l.ID, "addr", b.addr(l.ID), "tls", l.TLS != nil)
+	}
+	return nil
+}
+
+// Addr returns the bound host:port of the listener with the given id, or ""
+// when there is no such listener or the broker is not started.
+func (b *Broker) Addr(listenerID string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.addr(listenerID)
+}
+
+func (b *Broker) addr(id string) string {
+	if b.srv == nil {
+		return ""
+	}
+	l, ok := b.srv.Listeners.Get(id)
+	if !ok {
+		return ""
+	}
+	return l.Address()
+}
+
+// Close disconnects every client, waits up to CloseTimeout for their
+// sessions to be saved, then closes the listeners and the store. Persistent
+// sessions and their queued messages stay in DataDir for the next Start.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.srv == nil {
+		return nil
+	}
+	b.shutdown()
+	b.log.Info("stopped")
+	return nil
+}
+
+// shutdown stops a started (possibly half-started) server. mochi's own Close
+// stops the store while client goroutines may still be writing their last
+// state to it, so clients are disconnected and waited for first.
+func (b *Broker) shutdown() {
+	srv := b.srv
+	srv.Listeners.CloseAll(func(id string) {
+		for _, cl := range srv.Clients.GetByListener(id) {
+			_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	})
+	done := make(chan struct{})
+	go func() {
+		srv.Listeners.ClientsWg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(b.opts.CloseTimeout):
+		b.log.Warn("clients still attached at close timeout", "timeout", b.opts.CloseTimeout)
+	}
+	_ = srv.Close()
+}
+
+// HashPassword returns the bcrypt hash of password at bcrypt.DefaultCost.
+func HashPassword(password string) (string, error) {
+	if password == "" {
+		return "", errors.New("empty password")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		return "", err
+	}
+	return string(h), nil
+}

@@ -1,0 +1,265 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Validity of generated certificates. Server certificates stay within the
+// 825 days some TLS clients accept and are reissued on start when less than
+// serverRenewBefore is left.
+const (
+	caValidity        = 10 * 365 * 24 * time.Hour
+	serverValidity    = 825 * 24 * time.Hour
+	serverRenewBefore = 30 * 24 * time.Hour
+)
+
+// GeneratedTLS names the files EnsureCertificates keeps in its directory.
+type GeneratedTLS struct {
+	CAFile    string // CA certificate (PEM): what clients must trust
+	CAKeyFile string // CA private key (PEM, 0600)
+	CertFile  string // server certificate (PEM)
+	KeyFile   string // server private key (PEM, 0600)
+}
+
+// EnsureCertificates makes sure dir holds an ECDSA P-256 CA and a server
+// certificate signed by it for hosts (DNS names or IP addresses; localhost,
+// 127.0.0.1 and ::1 are always added so local health checks verify). An
+// existing CA is reused, so clients that trust it keep working; an existing
+// server certificate is reused unless it does not cover hosts, was not signed
+// by the CA, or expires within 30 days.
+func EnsureCertificates(dir string, hosts []string, now time.Time) (GeneratedTLS, error) {
+	g := GeneratedTLS{
+		CAFile:    filepath.Join(dir, "ca.pem"),
+		CAKeyFile: filepath.Join(dir, "ca.key"),
+		CertFile:  filepath.Join(dir, "server.pem"),
+		KeyFile:   filepath.Join(dir, "server.key"),
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return g, err
+	}
+	hosts = withLocalHosts(hosts)
+
+	ca, caKey, err := loadCA(g.CAFile, g.CAKeyFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		ca, caKey, err = createCA(g.CAFile, g.CAKeyFile, now)
+		if err != nil {
+			return g, fmt.Errorf("create CA in %s: %w", dir, err)
+		}
+	case err != nil:
+		return g, err
+	}
+
+	if serverCertUsable(g.CertFile, g.KeyFile, ca, hosts, now) {
+		return g, nil
+	}
+	if err := createServerCert(g.CertFile, g.KeyFile, ca, caKey, hosts, now); err != nil {
+		return g, fmt.Errorf("create server certificate in %s: %w", dir, err)
+	}
+	return g, nil
+}
+
+func withLocalHosts(hosts []string) []string {
+	out := slices.Clone(hosts)
+	for _, h := range []string{"localhost", "127.0.0.1", "::1"} {
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+func loadCA(certFile, keyFile string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certFile, err)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyFile, err)
+	}
+	if !cert.IsCA || !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, nil, fmt.Errorf("%s and %s are not a matching CA certificate and key", certFile, keyFile)
+	}
+	return cert, key, nil
+}
+
+func createCA(certFile, keyFile string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "iot-gateway broker CA", Organization: []string{"iot-gateway"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(caValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writeKeyAndCert(keyFile, key, certFile, der); err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
+func serverCertUsable(certFile, keyFile string, ca *x509.Certificate, hosts []string, now time.Time) bool {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil || pair.Leaf == nil {
+		return false
+	}
+	leaf := pair.Leaf
+	if leaf.CheckSignatureFrom(ca) != nil || now.Add(serverRenewBefore).After(leaf.NotAfter) {
+		return false
+	}
+	for _, h := range hosts {
+		if leaf.VerifyHostname(h) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func createServerCert(certFile, keyFile string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"iot-gateway"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(serverValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	return writeKeyAndCert(keyFile, key, certFile, der)
+}
+
+func randomSerial() (*big.Int, error) {
+	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+}
+
+func writeKeyAndCert(keyFile string, key *ecdsa.PrivateKey, certFile string, der []byte) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return writeFileAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+// writeFileAtomic writes via a temporary file and rename so a crash never
+// leaves a half-written key or certificate behind.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func parseCertPEM(data []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM CERTIFICATE block")
+	}
+	return x509.ParseCertificate(block.Bytes)
+}
+
+func parseKeyPEM(data []byte) (*ecdsa.PrivateKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || !bytes.HasSuffix([]byte(block.Type), []byte("PRIVATE KEY")) {
+		return nil, errors.New("no PEM PRIVATE KEY block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("CA key is %T, want ECDSA", k)
+	}
+	return ek, nil
+}
+
+// ServerTLSConfig loads a certificate and key from files into a server
+// tls.Config with TLS 1.2 as the minimum version.
+func ServerTLSConfig(certFile, keyFile string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
