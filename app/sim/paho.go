@@ -77,19 +77,22 @@ func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 	}
 	opts.SetClientID(id)
 
-	if cfg.CAFile != "" {
-		if !secure {
-			return nil, fmt.Errorf("sim: CA file %s given but MQTT URL %q is not ssl:// or wss://", cfg.CAFile, u.Redacted())
+	if cfg.CAFile != "" && !secure {
+		return nil, fmt.Errorf("sim: CA file %s given but MQTT URL %q is not ssl:// or wss://", cfg.CAFile, u.Redacted())
+	}
+	if secure {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.CAFile != "" {
+			pem, err := os.ReadFile(cfg.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("sim: CA file: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("sim: CA file %s: no PEM certificates", cfg.CAFile)
+			}
 		}
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("sim: CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("sim: CA file %s: no PEM certificates", cfg.CAFile)
-		}
-		opts.SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+		opts.SetTLSConfig(tc)
 	}
 
 	c := mqtt.NewClient(opts)
