@@ -126,7 +126,7 @@ produce:
 			if ctx.Err() != nil {
 				break produce
 			}
-			at := origin.Add(time.Duration(float64(rep.Sent) / rate * float64(time.Second)))
+			at := origin.Add(time.Duration(math.Round(float64(rep.Sent) * float64(time.Second) / rate)))
 			m := f.Next(at)
 			if observe != nil {
 				observe(m)
