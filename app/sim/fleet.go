@@ -151,7 +151,7 @@ func (o Options) normalize() (Options, error) {
 	case o.Sites == 0:
 		o.Sites = min(2, o.Devices)
 	case o.Sites > o.Devices:
-		return bad("Sites", o.Sites, fmt.Sprintf("must not exceed Devices (%d): a site needs a device", o.Devices))
+		return bad("Sites", o.Sites, fmt.Sprintf("must not exceed the number of devices (%d): a site needs a device", o.Devices))
 	}
 	if !finiteNonNeg(o.Rate) {
 		return bad("Rate", o.Rate, "must be a positive number of messages per second")
@@ -161,7 +161,7 @@ func (o Options) normalize() (Options, error) {
 	}
 	switch {
 	case o.Rate > 0 && o.TotalRate > 0:
-		return bad("TotalRate", o.TotalRate, "cannot be combined with Rate; set one of them")
+		return bad("TotalRate", o.TotalRate, "cannot be combined with a per-device rate; set one of them")
 	case o.Rate == 0 && o.TotalRate == 0:
 		o.Rate = 1
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -37,11 +38,11 @@ type PahoPublisher struct {
 var _ AsyncPublisher = (*PahoPublisher)(nil)
 
 // NewPahoPublisher connects to the broker and returns once the broker has
-// accepted the connection.
+// accepted the connection. A bad URL or CA file is an *OptionError.
 func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("sim: MQTT URL: %w", err)
+		return nil, &OptionError{Option: "URL", Value: strconv.Quote(cfg.URL), Reason: err.Error()}
 	}
 	var secure bool
 	switch u.Scheme {
@@ -49,10 +50,10 @@ func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 	case "ssl", "tls", "mqtts", "wss":
 		secure = true
 	default:
-		return nil, fmt.Errorf("sim: MQTT URL %q: scheme must be tcp, ssl, ws or wss", u.Redacted())
+		return nil, &OptionError{Option: "URL", Value: strconv.Quote(u.Redacted()), Reason: "scheme must be tcp, ssl, ws or wss"}
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("sim: MQTT URL %q has no host", u.Redacted())
+		return nil, &OptionError{Option: "URL", Value: strconv.Quote(u.Redacted()), Reason: "no host"}
 	}
 	opts := mqtt.NewClientOptions().
 		AddBroker(cfg.URL).
@@ -78,18 +79,18 @@ func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 	opts.SetClientID(id)
 
 	if cfg.CAFile != "" && !secure {
-		return nil, fmt.Errorf("sim: CA file %s given but MQTT URL %q is not ssl:// or wss://", cfg.CAFile, u.Redacted())
+		return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: fmt.Sprintf("needs an ssl:// or wss:// URL, not %q", u.Redacted())}
 	}
 	if secure {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if cfg.CAFile != "" {
 			pem, err := os.ReadFile(cfg.CAFile)
 			if err != nil {
-				return nil, fmt.Errorf("sim: CA file: %w", err)
+				return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: err.Error()}
 			}
 			tc.RootCAs = x509.NewCertPool()
 			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("sim: CA file %s: no PEM certificates", cfg.CAFile)
+				return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: "no PEM certificates in it"}
 			}
 		}
 		opts.SetTLSConfig(tc)

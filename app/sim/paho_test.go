@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"math/big"
 	"net"
@@ -223,7 +224,7 @@ func TestNewPahoPublisherErrors(t *testing.T) {
 		{PahoConfig{URL: "http://localhost:1883"}, "scheme"},
 		{PahoConfig{URL: "tcp://"}, "no host"},
 		{PahoConfig{URL: "tcp://u:secret@" + closedAddr, ConnectTimeout: 2 * time.Second}, "connect to tcp://u:xxxxx@"},
-		{PahoConfig{URL: "tcp://localhost:1883", CAFile: notPEM}, "not ssl://"},
+		{PahoConfig{URL: "tcp://localhost:1883", CAFile: notPEM}, "needs an ssl://"},
 		{PahoConfig{URL: "ssl://localhost:8883", CAFile: notPEM}, "no PEM certificates"},
 		{PahoConfig{URL: "ssl://localhost:8883", CAFile: "/nonexistent/ca.pem"}, "no such file"},
 	}
@@ -232,6 +233,10 @@ func TestNewPahoPublisherErrors(t *testing.T) {
 			_, err := NewPahoPublisher(tc.cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want it to mention %q", err, tc.want)
+			}
+			var oe *OptionError
+			if isConfig := errors.As(err, &oe); isConfig == strings.HasPrefix(tc.want, "connect") {
+				t.Errorf("error %v: *OptionError is %v, want it only for bad configuration", err, isConfig)
 			}
 			if strings.Contains(err.Error(), "secret") {
 				t.Errorf("error leaks the password: %v", err)
