@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"strconv"
 	"time"
 )
@@ -17,6 +18,9 @@ const (
 	MaxPayload    = 64 << 10     // largest payload the gateway accepts
 	oversizedSize = MaxPayload + 1024
 )
+
+// filler pads oversized payloads.
+var filler = bytes.Repeat([]byte("0123456789abcdef"), oversizedSize/16)
 
 var badKinds = []string{
 	BadNotJSON, BadUTF8, BadTSType, BadTSGarbage, BadNested, BadEmpty, BadOversized,
@@ -54,9 +58,7 @@ func badPayload(kind string, variant int, now time.Time) []byte {
 	case BadOversized:
 		b := make([]byte, 0, oversizedSize+16)
 		b = append(b, `{"ts":`+ts+`,"temperature":21.37,"blob":"`...)
-		for len(b) < oversizedSize-2 {
-			b = append(b, "0123456789abcdef"...)
-		}
+		b = append(b, filler[:oversizedSize-2-len(b)]...)
 		return append(b, `"}`...)
 	}
 	panic("sim: unknown malformed kind " + kind)
