@@ -10,7 +10,7 @@ import (
 
 func TestEndToEnd(t *testing.T) {
 	in := testsvc.StartInflux(t)
-	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: 100000})
 	g := newGateway(t, mq.URL(), in.URL())
 	g.start()
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })

@@ -153,6 +153,23 @@ func (g *gw) metric(name string) float64 {
 	return 0
 }
 
+// metricsDump returns the iotgw_ series, for failure messages.
+func (g *gw) metricsDump() string {
+	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	var sb strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "iotgw_") && !strings.Contains(l, "_bucket") {
+			sb.WriteString(l + "\n")
+		}
+	}
+	return sb.String()
+}
+
 func (g *gw) ready() (bool, string) {
 	resp, err := http.Get("http://" + g.httpAddr + "/readyz")
 	if err != nil {
@@ -290,7 +307,7 @@ func expectExactly(t *testing.T, in *testsvc.Influx, g *gw, n int64) {
 			got = c
 		}
 		return got >= n
-	}, func() string { return fmt.Sprintf("have %d points\n%s", got, g.logs()) })
+	}, func() string { return fmt.Sprintf("have %d points\n%s\n%s", got, g.metricsDump(), g.logs()) })
 	waitFor(t, "spool empty", 30*time.Second, func() bool { return g.metric("iotgw_spool_entries") == 0 }, g.logs)
 	c, err := in.Count("env", "v")
 	if err != nil {
