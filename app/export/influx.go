@@ -50,17 +50,26 @@ func (s *Source) Close() { s.client.Close() }
 
 func fluxTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
+// fluxString writes s as a Flux string expression. Newer Flux
+// interpolates ${...} inside string literals and older Flux (InfluxDB 1.8)
+// knows no escape for it, so a "${" in s is split across two
+// concatenated literals.
+func fluxString(s string) string {
+	s = strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)
+	return `"` + strings.ReplaceAll(s, "${", `$" + "{`) + `"`
+}
+
 // Measurements lists the measurements of the bucket with data in w, sorted.
 // InfluxDB 2 answers schema.measurements from the index for the window;
 // InfluxDB 1.8's Flux has no schema package, so there v1.measurements lists
 // every measurement of the bucket and the empty ones are skipped later.
 func (s *Source) Measurements(ctx context.Context, w Window) ([]string, error) {
 	q := fmt.Sprintf(`import "influxdata/influxdb/schema"
-schema.measurements(bucket: %q, start: %s, stop: %s)`, s.bucket, fluxTime(w.From), fluxTime(w.To))
+schema.measurements(bucket: %s, start: %s, stop: %s)`, fluxString(s.bucket), fluxTime(w.From), fluxTime(w.To))
 	names, err := s.column(ctx, q)
 	if err != nil && strings.Contains(err.Error(), "unknown import path") {
 		q = fmt.Sprintf(`import "influxdata/influxdb/v1"
-v1.measurements(bucket: %q)`, s.bucket)
+v1.measurements(bucket: %s)`, fluxString(s.bucket))
 		names, err = s.column(ctx, q)
 	}
 	if err != nil {
@@ -91,11 +100,11 @@ func (s *Source) column(ctx context.Context, q string) ([]string, error) {
 // of a series at one time on one line), and returns how many lines it
 // wrote. Rows are encoded as they arrive; nothing holds the whole window.
 func (s *Source) WriteLineProtocol(ctx context.Context, w Window, m string, out io.Writer) (int64, error) {
-	q := fmt.Sprintf(`from(bucket: %q)
+	q := fmt.Sprintf(`from(bucket: %s)
   |> range(start: %s, stop: %s)
-  |> filter(fn: (r) => r._measurement == %q)
+  |> filter(fn: (r) => r._measurement == %s)
   |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")`,
-		s.bucket, fluxTime(w.From), fluxTime(w.To), m)
+		fluxString(s.bucket), fluxTime(w.From), fluxTime(w.To), fluxString(m))
 	res, err := s.query.Query(ctx, q)
 	if err != nil {
 		return 0, fmt.Errorf("query measurement %q: %w", m, err)
@@ -111,6 +120,11 @@ func (s *Source) WriteLineProtocol(ctx context.Context, w Window, m string, out 
 	for res.Next() {
 		if res.TableChanged() {
 			layout = newTableLayout(res.TableMetadata())
+		}
+		// range's stop is exclusive, but InfluxDB 1.8 also returns points
+		// at exactly stop; they belong to the next window.
+		if t := res.Record().Time(); t.Before(w.From) || !t.Before(w.To) {
+			continue
 		}
 		if err := layout.encode(&enc, m, res.Record()); err != nil {
 			return lines, fmt.Errorf("measurement %q: %w", m, err)
