@@ -92,9 +92,8 @@ func (d *Dashboards) Export(ctx context.Context) ([]byte, error) {
 // /api/v2/templates/apply, and returns the names of the dashboards the
 // server reports.
 func (d *Dashboards) Apply(ctx context.Context, template []byte) ([]string, error) {
-	var contents []TemplateEntry
-	if err := json.Unmarshal(template, &contents); err != nil {
-		return nil, fmt.Errorf("apply dashboards: not an InfluxDB template: %w", err)
+	if err := CheckTemplate(template); err != nil {
+		return nil, fmt.Errorf("apply dashboards: %w", err)
 	}
 	orgID, err := d.OrgID(ctx)
 	if err != nil {
@@ -197,4 +196,74 @@ type TemplateEntry struct {
 		Name string `json:"name"`
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
+}
+
+// Chart kinds an InfluxDB 2 dashboard template may hold (as the pkger
+// parser spells them; it ignores case).
+var chartKinds = map[string]bool{
+	"band": true, "gauge": true, "geo": true, "heatmap": true, "histogram": true,
+	"markdown": true, "mosaic": true, "scatter": true, "single_stat": true,
+	"single_stat_plus_line": true, "table": true, "xy": true,
+}
+
+// CheckTemplate checks that b is an InfluxDB template of the shape `influx
+// export` writes and `influx apply` reads: entries with apiVersion
+// influxdata.com/v2alpha1, a kind, a unique metadata.name, and for
+// dashboards a name and charts that have a kind, fit the 12-column grid and
+// (except Markdown notes) carry a query.
+func CheckTemplate(b []byte) error {
+	var entries []TemplateEntry
+	if err := json.Unmarshal(b, &entries); err != nil {
+		return fmt.Errorf("not an InfluxDB template (a JSON array of resources): %w", err)
+	}
+	seen := map[string]bool{}
+	for i, e := range entries {
+		where := fmt.Sprintf("template[%d] (%s %q)", i, e.Kind, e.Metadata.Name)
+		if e.APIVersion != "influxdata.com/v2alpha1" {
+			return fmt.Errorf("%s: apiVersion %q, want influxdata.com/v2alpha1", where, e.APIVersion)
+		}
+		if e.Kind == "" || e.Metadata.Name == "" {
+			return fmt.Errorf("%s: kind and metadata.name are required", where)
+		}
+		if seen[e.Kind+"/"+e.Metadata.Name] {
+			return fmt.Errorf("%s: metadata.name used twice", where)
+		}
+		seen[e.Kind+"/"+e.Metadata.Name] = true
+		if !strings.EqualFold(e.Kind, "Dashboard") {
+			continue
+		}
+		var spec struct {
+			Name   string `json:"name"`
+			Charts []struct {
+				Kind    string `json:"kind"`
+				Name    string `json:"name"`
+				XPos    int    `json:"xPos"`
+				YPos    int    `json:"yPos"`
+				Width   int    `json:"width"`
+				Height  int    `json:"height"`
+				Queries []struct {
+					Query string `json:"query"`
+				} `json:"queries"`
+			} `json:"charts"`
+		}
+		if err := json.Unmarshal(e.Spec, &spec); err != nil {
+			return fmt.Errorf("%s: spec: %w", where, err)
+		}
+		if spec.Name == "" {
+			return fmt.Errorf("%s: spec.name is required", where)
+		}
+		for j, c := range spec.Charts {
+			cw := fmt.Sprintf("%s chart[%d] %q", where, j, c.Name)
+			if !chartKinds[strings.ToLower(c.Kind)] {
+				return fmt.Errorf("%s: unknown chart kind %q", cw, c.Kind)
+			}
+			if c.Width <= 0 || c.Height <= 0 || c.XPos < 0 || c.YPos < 0 || c.XPos+c.Width > 12 {
+				return fmt.Errorf("%s: position %d,%d size %dx%d does not fit the 12-column grid", cw, c.XPos, c.YPos, c.Width, c.Height)
+			}
+			if !strings.EqualFold(c.Kind, "markdown") && (len(c.Queries) == 0 || strings.TrimSpace(c.Queries[0].Query) == "") {
+				return fmt.Errorf("%s: no query", cw)
+			}
+		}
+	}
+	return nil
 }
