@@ -72,7 +72,7 @@ var envKeys = []struct{ env, key string }{
 }
 
 // FromEnv overrides fields with the IOTGW_* variables that are set
-// (getenv is os.Getenv in production). A set but empty variable clears the
+// (lookup is os.LookupEnv in production). A set but empty variable clears the
 // value, so IOTGW_INFLUX_TOKEN= selects an empty token.
 func FromEnv(in *Influx, c *Config, lookup func(string) (string, bool)) error {
 	for _, e := range envKeys {

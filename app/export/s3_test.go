@@ -79,10 +79,6 @@ func startS3(t *testing.T) *s3Server {
 	return s
 }
 
-func itoa(n int) string {
-	return strings.TrimSpace(strings.Repeat(" ", 0) + func() string { b, _ := json.Marshal(n); return string(b) }())
-}
-
 // takeRequests returns and forgets the requests seen so far.
 func (s *s3Server) takeRequests() []s3Request {
 	s.mu.Lock()
