@@ -172,6 +172,10 @@ func (d *Dashboards) do(ctx context.Context, method, path string, body, out any)
 		if json.Unmarshal(b, &e) == nil && e.Message != "" {
 			return fmt.Errorf("%s %s: %s: %s", method, pathOnly(path), resp.Status, e.Message)
 		}
+		if resp.StatusCode == http.StatusNotFound {
+			// InfluxDB 1.8 serves the query API but not this one.
+			return fmt.Errorf("%s %s: %s: the server has no InfluxDB 2 API here (InfluxDB 1.x? set export.skip_dashboards)", method, pathOnly(path), resp.Status)
+		}
 		return fmt.Errorf("%s %s: %s", method, pathOnly(path), resp.Status)
 	}
 	if err := json.Unmarshal(b, out); err != nil {

@@ -228,6 +228,17 @@ func TestExportBadDatabase(t *testing.T) {
 		assertNothingWritten(t, dir)
 	})
 
+	t.Run("no dashboards API", func(t *testing.T) {
+		dir := t.TempDir()
+		e := newTestExporter(influxConf(in), dir)
+		e.Dashboards = NewDashboards(influxConf(in))
+		_, err := e.Export(ctx, []Window{testDay})
+		if err == nil || !strings.Contains(err.Error(), "export.skip_dashboards") {
+			t.Fatalf("dashboards from InfluxDB 1.8: %v", err)
+		}
+		assertNothingWritten(t, dir)
+	})
+
 	t.Run("unreachable database keeps the previous export", func(t *testing.T) {
 		dir := t.TempDir()
 		if _, err := newTestExporter(influxConf(in), dir).Export(ctx, []Window{testDay}); err != nil {
