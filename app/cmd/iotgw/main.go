@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd())
+	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd())
 	return root
 }
 

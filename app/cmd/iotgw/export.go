@@ -1,0 +1,205 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/cobra"
+
+	"github.com/iot-gateway/iot-gateway/app/export"
+)
+
+func newExportCmd() *cobra.Command {
+	var (
+		configFile       string
+		day, from, to    string
+		out              string
+		noUpload         bool
+		catchUp          bool
+		noDashboards     bool
+		partSize, thresh int64
+	)
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Export a day's data and the dashboards to a folder and S3",
+		Long: `Export writes the dashboards of the InfluxDB org (as an InfluxDB template,
+like 'influx export') and the data of one UTC day (per measurement, gzipped
+line protocol) to <out>/YYYY/MM/DD/ with a manifest.json, and uploads them to
+s3://<bucket>/<prefix>/YYYY/MM/DD/. Without --day or --from/--to it exports
+the previous UTC day; --catch-up exports every day since the last one that
+was uploaded. See app/export/README.md.
+
+Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return &exitError{code: 2, err: fmt.Errorf("export takes no arguments, got %q", args)}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			in, cfg, err := loadExportConfig(configFile)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			if cmd.Flags().Changed("out") {
+				cfg.Dir = out
+			}
+			if cmd.Flags().Changed("part-size") {
+				cfg.PartSize = partSize
+			}
+			if cmd.Flags().Changed("multipart-threshold") {
+				cfg.MultipartThreshold = thresh
+			}
+			if noDashboards {
+				cfg.SkipDashboards = true
+			}
+			cfg = cfg.WithDefaults()
+			if err := errors.Join(in.Validate(), cfg.Validate(!noUpload)); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			windows, err := exportWindows(cmd, day, from, to, catchUp, noUpload, cfg, time.Now())
+			if err != nil {
+				return err
+			}
+			if len(windows) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "export: up to date, nothing to do")
+				return nil
+			}
+
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("cmd", "export")
+			e := &export.Exporter{
+				Source:  export.NewSource(in),
+				Dir:     cfg.Dir,
+				Version: version,
+				Log:     log,
+				Bucket:  in.Bucket,
+			}
+			defer e.Source.Close()
+			if !cfg.SkipDashboards {
+				e.Dashboards = export.NewDashboards(in)
+			}
+			if !noUpload {
+				if e.Store, err = export.NewStore(ctx, cfg); err != nil {
+					return err
+				}
+			}
+			results, err := e.Export(ctx, windows)
+			for _, r := range results {
+				where := r.Dir
+				if r.Location != "" {
+					where += " and " + r.Location
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "export %s: %d files, %d points in %s\n", r.Window, len(r.Manifest.Files), r.Manifest.Points, where)
+			}
+			return err
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "TOML config file ([influx] and [export] tables); IOTGW_* environment variables override it")
+	f.StringVar(&day, "day", "", "UTC day to export, YYYY-MM-DD (default: yesterday)")
+	f.StringVar(&from, "from", "", "start of the range to export, RFC 3339 (with --to)")
+	f.StringVar(&to, "to", "", "end of the range to export, RFC 3339, exclusive (with --from)")
+	f.StringVar(&out, "out", "", "local folder for the files and the state file (default export.dir, "+export.DefaultDir+")")
+	f.BoolVar(&noUpload, "no-upload", false, "write the local files only")
+	f.BoolVar(&catchUp, "catch-up", false, "export every day since the last uploaded one, up to yesterday (at most export.max_catch_up_days)")
+	f.BoolVar(&noDashboards, "no-dashboards", false, "leave out dashboards.json (for databases without the InfluxDB 2 dashboards API)")
+	f.Int64Var(&partSize, "part-size", 0, "multipart upload part size in bytes (default export.part_size)")
+	f.Int64Var(&thresh, "multipart-threshold", 0, "file size from which uploads are multipart (default export.multipart_threshold)")
+	return cmd
+}
+
+// exportConfigFile is the part of the gateway's TOML file the export reads.
+type exportConfigFile struct {
+	Influx export.Influx `toml:"influx"`
+	Export export.Config `toml:"export"`
+}
+
+// loadExportConfig reads the file (if any), then the environment. Unknown
+// keys in [export] are errors; other tables and unknown [influx] keys belong
+// to the gateway and are left to it.
+func loadExportConfig(path string) (export.Influx, export.Config, error) {
+	var fc exportConfigFile
+	if path != "" {
+		md, err := toml.DecodeFile(path, &fc)
+		if err != nil {
+			return fc.Influx, fc.Export, fmt.Errorf("config %s: %w", path, err)
+		}
+		var unknown []string
+		for _, k := range md.Undecoded() {
+			if len(k) > 1 && k[0] == "export" {
+				unknown = append(unknown, k.String())
+			}
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return fc.Influx, fc.Export, fmt.Errorf("config %s: unknown key %s", path, strings.Join(unknown, ", "))
+		}
+	}
+	if err := export.FromEnv(&fc.Influx, &fc.Export, os.LookupEnv); err != nil {
+		return fc.Influx, fc.Export, err
+	}
+	return fc.Influx, fc.Export, nil
+}
+
+// exportWindows turns the flags into the windows to export.
+func exportWindows(cmd *cobra.Command, day, from, to string, catchUp, noUpload bool, cfg export.Config, now time.Time) ([]export.Window, error) {
+	bad := func(format string, a ...any) error { return &exitError{code: 2, err: fmt.Errorf(format, a...)} }
+	ranged := from != "" || to != ""
+	switch {
+	case day != "" && ranged:
+		return nil, bad("--day and --from/--to cannot be combined")
+	case catchUp && (day != "" || ranged):
+		return nil, bad("--catch-up exports whole days up to yesterday; it cannot be combined with --day or --from/--to")
+	case catchUp && noUpload:
+		return nil, bad("--catch-up follows the uploads; it cannot be combined with --no-upload")
+	}
+	switch {
+	case day != "":
+		w, err := export.ParseDay(day)
+		if err != nil {
+			return nil, bad("--day: %w", err)
+		}
+		return []export.Window{w}, nil
+	case ranged:
+		if from == "" || to == "" {
+			return nil, bad("--from and --to go together")
+		}
+		f, err := time.Parse(time.RFC3339Nano, from)
+		if err != nil {
+			return nil, bad("--from %q: want RFC 3339, e.g. 2026-03-14T06:00:00Z", from)
+		}
+		t, err := time.Parse(time.RFC3339Nano, to)
+		if err != nil {
+			return nil, bad("--to %q: want RFC 3339, e.g. 2026-03-14T12:00:00Z", to)
+		}
+		w, err := export.Range(f, t)
+		if err != nil {
+			return nil, bad("--from/--to: %w", err)
+		}
+		return []export.Window{w}, nil
+	case catchUp:
+		last, err := export.LastDay(cfg.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("catch-up state: %w", err)
+		}
+		days, skipped := export.CatchUp(last, now, cfg.MaxCatchUpDays)
+		if skipped > 0 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "export: %d missed days before %s are beyond export.max_catch_up_days (%d) and are not exported; use --day for them\n",
+				skipped, days[0], cfg.MaxCatchUpDays)
+		}
+		return days, nil
+	default:
+		return []export.Window{export.Day(now.AddDate(0, 0, -1))}, nil
+	}
+}
