@@ -76,9 +76,14 @@ type Gateway struct {
 	appendErr atomic.Pointer[string] // last spool failure, nil once an append succeeds
 	degraded  int64
 
-	wg       sync.WaitGroup
-	appended chan struct{} // closed when the appender has finished
+	appended  chan struct{} // closed when the appender has finished
+	onWritten func(lines [][]byte, at time.Time)
 }
+
+// OnWritten registers f to be called with every group of lines InfluxDB
+// accepted (the demo measures latency with it). Call before Run; f must
+// not keep the slices.
+func (g *Gateway) OnWritten(f func(lines [][]byte, at time.Time)) { g.onWritten = f }
 
 // New opens the state (spool, dead letters) and prepares every stage; Run
 // starts them. cfg must have been validated.
@@ -496,6 +501,9 @@ func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
 		body = append(body, l...)
 	}
 	err := g.writeWithRetry(ctx, body, len(lines))
+	if err == nil && g.onWritten != nil {
+		g.onWritten(lines, time.Now())
+	}
 	var we *influx.WriteError
 	if err == nil || !errors.As(err, &we) {
 		return err
