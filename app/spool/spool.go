@@ -635,7 +635,9 @@ func (s *Spool) dropFor(need int64) error {
 // delete consumed segments and refresh Oldest. Called with mu held.
 func (s *Spool) settle() {
 	s.committed = s.normalize(s.committed)
-	if s.readPos.seq < s.committed.seq {
+	if s.readPos.seq <= s.committed.seq {
+		// Also when equal: readPos may name the end of a segment that is
+		// about to be deleted.
 		s.readPos = s.committed
 	}
 	for len(s.segs) > 1 && s.segs[0].first < s.committed.seg {
@@ -780,7 +782,12 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			continue
 		}
 		pos := s.readPos
-		end := s.segs[s.segIndex(pos.seg)].size
+		i := s.segIndex(pos.seg)
+		if i < 0 {
+			s.mu.Unlock()
+			return Batch{}, fmt.Errorf("spool: read: position %s names a deleted segment", pos)
+		}
+		end := s.segs[i].size
 		if s.rf == nil || s.rfSeg != pos.seg {
 			if s.rf != nil {
 				s.rf.Close()
