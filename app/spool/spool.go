@@ -755,7 +755,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
-	var b Batch
+	b := Batch{Records: make([][]byte, 0, min(maxRecords, 1024))}
 	var arena []byte
 	payload := 0
 	for {
@@ -822,7 +822,11 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 				break
 			}
 			if len(arena) < h.length {
-				arena = make([]byte, max(h.length, min(maxBytes-payload, 256<<10)))
+				// Carve records out of chunks rather than allocating each;
+				// size the chunk by what this batch can still take.
+				chunk := min(int64(maxBytes-payload), r.end-r.off-headerSize, 256<<10,
+					int64(maxRecords-len(b.Records))*int64(max(h.length, 64)))
+				arena = make([]byte, max(int64(h.length), chunk))
 			}
 			rec := arena[:h.length:h.length]
 			if err := r.read(h, rec); err != nil {

@@ -157,7 +157,7 @@ func TestReopen(t *testing.T) {
 	o := Options{Dir: dir, SegmentBytes: 2048}
 	s := open(t, o)
 	appendRange(t, s, 0, 100, 7)
-	readExpect(t, s, 0, 40, 40, true)  // delivered
+	readExpect(t, s, 0, 40, 40, true)   // delivered
 	readExpect(t, s, 40, 60, 20, false) // read, not committed
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
