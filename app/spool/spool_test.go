@@ -637,3 +637,36 @@ func TestConcurrentAppendRead(t *testing.T) {
 		})
 	}
 }
+
+func TestOldest(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	calls := 0
+	now := func() time.Time { calls++; return t0.Add(time.Duration(calls-1) * time.Second) }
+	dir := t.TempDir()
+	s := open(t, Options{Dir: dir, SegmentBytes: 200, Now: now})
+	if st := s.Stats(); !st.Oldest.IsZero() {
+		t.Fatalf("empty spool has Oldest %v", st.Oldest)
+	}
+	appendRange(t, s, 0, 9, 3) // three Appends: t0, t0+1s, t0+2s
+	if st := s.Stats(); !st.Oldest.Equal(t0) {
+		t.Fatalf("Stats.Oldest = %v, want %v", st.Oldest, t0)
+	}
+	b, err := s.Read(context.Background(), 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Oldest.Equal(t0) {
+		t.Fatalf("Batch.Oldest = %v, want %v", b.Oldest, t0)
+	}
+	if err := s.Commit(b.End); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); !st.Oldest.Equal(t0.Add(time.Second)) || st.Records != 5 {
+		t.Fatalf("after committing 4 records: %+v", st)
+	}
+	s.Close()
+	s = open(t, Options{Dir: dir, SegmentBytes: 200})
+	if st := s.Stats(); !st.Oldest.Equal(t0.Add(time.Second)) || st.Records != 5 {
+		t.Fatalf("after reopening: %+v", st)
+	}
+}
