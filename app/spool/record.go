@@ -28,16 +28,18 @@ const MaxRecordBytes = 16 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// appendRecord encodes one record onto buf.
+// appendRecord encodes one record onto buf. The header is written in
+// place so that the checksum runs once over the contiguous timestamp and
+// payload, with no temporary to allocate.
 func appendRecord(buf, payload []byte, unixNanos int64) []byte {
-	var h [headerSize]byte
-	binary.LittleEndian.PutUint32(h[0:4], uint32(len(payload)))
-	binary.LittleEndian.PutUint64(h[8:16], uint64(unixNanos))
-	crc := crc32.Update(0, castagnoli, h[8:16])
-	crc = crc32.Update(crc, castagnoli, payload)
-	binary.LittleEndian.PutUint32(h[4:8], crc)
-	buf = append(buf, h[:]...)
-	return append(buf, payload...)
+	start := len(buf)
+	buf = append(buf, make([]byte, headerSize)...)
+	buf = append(buf, payload...)
+	rec := buf[start:]
+	binary.LittleEndian.PutUint32(rec[0:4], uint32(len(payload)))
+	binary.LittleEndian.PutUint64(rec[8:16], uint64(unixNanos))
+	binary.LittleEndian.PutUint32(rec[4:8], crc32.Checksum(rec[8:], castagnoli))
+	return buf
 }
 
 // header is a decoded record header.

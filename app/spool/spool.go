@@ -635,7 +635,9 @@ func (s *Spool) dropFor(need int64) error {
 // delete consumed segments and refresh Oldest. Called with mu held.
 func (s *Spool) settle() {
 	s.committed = s.normalize(s.committed)
-	if s.readPos.seq < s.committed.seq {
+	if s.readPos.seq <= s.committed.seq {
+		// Also when equal: readPos may name the end of a segment that is
+		// about to be deleted.
 		s.readPos = s.committed
 	}
 	for len(s.segs) > 1 && s.segs[0].first < s.committed.seg {
@@ -753,7 +755,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
-	var b Batch
+	b := Batch{Records: make([][]byte, 0, min(maxRecords, 1024))}
 	var arena []byte
 	payload := 0
 	for {
@@ -780,7 +782,12 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			continue
 		}
 		pos := s.readPos
-		end := s.segs[s.segIndex(pos.seg)].size
+		i := s.segIndex(pos.seg)
+		if i < 0 {
+			s.mu.Unlock()
+			return Batch{}, fmt.Errorf("spool: read: position %s names a deleted segment", pos)
+		}
+		end := s.segs[i].size
 		if s.rf == nil || s.rfSeg != pos.seg {
 			if s.rf != nil {
 				s.rf.Close()
@@ -815,7 +822,11 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 				break
 			}
 			if len(arena) < h.length {
-				arena = make([]byte, max(h.length, min(maxBytes-payload, 256<<10)))
+				// Carve records out of chunks rather than allocating each;
+				// size the chunk by what this batch can still take.
+				chunk := min(int64(maxBytes-payload), r.end-r.off-headerSize, 256<<10,
+					int64(maxRecords-len(b.Records))*int64(max(h.length, 64)))
+				arena = make([]byte, max(int64(h.length), chunk))
 			}
 			rec := arena[:h.length:h.length]
 			if err := r.read(h, rec); err != nil {
