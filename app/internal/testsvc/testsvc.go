@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -154,4 +153,3 @@ func tail(path string) string {
 	return string(b)
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
