@@ -2,8 +2,6 @@ package app
 
 import (
 	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -13,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/influxdata/line-protocol/v2/lineprotocol"
+	"github.com/tidwall/gjson"
 )
 
 // Message is one MQTT message as the gateway received it.
@@ -251,62 +250,65 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 	if err != nil {
 		return dst, 0, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(msg.Payload))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return dst, 0, decodeErr(ReasonNotObject, "payload is a JSON %s, want an object", typeErr.Value)
-		}
-		return dst, 0, decodeErr(ReasonNotJSON, "payload is not JSON: %v", err)
+	// gjson validates and walks the object without building a map: this
+	// is the hot path of every message (see BenchmarkMapperJSON).
+	if !gjson.ValidBytes(msg.Payload) {
+		return dst, 0, decodeErr(ReasonNotJSON, "payload is not valid JSON")
 	}
-	if obj == nil {
-		return dst, 0, decodeErr(ReasonNotObject, "payload is JSON null, want an object")
-	}
-	if dec.More() {
-		return dst, 0, decodeErr(ReasonNotJSON, "payload has data after the JSON object")
+	obj := gjson.ParseBytes(msg.Payload)
+	if !obj.IsObject() {
+		return dst, 0, decodeErr(ReasonNotObject, "payload is a JSON %s, want an object", gjsonKind(obj))
 	}
 	ts := msg.Received
-	fields := make([]jsonField, 0, len(obj))
-	for k, v := range obj {
+	var fieldBuf [16]jsonField
+	fields := fieldBuf[:0]
+	var ferr error
+	obj.ForEach(func(key, v gjson.Result) bool {
+		k := key.Str
 		if k == TimestampKey {
-			if ts, err = parseTS(v); err != nil {
-				return dst, 0, err
-			}
-			continue
+			ts, ferr = parseTS(v)
+			return ferr == nil
 		}
 		if !validName(k) {
-			return dst, 0, decodeErr(ReasonBadField, "bad field name %q", k)
+			ferr = decodeErr(ReasonBadField, "bad field name %q", k)
+			return false
 		}
 		var val lineprotocol.Value
 		ok := true
-		switch x := v.(type) {
-		case nil:
-			continue // null means "no value this time"
-		case json.Number:
-			f, perr := strconv.ParseFloat(string(x), 64)
+		switch v.Type {
+		case gjson.Null:
+			return true // null means "no value this time"
+		case gjson.Number:
+			f, perr := strconv.ParseFloat(v.Raw, 64)
 			if perr != nil {
-				return dst, 0, decodeErr(ReasonBadField, "field %q: number %s out of range", k, x)
+				ferr = decodeErr(ReasonBadField, "field %q: number %s out of range", k, v.Raw)
+				return false
 			}
 			val, ok = lineprotocol.FloatValue(f)
-		case bool:
-			val = lineprotocol.BoolValue(x)
-		case string:
-			val, ok = lineprotocol.StringValue(x)
+		case gjson.True, gjson.False:
+			val = lineprotocol.BoolValue(v.Type == gjson.True)
+		case gjson.String:
+			val, ok = lineprotocol.StringValue(v.Str)
 		default:
-			return dst, 0, decodeErr(ReasonBadField, "field %q: %s values are not supported", k, jsonKind(v))
+			ferr = decodeErr(ReasonBadField, "field %q: %s values are not supported", k, gjsonKind(v))
+			return false
 		}
 		if !ok {
-			return dst, 0, decodeErr(ReasonBadField, "field %q: value cannot be stored", k)
+			ferr = decodeErr(ReasonBadField, "field %q: value cannot be stored", k)
+			return false
 		}
 		fields = append(fields, jsonField{k, val})
+		return true
+	})
+	if ferr != nil {
+		return dst, 0, ferr
 	}
+	// A key given twice: the last one wins, as in most JSON decoders.
+	slices.SortStableFunc(fields, func(a, b jsonField) int { return strings.Compare(a.key, b.key) })
+	fields = dedupLast(fields)
 	if len(fields) == 0 {
 		return dst, 0, decodeErr(ReasonNoFields, "payload has no fields")
 	}
-	slices.SortFunc(fields, func(a, b jsonField) int { return strings.Compare(a.key, b.key) })
-
 	var enc lineprotocol.Encoder
 	enc.SetBuffer(dst)
 	enc.SetPrecision(lineprotocol.Nanosecond)
@@ -328,42 +330,62 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 	return enc.Bytes(), 1, nil
 }
 
-func jsonKind(v any) string {
-	switch v.(type) {
-	case map[string]any:
-		return "object"
-	case []any:
-		return "array"
-	}
-	return fmt.Sprintf("%T", v)
-}
-
 // parseTS reads the device time: integer unix milliseconds or RFC 3339.
-func parseTS(v any) (time.Time, error) {
+func parseTS(v gjson.Result) (time.Time, error) {
 	var t time.Time
-	switch x := v.(type) {
-	case json.Number:
-		ms, err := strconv.ParseInt(string(x), 10, 64)
+	switch v.Type {
+	case gjson.Number:
+		ms, err := strconv.ParseInt(v.Raw, 10, 64)
 		if err != nil {
-			return t, decodeErr(ReasonBadTS, "ts %s is not integer unix milliseconds", x)
+			return t, decodeErr(ReasonBadTS, "ts %s is not integer unix milliseconds", v.Raw)
 		}
 		if ms < minTime.UnixMilli() || ms > maxTime.UnixMilli() {
 			return t, decodeErr(ReasonBadTS, "ts %d is out of range", ms)
 		}
 		t = time.UnixMilli(ms)
-	case string:
+	case gjson.String:
 		var err error
-		t, err = time.Parse(time.RFC3339Nano, x)
+		t, err = time.Parse(time.RFC3339Nano, v.Str)
 		if err != nil {
-			return t, decodeErr(ReasonBadTS, "ts %q is not RFC 3339", x)
+			return t, decodeErr(ReasonBadTS, "ts %q is not RFC 3339", v.Str)
 		}
 		if t.Before(minTime) || t.After(maxTime) {
-			return t, decodeErr(ReasonBadTS, "ts %q is out of range", x)
+			return t, decodeErr(ReasonBadTS, "ts %q is out of range", v.Str)
 		}
 	default:
-		return t, decodeErr(ReasonBadTS, "ts is a %s, want integer unix milliseconds or an RFC 3339 string", jsonKind(v))
+		return t, decodeErr(ReasonBadTS, "ts is a %s, want integer unix milliseconds or an RFC 3339 string", gjsonKind(v))
 	}
 	return t, nil
+}
+
+func gjsonKind(v gjson.Result) string {
+	switch {
+	case v.IsObject():
+		return "object"
+	case v.IsArray():
+		return "array"
+	case v.Type == gjson.Null:
+		return "null"
+	case v.Type == gjson.True || v.Type == gjson.False:
+		return "boolean"
+	case v.Type == gjson.Number:
+		return "number"
+	case v.Type == gjson.String:
+		return "string"
+	}
+	return "value"
+}
+
+// dedupLast keeps the last of each run of equal keys in a sorted slice.
+func dedupLast(fields []jsonField) []jsonField {
+	out := fields[:0]
+	for i, f := range fields {
+		if i+1 < len(fields) && fields[i+1].key == f.key {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // appendLine validates line-protocol payloads and re-encodes them with the

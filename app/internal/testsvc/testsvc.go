@@ -152,4 +152,3 @@ func tail(path string) string {
 	}
 	return string(b)
 }
-
