@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/export"
 )
 
 // Sample is the documented sample configuration. Its values are the
@@ -36,6 +37,9 @@ type Config struct {
 	DeadLetter DeadLetter `toml:"deadletter"`
 	HTTP       HTTP       `toml:"http"`
 	Log        Log        `toml:"log"`
+	// Export is read by `iotgw export`; the gateway only accepts it, so one
+	// file serves both.
+	Export export.Config `toml:"export"`
 }
 
 // Gateway identifies this gateway.
