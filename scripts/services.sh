@@ -23,7 +23,7 @@ install_mosquitto() {
 	local sudo=""
 	[ "$(id -u)" -eq 0 ] || sudo=sudo
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 	# The tests start their own brokers; the packaged service is not needed.
 	$sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
 }
