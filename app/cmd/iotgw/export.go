@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iot-gateway/iot-gateway/app/export"
+	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
 
 func newExportCmd() *cobra.Command {
@@ -60,6 +61,9 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			}
 			if noDashboards {
 				cfg.SkipDashboards = true
+			}
+			if err := resolveSecrets([]ssmref.Field{{Key: "influx.token", Value: &in.Token}}); err != nil {
+				return err
 			}
 			cfg = cfg.WithDefaults()
 			if err := errors.Join(in.Validate(), cfg.Validate(!noUpload)); err != nil {

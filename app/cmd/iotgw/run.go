@@ -12,6 +12,7 @@ import (
 
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/gateway"
+	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
 
 // configFlags are the flags that override the configuration file and the
@@ -80,6 +81,13 @@ SIGTERM or SIGINT stops it within a few seconds; nothing in hand is lost.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := flags.load(cmd)
 			if err != nil {
+				return err
+			}
+			if err := resolveSecrets([]ssmref.Field{
+				{Key: "mqtt.username", Value: &cfg.MQTT.Username},
+				{Key: "mqtt.password", Value: &cfg.MQTT.Password},
+				{Key: "influx.token", Value: &cfg.Influx.Token},
+			}); err != nil {
 				return err
 			}
 			if check {
