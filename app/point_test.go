@@ -37,6 +37,8 @@ func TestMapperJSON(t *testing.T) {
 			"m,device=d,gateway=gw-1,site=s v=1 1795694400000000000\n", ""},
 		{"escaping", "sensors/s 1/d,2/m=x", `{"a b":"q\"x"}`,
 			"m=x,device=d\\,2,gateway=gw-1,site=s\\ 1 a\\ b=\"q\\\"x\" 1795694400000000000\n", ""},
+		{"duplicate key keeps the last", "sensors/s/d/m", `{"v":1,"w":true,"v":2}`,
+			"m,device=d,gateway=gw-1,site=s v=2,w=true 1795694400000000000\n", ""},
 		{"not json", "sensors/s/d/m", `{"v":`, "", ReasonNotJSON},
 		{"trailing data", "sensors/s/d/m", `{"v":1} {"v":2}`, "", ReasonNotJSON},
 		{"array", "sensors/s/d/m", `[1,2]`, "", ReasonNotObject},
