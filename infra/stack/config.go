@@ -32,15 +32,16 @@ type Config struct {
 	SSHCidrs      []string // may reach SSH 22; default none
 	SSHPublicKey  string   // imports a key pair when set
 
-	RootVolumeSize    int    // GiB, default 16
-	DataVolumeSize    int    // GiB, default 20
-	DataVolumeIops    int    // gp3 IOPS, default 3000
-	DataVolumeRetain  bool   // keep the data volume on destroy, default true
-	DataVolumeProtect bool   // refuse to delete the data volume, default false
-	Snapshots         bool   // daily DLM snapshots of the data volume, default true
-	SnapshotRetain    int    // snapshots kept, default 7
-	SnapshotTime      string // UTC "HH:MM" of the daily snapshot, default 04:00
-	ElasticIP         bool   // allocate and associate an Elastic IP, default false
+	RootVolumeSize     int    // GiB, default 16
+	DataVolumeSize     int    // GiB, default 20
+	DataVolumeIops     int    // gp3 IOPS, default 3000
+	DataVolumeRetain   bool   // keep the data volume on destroy, default true
+	DataVolumeProtect  bool   // refuse to delete the data volume, default false
+	Snapshots          bool   // daily DLM snapshots of the data volume, default true
+	SnapshotRetain     int    // snapshots kept, default 7
+	SnapshotTime       string // UTC "HH:MM" of the daily snapshot, default 04:00
+	ElasticIP          bool   // allocate and associate an Elastic IP, default false
+	RolloutWaitSeconds int    // how long pulumi up waits for the host to apply a new binary, default 1200
 
 	ArtifactPath        string // gateway binary for the architecture; default dist/iotgw-linux-<goarch>
 	ExportPrefix        string // default exports/
@@ -79,6 +80,7 @@ func Defaults() Config {
 		Snapshots:           true,
 		SnapshotRetain:      7,
 		SnapshotTime:        "04:00",
+		RolloutWaitSeconds:  1200,
 		ExportPrefix:        "exports/",
 		ExportRetentionDays: 365,
 		NoncurrentDays:      30,
@@ -162,6 +164,7 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	integer("snapshotRetain", &c.SnapshotRetain)
 	str("snapshotTime", &c.SnapshotTime)
 	boolean("elasticIp", &c.ElasticIP)
+	integer("rolloutWaitSeconds", &c.RolloutWaitSeconds)
 	str("artifactPath", &c.ArtifactPath)
 	str("exportPrefix", &c.ExportPrefix)
 	integer("exportRetentionDays", &c.ExportRetentionDays)
@@ -307,6 +310,9 @@ func (c Config) Validate() error {
 		if !hhmm.MatchString(c.SnapshotTime) {
 			bad("snapshotTime", "%q is not a UTC time like 04:00", c.SnapshotTime)
 		}
+	}
+	if c.RolloutWaitSeconds < 0 || c.RolloutWaitSeconds > 3600 {
+		bad("rolloutWaitSeconds", "%d is outside 0..3600", c.RolloutWaitSeconds)
 	}
 	if !safeName.MatchString(strings.TrimSuffix(c.ExportPrefix, "/")) || !strings.HasSuffix(c.ExportPrefix, "/") || strings.HasPrefix(c.ExportPrefix, "artifacts/") {
 		bad("exportPrefix", "%q must be one path segment ending in / (and not artifacts/)", c.ExportPrefix)

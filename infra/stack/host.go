@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/iot-gateway/iot-gateway/provision"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/dlm"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ebs"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
@@ -34,6 +35,7 @@ type Host struct {
 	KeyPair    *ec2.KeyPair // nil unless sshPublicKey is set
 	EIP        *ec2.Eip     // nil unless elasticIp is set
 	Snapshots  *dlm.LifecyclePolicy
+	Rollout    *ssm.Association
 	PublicIP   pulumi.StringOutput
 	PublicDNS  pulumi.StringOutput
 
@@ -166,12 +168,41 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		}
 	}
 
+	// Rollout: the association runs the host's setup again whenever the
+	// artifact changes (its command names the sha256). The setup fetches
+	// and verifies the new binary, restarts the services, checks /readyz
+	// and puts the previous binary back if the new one fails; pulumi up
+	// waits for the result. No SSH, no new instance.
+	h.Rollout, err = ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
+		Name: pulumi.String("AWS-RunShellScript"),
+		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
+			Key:    pulumi.String("InstanceIds"),
+			Values: pulumi.StringArray{h.Instance.ID()},
+		}},
+		Parameters: pulumi.StringMap{
+			"commands":         pulumi.String(RolloutCommand(s.ArtifactSHA256)),
+			"executionTimeout": pulumi.String("1800"),
+		},
+		ComplianceSeverity:           pulumi.String("HIGH"),
+		MaxErrors:                    pulumi.String("0"),
+		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
+		Tags:                         e.tagged("rollout"),
+	}, parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Attachment}))
+	if err != nil {
+		return nil, err
+	}
+
 	err = ctx.RegisterResourceOutputs(h, pulumi.Map{
 		"instanceId":   h.Instance.ID(),
 		"dataVolumeId": h.DataVolume.ID(),
 		"publicDns":    h.PublicDNS,
 	})
 	return h, err
+}
+
+// RolloutCommand is the shell command the rollout association runs.
+func RolloutCommand(sha256 string) string {
+	return "IOTGW_EXPECT_SHA256=" + sha256 + " " + provision.SetupScript
 }
 
 // snapshotTag marks the volumes the stack's DLM policy snapshots.

@@ -29,6 +29,7 @@ type recorded struct {
 	Type, Name string
 	Inputs     resource.PropertyMap
 	ID         string
+	Deps       []string // URNs it depends on
 }
 
 // mocks answers the provider calls and records every resource.
@@ -64,7 +65,11 @@ func (m *mocks) NewResource(args pulumi.MockResourceArgs) (string, resource.Prop
 		outs["keyName"] = resource.NewStringProperty(args.Name)
 	}
 	m.mu.Lock()
-	m.resources = append(m.resources, recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id})
+	var deps []string
+	if args.RegisterRPC != nil {
+		deps = args.RegisterRPC.GetDependencies()
+	}
+	m.resources = append(m.resources, recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id, Deps: deps})
 	m.mu.Unlock()
 	return id, outs, nil
 }

@@ -230,6 +230,19 @@ func TestDeployDefaults(t *testing.T) {
 		t.Errorf("no snapshot policy by default")
 	}
 
+	// Rollout: the association reruns the setup for this sha256, after the
+	// artifact parameter is updated.
+	ro := m.one(t, "aws:ssm/association:Association")
+	if get(ro, "name") != "AWS-RunShellScript" || get(ro, "parameters.commands") != "IOTGW_EXPECT_SHA256="+sha+" /usr/local/sbin/iotgw-setup" ||
+		!slices.Equal(toStrings(get(ro, "targets").([]any)[0].(map[string]any)["values"]), []string{"i-0123456789abcdef0"}) {
+		t.Errorf("rollout association = %v", plain(resource.NewObjectProperty(ro.Inputs)))
+	}
+	for _, dep := range []string{"::storage-artifact-ref", "::host-data-attachment"} {
+		if !slices.ContainsFunc(ro.Deps, func(u string) bool { return strings.HasSuffix(u, dep) }) {
+			t.Errorf("rollout does not wait for %s; depends on %v", dep, ro.Deps)
+		}
+	}
+
 	// Outputs.
 	for _, k := range []string{"instanceId", "publicIp", "publicDns", "mqttEndpoint", "influxUrl", "ssmSessionCommand",
 		"influxPortForwardCommand", "artifactUri", "exportUri", "bucketName", "dataVolumeId"} {

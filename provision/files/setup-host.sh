@@ -20,6 +20,7 @@ set -a
 set +a
 
 CHANGED=0
+GATEWAY_UPDATED=0
 log() { printf 'iotgw-setup: %s\n' "$*"; }
 changed() { CHANGED=$((CHANGED + 1)); log "changed: $*"; }
 die() {
@@ -260,6 +261,7 @@ install_gateway() {
 	[[ -f $dst ]] && cp -p "$dst" "$dst.prev"
 	install -o 0 -g 0 -m 0755 "$file" "$dst.new"
 	mv -f "$dst.new" "$dst"
+	GATEWAY_UPDATED=1
 	changed "$dst ($want)"
 }
 
@@ -276,6 +278,9 @@ gateway_binary() {
 		--query Parameter.Value --output text)
 	uri=${ref%% *}
 	sha=${ref##* }
+	if [[ -n ${IOTGW_EXPECT_SHA256:-} && $sha != "$IOTGW_EXPECT_SHA256" ]]; then
+		die "$PARAM_PATH/artifact names $sha, the rollout expects $IOTGW_EXPECT_SHA256"
+	fi
 	tmp=$(mktemp)
 	aws s3 cp --region "$AWS_REGION" --only-show-errors "$uri" "$tmp"
 	install_gateway "$tmp" "$sha"
@@ -333,15 +338,21 @@ print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.en
 	fi
 }
 
-# wait_for WHAT CMD...: retry CMD for up to 120 s.
-wait_for() {
-	local what=$1 i
-	shift
+# healthy CMD...: retry CMD for up to 120 s.
+healthy() {
+	local i
 	for ((i = 0; i < 120; i++)); do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 1
 	done
-	die "$what not healthy after 120s"
+	return 1
+}
+
+# wait_for WHAT CMD...: like healthy, but fails the run.
+wait_for() {
+	local what=$1
+	shift
+	healthy "$@" || die "$what not healthy after 120s"
 }
 
 # Step 9 (online): start everything and check it answers.
@@ -352,7 +363,17 @@ start_and_check() {
 	wait_for "broker (TLS 8883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8883'
 	wait_for "broker (1883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883'
 	wait_for "InfluxDB /health" curl -fsS http://127.0.0.1:8086/health
-	wait_for "gateway /readyz" curl -fsS "http://$HTTP_ADDR/readyz"
+	if ! healthy curl -fsS "http://$HTTP_ADDR/readyz"; then
+		if [[ $GATEWAY_UPDATED == 1 && -f /usr/local/bin/iotgw.prev ]]; then
+			# The new binary does not come up: put the previous one back.
+			mv -f /usr/local/bin/iotgw.prev /usr/local/bin/iotgw
+			systemctl restart iotgw-broker.service iotgw.service
+			healthy curl -fsS "http://$HTTP_ADDR/readyz" ||
+				die "new gateway binary failed /readyz, and so does the previous one after rollback"
+			die "new gateway binary failed /readyz; rolled back to the previous binary"
+		fi
+		die "gateway /readyz not healthy after 120s"
+	fi
 	local msg="SUCCESS: broker, InfluxDB and gateway healthy; export timer armed"
 	log "$msg"
 	if [[ -w /dev/console ]]; then printf 'iotgw-setup: %s\n' "$msg" >/dev/console || true; fi
@@ -360,6 +381,11 @@ start_and_check() {
 
 main() {
 	[[ $(id -u) == 0 ]] || die "must run as root"
+	# cloud-init and the SSM rollout association may start it at the same
+	# time on first boot: one run at a time.
+	mkdir -p "$ROOT/run/lock"
+	exec 9>>"$ROOT/run/lock/iotgw-setup.lock"
+	flock 9
 	install_payload
 	# The package creates the influxdb user that owns its data directory.
 	if online; then install_influxdb; fi
