@@ -226,8 +226,11 @@ func TestDeployDefaults(t *testing.T) {
 			t.Errorf("%d %s by default, want none", n, kind)
 		}
 	}
-	if len(m.byType("aws:dlm/lifecyclePolicy:LifecyclePolicy")) != 1 {
-		t.Errorf("no snapshot policy by default")
+	dlmPolicy := m.one(t, "aws:dlm/lifecyclePolicy:LifecyclePolicy")
+	sched := get(dlmPolicy, "policyDetails.schedules").([]any)[0].(map[string]any)
+	if get(dlmPolicy, "policyDetails.targetTags.iotgw-snapshot") != "iot-gateway-dev" ||
+		sched["createRule"].(map[string]any)["times"] != "04:00" || sched["retainRule"].(map[string]any)["count"] != 7.0 {
+		t.Errorf("snapshot policy = %v", plain(resource.NewObjectProperty(dlmPolicy.Inputs)))
 	}
 
 	// Rollout: the association reruns the setup for this sha256, after the
@@ -445,6 +448,18 @@ func userData(t *testing.T, inst recorded) decodedUserData {
 		t.Errorf("user-data does not start with #cloud-config")
 	}
 	return decodedUserData{gz: gz, plain: plainUD}
+}
+
+func TestPinnedAMI(t *testing.T) {
+	c := testConfig(t)
+	c.AmiID = "ami-0fixed0000000000"
+	r := deploy(t, c)
+	if n := len(r.m.callsOf("aws:ssm/getParameter:getParameter")); n != 0 {
+		t.Errorf("%d AMI lookups with amiId pinned", n)
+	}
+	if got := get(r.m.one(t, "aws:ec2/instance:Instance"), "ami"); got != c.AmiID {
+		t.Errorf("ami = %v, want %s", got, c.AmiID)
+	}
 }
 
 func TestUserDataNamesTheVolume(t *testing.T) {
