@@ -21,6 +21,8 @@ set +a
 
 CHANGED=0
 GATEWAY_UPDATED=0
+# How the health check verifies the broker's certificate.
+BROKER_VERIFY=(-CAfile /var/lib/iotgw-broker/tls/ca.crt -verify_hostname localhost)
 log() { printf 'iotgw-setup: %s\n' "$*"; }
 changed() { CHANGED=$((CHANGED + 1)); log "changed: $*"; }
 die() {
@@ -172,6 +174,10 @@ broker_tls() {
 	uid=$(id_of iotgw-broker)
 	gid=$(gid_of iotgw-broker)
 	put_dir "$dir" 0750 iotgw-broker iotgw-broker
+	if online && provided_tls "$dir" "$uid" "$gid"; then
+		BROKER_VERIFY=(-CAfile /etc/pki/tls/certs/ca-bundle.crt)
+		return 0
+	fi
 	if [[ ! -s $dir/ca.key || ! -s $dir/ca.crt ]]; then
 		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
 			-subj "/CN=iot-gateway $STACK broker CA" \
@@ -209,6 +215,25 @@ broker_tls() {
 	fi
 }
 
+# provided_tls DIR UID GID: use the certificate and key the operator put in
+# SSM ($PARAM_PATH/broker-tls-cert, SecureString broker-tls-key), if any.
+provided_tls() {
+	local dir=$1 uid=$2 gid=$3 tmp
+	tmp=$(mktemp -d)
+	if ! aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/broker-tls-cert" \
+		--query Parameter.Value --output text >"$tmp/server.crt" 2>/dev/null ||
+		! ssm_secret broker-tls-key >"$tmp/server.key" 2>/dev/null; then
+		rm -rf "$tmp"
+		return 1
+	fi
+	if ! cmp -s "$tmp/server.crt" "$dir/server.crt" || ! cmp -s "$tmp/server.key" "$dir/server.key"; then
+		install -o "$uid" -g "$gid" -m 0644 "$tmp/server.crt" "$dir/server.crt"
+		install -o "$uid" -g "$gid" -m 0600 "$tmp/server.key" "$dir/server.key"
+		changed "$dir/server.crt from $PARAM_PATH/broker-tls-cert"
+	fi
+	rm -rf "$tmp"
+}
+
 # host_names prints the names devices may use for this host, from IMDSv2.
 host_names() {
 	local tok names="localhost 127.0.0.1" v k
@@ -230,9 +255,11 @@ install_influxdb() {
 	fi
 	key=$(mktemp)
 	curl -fsSL --retry 5 -o "$key" "$INFLUX_KEY_URL"
-	fpr=$(gpg --show-keys --with-colons --with-fingerprint "$key" | awk -F: '$1 == "fpr" { print $10; exit }')
+	# Exactly one primary key, and it is the one we expect.
+	fpr=$(gpg --show-keys --with-colons --with-fingerprint "$key" |
+		awk -F: '$1 == "pub" { n++; want = 1 } $1 == "fpr" && want { print $10; want = 0 } END { if (n != 1) print "keys:" n }')
 	[[ $fpr == "$INFLUX_KEY_FINGERPRINT" ]] ||
-		die "InfluxData signing key fingerprint is $fpr, want $INFLUX_KEY_FINGERPRINT"
+		die "InfluxData signing key fingerprint is ${fpr//$'\n'/ }, want $INFLUX_KEY_FINGERPRINT"
 	install -m 0644 "$key" /etc/pki/rpm-gpg/RPM-GPG-KEY-influxdata
 	rm -f "$key"
 	cat >/etc/yum.repos.d/influxdata.repo <<'REPO'
@@ -342,7 +369,7 @@ print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.en
 healthy() {
 	local i
 	for ((i = 0; i < 120; i++)); do
-		"$@" >/dev/null 2>&1 && return 0
+		"$@" </dev/null >/dev/null 2>&1 && return 0
 		sleep 1
 	done
 	return 1
@@ -360,7 +387,7 @@ start_and_check() {
 	systemctl daemon-reload
 	systemctl restart iotgw-broker.service iotgw.service
 	systemctl start iotgw-export.timer
-	wait_for "broker (TLS 8883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8883'
+	wait_for "broker (TLS 8883)" openssl s_client -connect 127.0.0.1:8883 -verify_return_error "${BROKER_VERIFY[@]}"
 	wait_for "broker (1883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883'
 	wait_for "InfluxDB /health" curl -fsS http://127.0.0.1:8086/health
 	if ! healthy curl -fsS "http://$HTTP_ADDR/readyz"; then
