@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -180,8 +181,9 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	secret(KeyInfluxToken, &c.InfluxToken)
 	secret(KeyMQTTPassword, &c.MQTTPassword)
 
-	if c.ArtifactPath != "" && !filepath.IsAbs(c.ArtifactPath) && ctx.RootDirectory() != "" {
-		c.ArtifactPath = filepath.Join(ctx.RootDirectory(), c.ArtifactPath)
+	root := projectRoot(ctx)
+	if c.ArtifactPath != "" && !filepath.IsAbs(c.ArtifactPath) {
+		c.ArtifactPath = filepath.Join(root, c.ArtifactPath)
 	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err)
@@ -190,9 +192,34 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 		return c, fmt.Errorf("invalid stack configuration:\n%w", err)
 	}
 	if c.ArtifactPath == "" {
-		c.ArtifactPath = filepath.Join(ctx.RootDirectory(), "dist", "iotgw-linux-"+c.GoArch())
+		c.ArtifactPath = filepath.Join(root, "dist", "iotgw-linux-"+c.GoArch())
+	}
+	if len(c.MQTTCidrs) == 0 {
+		_ = ctx.Log.Warn("mqttCidrs is empty: no device can reach the broker from outside the host; "+
+			"run: pulumi config set --path 'mqttCidrs[0]' <your devices' CIDR>", nil)
 	}
 	return c, nil
+}
+
+// projectRoot is the directory of Pulumi.yaml, against which relative paths
+// in the configuration are resolved. The CLI says where it is; without it,
+// look upwards from the program's directory.
+func projectRoot(ctx *pulumi.Context) string {
+	if r := ctx.RootDirectory(); r != "" {
+		return r
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "."
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "Pulumi.yaml")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
 }
 
 // arm64Family matches the Graviton instance families (t4g, m7g, c8gd, x2gd,

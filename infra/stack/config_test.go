@@ -150,6 +150,26 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
+func TestArtifactPathDefault(t *testing.T) {
+	// Relative to the directory of Pulumi.yaml: the repository root, found
+	// upwards from the package directory when the CLI does not say.
+	cfg := map[string]any{"owner": "team", KeyInfluxAdminPassword: testAdminPassword, KeyInfluxToken: testToken, KeyMQTTPassword: testMQTTPassword}
+	var got Config
+	_, err := withConfig(t, cfg, []string{KeyInfluxAdminPassword, KeyInfluxToken, KeyMQTTPassword}, func(ctx *pulumi.Context) error {
+		var err error
+		got, err = LoadConfig(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	want := filepath.Join(filepath.Dir(filepath.Dir(wd)), "dist", "iotgw-linux-arm64")
+	if got.ArtifactPath != want {
+		t.Errorf("ArtifactPath = %s, want %s", got.ArtifactPath, want)
+	}
+}
+
 func TestLoadConfigErrors(t *testing.T) {
 	// The whole program refuses to start, naming each bad key, before it
 	// declares any resource.
