@@ -174,6 +174,7 @@ var payload = []struct {
 	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
 	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
 	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
+	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
 }
 
 // Files renders every file the host gets: the setup script and the payload
@@ -289,11 +290,12 @@ func indent(n int, s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// Units returns the embedded systemd unit files by name.
+// Units returns the embedded systemd unit files by name (drop-ins not
+// included).
 func Units() (map[string][]byte, error) {
 	out := map[string][]byte{}
 	err := fs.WalkDir(files, "files/systemd", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".conf") {
 			return err
 		}
 		b, err := files.ReadFile(path)

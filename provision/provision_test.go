@@ -432,6 +432,7 @@ func TestSetupTempRoot(t *testing.T) {
 		{"etc/influxdb/config.toml", 0o644, 0, 0},
 		{"etc/systemd/system/iotgw.service", 0o644, 0, 0},
 		{"etc/systemd/system/iotgw-export.timer", 0o644, 0, 0},
+		{"etc/systemd/system/influxdb.service.d/iotgw.conf", 0o644, 0, 0},
 		{"usr/local/bin/iotgw", 0o755, 0, 0},
 		{"data", fs.ModeDir | 0o755, 0, 0},
 		{"data/iotgw", fs.ModeDir | 0o750, uid("iotgw"), gid("iotgw")},
