@@ -312,6 +312,9 @@ func (c Config) Validate() error {
 			}
 			if !allowAny && p.Bits() == 0 {
 				bad(key, "%s would open the port to the whole internet; list the networks that need it (or use an SSM session)", s)
+			} else if !allowAny && ((p.Addr().Is4() && p.Bits() < 8) || (p.Addr().Is6() && p.Bits() < 32)) {
+				// 0.0.0.0/1 plus 128.0.0.0/1 is the internet too.
+				bad(key, "%s is broader than /8 (IPv6: /32); list the networks that need it (or use an SSM session)", s)
 			}
 		}
 	}

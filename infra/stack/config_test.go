@@ -49,6 +49,8 @@ func TestValidate(t *testing.T) {
 		{"host bits", func(c *Config) { c.AdminCidrs = []string{"198.51.100.7/24"} }, "adminCidrs"},
 		{"ssh from anywhere", func(c *Config) { c.SSHCidrs = []string{"0.0.0.0/0"} }, "sshCidrs"},
 		{"ssh from anywhere v6", func(c *Config) { c.SSHCidrs = []string{"::/0"} }, "sshCidrs"},
+		{"ssh from half the internet", func(c *Config) { c.SSHCidrs = []string{"128.0.0.0/1"} }, "sshCidrs"},
+		{"influx from a v6 /16", func(c *Config) { c.AdminCidrs = []string{"2001::/16"} }, "adminCidrs"},
 		{"influx from anywhere", func(c *Config) { c.AdminCidrs = []string{"10.0.0.0/8", "0.0.0.0/0"} }, "adminCidrs"},
 		{"arm type, x86 arch", func(c *Config) { c.Architecture = "x86_64" }, "architecture"},
 		{"x86 type, arm arch", func(c *Config) { c.InstanceType, c.Architecture = "c7i.large", "arm64" }, "architecture"},
