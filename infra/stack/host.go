@@ -1,0 +1,348 @@
+package stack
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/iot-gateway/iot-gateway/provision"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/dlm"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ebs"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/iam"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ssm"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+)
+
+// dataDevice is the device name the data volume is attached as; on Nitro
+// instances the host finds it by its NVMe serial (the volume id) instead.
+const dataDevice = "/dev/sdf"
+
+// AmiParameter is the public SSM parameter holding the latest Amazon Linux
+// 2023 AMI for an architecture ("arm64" or "x86_64").
+func AmiParameter(arch string) string {
+	return "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-" + arch
+}
+
+// Host is the instance, its identity and its data volume.
+type Host struct {
+	pulumi.ResourceState
+
+	Role       *iam.Role
+	Profile    *iam.InstanceProfile
+	Instance   *ec2.Instance
+	DataVolume *ebs.Volume
+	Attachment *ec2.VolumeAttachment
+	KeyPair    *ec2.KeyPair // nil unless sshPublicKey is set
+	EIP        *ec2.Eip     // nil unless elasticIp is set
+	Snapshots  *dlm.LifecyclePolicy
+	Rollout    *ssm.Association
+	PublicIP   pulumi.StringOutput
+	PublicDNS  pulumi.StringOutput
+
+	region string
+}
+
+// NewHost declares the instance role, the data volume and the instance.
+func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *Storage, opts ...pulumi.ResourceOption) (*Host, error) {
+	h := &Host{region: e.region}
+	if err := ctx.RegisterComponentResource("iot-gateway:infra:Host", name, h, opts...); err != nil {
+		return nil, err
+	}
+	parent := pulumi.Parent(h)
+
+	ami := c.AmiID
+	if ami == "" {
+		p, err := ssm.LookupParameter(ctx, &ssm.LookupParameterArgs{Name: AmiParameter(c.Arch())})
+		if err != nil {
+			return nil, fmt.Errorf("look up Amazon Linux 2023 AMI for %s: %w", c.Arch(), err)
+		}
+		ami = p.Value
+	}
+
+	if err := h.identity(ctx, name, e, c, s, parent); err != nil {
+		return nil, err
+	}
+
+	var err error
+	h.DataVolume, err = ebs.NewVolume(ctx, name+"-data", &ebs.VolumeArgs{
+		AvailabilityZone: pulumi.String(n.AvailabilityZone),
+		Type:             pulumi.String("gp3"),
+		Size:             pulumi.Int(c.DataVolumeSize),
+		Iops:             pulumi.Int(c.DataVolumeIops),
+		Throughput:       pulumi.Int(125),
+		Encrypted:        pulumi.Bool(true),
+		Tags:             withSnapshotTag(e, e.tagged("data")),
+	}, parent, pulumi.RetainOnDelete(c.DataVolumeRetain), pulumi.Protect(c.DataVolumeProtect))
+	if err != nil {
+		return nil, err
+	}
+
+	if c.SSHPublicKey != "" {
+		h.KeyPair, err = ec2.NewKeyPair(ctx, name+"-key", &ec2.KeyPairArgs{
+			KeyNamePrefix: pulumi.String(fmt.Sprintf("%s-%s-", Project, e.stack)),
+			PublicKey:     pulumi.String(c.SSHPublicKey),
+			Tags:          e.tagged("key"),
+		}, parent)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	userData := pulumi.All(h.DataVolume.ID(), s.Bucket.Bucket).ApplyT(func(v []any) (string, error) {
+		return UserData(e, c, string(v[0].(pulumi.ID)), v[1].(string))
+	}).(pulumi.StringOutput)
+
+	args := &ec2.InstanceArgs{
+		Ami:                      pulumi.String(ami),
+		InstanceType:             pulumi.String(c.InstanceType),
+		SubnetId:                 pulumi.String(n.SubnetID),
+		VpcSecurityGroupIds:      pulumi.StringArray{n.SecurityGroup.ID()},
+		IamInstanceProfile:       h.Profile.Name,
+		AssociatePublicIpAddress: pulumi.Bool(true),
+		Monitoring:               pulumi.Bool(false),
+		MetadataOptions: &ec2.InstanceMetadataOptionsArgs{
+			HttpEndpoint:            pulumi.String("enabled"),
+			HttpTokens:              pulumi.String("required"),
+			HttpPutResponseHopLimit: pulumi.Int(1),
+			InstanceMetadataTags:    pulumi.String("disabled"),
+		},
+		RootBlockDevice: &ec2.InstanceRootBlockDeviceArgs{
+			VolumeType:          pulumi.String("gp3"),
+			VolumeSize:          pulumi.Int(c.RootVolumeSize),
+			Encrypted:           pulumi.Bool(true),
+			DeleteOnTermination: pulumi.Bool(true),
+			Tags:                e.tagged("root"),
+		},
+		UserDataBase64: userData,
+		// cloud-init runs user-data once per instance, so a change only
+		// takes effect on a new instance. The data volume survives it.
+		UserDataReplaceOnChange: pulumi.Bool(true),
+		Tags:                    e.tagged("host"),
+	}
+	if strings.HasPrefix(c.InstanceType, "t") {
+		// No surprise charges for burst credits.
+		args.CreditSpecification = &ec2.InstanceCreditSpecificationArgs{CpuCredits: pulumi.String("standard")}
+	}
+	if h.KeyPair != nil {
+		args.KeyName = h.KeyPair.KeyName
+	}
+	instOpts := []pulumi.ResourceOption{parent, pulumi.DeleteBeforeReplace(true)}
+	if c.AmiID == "" {
+		// The SSM parameter moves with every AMI release; following it would
+		// replace the host each time. Pin amiId, or `pulumi up --replace`.
+		instOpts = append(instOpts, pulumi.IgnoreChanges([]string{"ami"}))
+	}
+	h.Instance, err = ec2.NewInstance(ctx, name+"-instance", args, instOpts...)
+	if err != nil {
+		return nil, err
+	}
+
+	h.Attachment, err = ec2.NewVolumeAttachment(ctx, name+"-data-attachment", &ec2.VolumeAttachmentArgs{
+		DeviceName: pulumi.String(dataDevice),
+		InstanceId: h.Instance.ID(),
+		VolumeId:   h.DataVolume.ID(),
+		// Stop the host before detaching so the filesystem is unmounted
+		// cleanly when the instance is replaced.
+		StopInstanceBeforeDetaching: pulumi.Bool(true),
+	}, parent, pulumi.DeleteBeforeReplace(true))
+	if err != nil {
+		return nil, err
+	}
+
+	h.PublicIP, h.PublicDNS = h.Instance.PublicIp, h.Instance.PublicDns
+	if c.ElasticIP {
+		h.EIP, err = ec2.NewEip(ctx, name+"-eip", &ec2.EipArgs{
+			Domain:   pulumi.String("vpc"),
+			Instance: h.Instance.ID(),
+			Tags:     e.tagged("eip"),
+		}, parent)
+		if err != nil {
+			return nil, err
+		}
+		h.PublicIP, h.PublicDNS = h.EIP.PublicIp, h.EIP.PublicDns
+	}
+
+	if c.Snapshots {
+		if err := h.snapshots(ctx, name, e, c, parent); err != nil {
+			return nil, err
+		}
+	}
+
+	// Rollout: the association runs the host's setup again whenever the
+	// artifact changes (its command names the sha256). The setup fetches
+	// and verifies the new binary, restarts the services, checks /readyz
+	// and puts the previous binary back if the new one fails; pulumi up
+	// waits for the result. No SSH, no new instance.
+	h.Rollout, err = ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
+		Name: pulumi.String("AWS-RunShellScript"),
+		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
+			Key:    pulumi.String("InstanceIds"),
+			Values: pulumi.StringArray{h.Instance.ID()},
+		}},
+		Parameters: pulumi.StringMap{
+			"commands":         pulumi.String(RolloutCommand(s.ArtifactSHA256)),
+			"executionTimeout": pulumi.String("1800"),
+		},
+		ComplianceSeverity:           pulumi.String("HIGH"),
+		MaxErrors:                    pulumi.String("0"),
+		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
+		Tags:                         e.tagged("rollout"),
+	}, parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Attachment}))
+	if err != nil {
+		return nil, err
+	}
+
+	err = ctx.RegisterResourceOutputs(h, pulumi.Map{
+		"instanceId":   h.Instance.ID(),
+		"dataVolumeId": h.DataVolume.ID(),
+		"publicDns":    h.PublicDNS,
+	})
+	return h, err
+}
+
+// RolloutCommand is the shell command the rollout association runs.
+func RolloutCommand(sha256 string) string {
+	return "IOTGW_EXPECT_SHA256=" + sha256 + " " + provision.SetupScript
+}
+
+// snapshotTag marks the volumes the stack's DLM policy snapshots.
+const snapshotTag = "iotgw-snapshot"
+
+func withSnapshotTag(e env, tags pulumi.StringMap) pulumi.StringMap {
+	tags[snapshotTag] = pulumi.String(Project + "-" + e.stack)
+	return tags
+}
+
+// identity declares the instance role, its policies and the profile.
+func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *Storage, parent pulumi.ResourceOption) error {
+	assume, err := assumeRolePolicy("ec2.amazonaws.com")
+	if err != nil {
+		return err
+	}
+	h.Role, err = iam.NewRole(ctx, name+"-role", &iam.RoleArgs{
+		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s host", e.stack)),
+		AssumeRolePolicy: pulumi.String(assume),
+		Tags:             e.tagged("host"),
+	}, parent)
+	if err != nil {
+		return err
+	}
+	// Session Manager (shell and port forwarding) instead of SSH.
+	_, err = iam.NewRolePolicyAttachment(ctx, name+"-ssm-core", &iam.RolePolicyAttachmentArgs{
+		Role:      h.Role.Name,
+		PolicyArn: pulumi.Sprintf("arn:%s:iam::aws:policy/AmazonSSMManagedInstanceCore", e.partition),
+	}, parent)
+	if err != nil {
+		return err
+	}
+	policy := s.Bucket.Arn.ApplyT(func(bucketArn string) (string, error) {
+		return HostPolicy(e, c, bucketArn, s.ArtifactKey)
+	}).(pulumi.StringOutput)
+	_, err = iam.NewRolePolicy(ctx, name+"-policy", &iam.RolePolicyArgs{
+		Role:   h.Role.Name,
+		Policy: policy,
+	}, parent)
+	if err != nil {
+		return err
+	}
+	h.Profile, err = iam.NewInstanceProfile(ctx, name+"-profile", &iam.InstanceProfileArgs{
+		Role: h.Role.Name,
+		Tags: e.tagged("host"),
+	}, parent)
+	return err
+}
+
+// HostPolicy is the host's inline policy: read its own gateway binary,
+// write the export prefix, read the stack's parameters and publish the
+// broker CA. Every resource is named; nothing is "*".
+func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) {
+	return policyDoc{
+		Version: "2012-10-17",
+		Statement: []statement{
+			{
+				Sid:      "ReadGatewayArtifact",
+				Effect:   "Allow",
+				Action:   []string{"s3:GetObject"},
+				Resource: []string{bucketArn + "/" + artifactKey},
+			},
+			{
+				Sid:      "WriteExports",
+				Effect:   "Allow",
+				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload"},
+				Resource: []string{bucketArn + "/" + c.ExportPrefix + "*"},
+			},
+			{
+				Sid:      "ReadStackParameters",
+				Effect:   "Allow",
+				Action:   []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"},
+				Resource: []string{e.paramArn(""), e.paramArn("/*")},
+			},
+			{
+				Sid:      "PublishBrokerCA",
+				Effect:   "Allow",
+				Action:   []string{"ssm:PutParameter"},
+				Resource: []string{e.paramArn("/broker-ca")},
+			},
+		},
+	}.json()
+}
+
+func assumeRolePolicy(service string) (string, error) {
+	return policyDoc{
+		Version: "2012-10-17",
+		Statement: []statement{{
+			Effect:    "Allow",
+			Principal: map[string]string{"Service": service},
+			Action:    []string{"sts:AssumeRole"},
+		}},
+	}.json()
+}
+
+// snapshots declares the DLM role and the daily snapshot policy for the
+// data volume.
+func (h *Host) snapshots(ctx *pulumi.Context, name string, e env, c Config, parent pulumi.ResourceOption) error {
+	assume, err := assumeRolePolicy("dlm.amazonaws.com")
+	if err != nil {
+		return err
+	}
+	role, err := iam.NewRole(ctx, name+"-dlm-role", &iam.RoleArgs{
+		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s data volume snapshots", e.stack)),
+		AssumeRolePolicy: pulumi.String(assume),
+		Tags:             e.tagged("dlm"),
+	}, parent)
+	if err != nil {
+		return err
+	}
+	_, err = iam.NewRolePolicyAttachment(ctx, name+"-dlm-policy", &iam.RolePolicyAttachmentArgs{
+		Role:      role.Name,
+		PolicyArn: pulumi.Sprintf("arn:%s:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole", e.partition),
+	}, parent)
+	if err != nil {
+		return err
+	}
+	h.Snapshots, err = dlm.NewLifecyclePolicy(ctx, name+"-snapshots", &dlm.LifecyclePolicyArgs{
+		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s daily data volume snapshots", e.stack)),
+		ExecutionRoleArn: role.Arn,
+		State:            pulumi.String("ENABLED"),
+		PolicyDetails: &dlm.LifecyclePolicyPolicyDetailsArgs{
+			ResourceTypes: pulumi.StringArray{pulumi.String("VOLUME")},
+			TargetTags:    pulumi.StringMap{snapshotTag: pulumi.String(Project + "-" + e.stack)},
+			Schedules: dlm.LifecyclePolicyPolicyDetailsScheduleArray{
+				&dlm.LifecyclePolicyPolicyDetailsScheduleArgs{
+					Name:     pulumi.String("daily"),
+					CopyTags: pulumi.Bool(true),
+					CreateRule: &dlm.LifecyclePolicyPolicyDetailsScheduleCreateRuleArgs{
+						Interval:     pulumi.Int(24),
+						IntervalUnit: pulumi.String("HOURS"),
+						Times:        pulumi.String(c.SnapshotTime),
+					},
+					RetainRule: &dlm.LifecyclePolicyPolicyDetailsScheduleRetainRuleArgs{
+						Count: pulumi.Int(c.SnapshotRetain),
+					},
+				},
+			},
+		},
+		Tags: e.tagged("snapshots"),
+	}, parent)
+	return err
+}

@@ -1,0 +1,543 @@
+package stack
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/iot-gateway/iot-gateway/provision"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/internals"
+)
+
+// Secret values used by the tests: none may appear outside a secret.
+const (
+	testAdminPassword = "admin-PASSWORD-5f2b9c"
+	testToken         = "influx-TOKEN-8d41e7a0"
+	testMQTTPassword  = "mqtt-PASSWORD-c3a911"
+)
+
+var testSecrets = []string{testAdminPassword, testToken, testMQTTPassword}
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	c := Defaults()
+	c.Owner = "team-sensors"
+	c.MQTTCidrs = []string{"203.0.113.0/24"}
+	c.InfluxAdminPassword = testAdminPassword
+	c.InfluxToken = testToken
+	c.MQTTPassword = testMQTTPassword
+	c.ArtifactPath = filepath.Join(t.TempDir(), "iotgw")
+	if err := os.WriteFile(c.ArtifactPath, []byte("not really a binary\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// deployResult is what a mocked deployment produced.
+type deployResult struct {
+	m       *mocks
+	outputs map[string]internals.UnsafeAwaitOutputResult
+}
+
+func deploy(t *testing.T, c Config) deployResult {
+	t.Helper()
+	m := &mocks{}
+	res := deployResult{m: m, outputs: map[string]internals.UnsafeAwaitOutputResult{}}
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		d, err := Deploy(ctx, c)
+		if err != nil {
+			return err
+		}
+		for k, v := range d.Outputs(c) {
+			r, err := internals.UnsafeAwaitOutput(ctx.Context(), pulumi.ToOutput(v))
+			if err != nil {
+				return err
+			}
+			res.outputs[k] = r
+		}
+		return nil
+	}, pulumi.WithMocks(Project, "dev", m))
+	if err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+	return res
+}
+
+func TestDeployDefaults(t *testing.T) {
+	c := testConfig(t)
+	r := deploy(t, c)
+	m := r.m
+
+	// AMI from the public SSM parameter of the instance type's architecture.
+	calls := m.callsOf("aws:ssm/getParameter:getParameter")
+	if len(calls) != 1 || calls[0].Args["name"].StringValue() != AmiParameter("arm64") {
+		t.Errorf("AMI lookup: %v, want one lookup of %s", calls, AmiParameter("arm64"))
+	}
+
+	inst := m.one(t, "aws:ec2/instance:Instance")
+	for path, want := range map[string]any{
+		"ami":                        mockAMI("arm64"),
+		"instanceType":               "t4g.small",
+		"subnetId":                   mockSubnetA, // first by id, stable between runs
+		"metadataOptions.httpTokens": "required",
+		"metadataOptions.httpPutResponseHopLimit": 1.0,
+		"metadataOptions.httpEndpoint":            "enabled",
+		"rootBlockDevice.encrypted":               true,
+		"rootBlockDevice.volumeType":              "gp3",
+		"rootBlockDevice.volumeSize":              16.0,
+		"userDataReplaceOnChange":                 true,
+		"creditSpecification.cpuCredits":          "standard",
+		"iamInstanceProfile":                      "host-profile",
+	} {
+		if got := get(inst, path); got != want {
+			t.Errorf("instance %s = %v, want %v", path, got, want)
+		}
+	}
+	if got := get(inst, "vpcSecurityGroupIds"); !slices.Equal(toStrings(got), []string{"network-sg-id"}) {
+		t.Errorf("instance security groups = %v", got)
+	}
+	if get(inst, "keyName") != nil {
+		t.Errorf("key pair set without sshPublicKey")
+	}
+
+	vol := m.one(t, "aws:ebs/volume:Volume")
+	for path, want := range map[string]any{
+		"encrypted":           true,
+		"type":                "gp3",
+		"size":                20.0,
+		"availabilityZone":    mockAZ,
+		"tags.iotgw-snapshot": "iot-gateway-dev",
+	} {
+		if got := get(vol, path); got != want {
+			t.Errorf("data volume %s = %v, want %v", path, got, want)
+		}
+	}
+	att := m.one(t, "aws:ec2/volumeAttachment:VolumeAttachment")
+	if get(att, "volumeId") != mockVolume || get(att, "instanceId") != "i-0123456789abcdef0" || get(att, "deviceName") != "/dev/sdf" {
+		t.Errorf("attachment = %v", plain(resource.NewObjectProperty(att.Inputs)))
+	}
+
+	// Bucket settings.
+	if got := get(m.one(t, "aws:s3/bucketVersioningV2:BucketVersioningV2"), "versioningConfiguration.status"); got != "Enabled" {
+		t.Errorf("versioning = %v", got)
+	}
+	enc := get(m.one(t, "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2"), "rules").([]any)
+	if len(enc) != 1 || enc[0].(map[string]any)["applyServerSideEncryptionByDefault"].(map[string]any)["sseAlgorithm"] != "AES256" {
+		t.Errorf("encryption rules = %v", enc)
+	}
+	pab := m.one(t, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+	for _, k := range []string{"blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"} {
+		if get(pab, k) != true {
+			t.Errorf("public access block %s = %v", k, get(pab, k))
+		}
+	}
+	var bp policyDoc
+	mustJSON(t, get(m.one(t, "aws:s3/bucketPolicy:BucketPolicy"), "policy"), &bp)
+	if len(bp.Statement) != 1 || bp.Statement[0].Effect != "Deny" ||
+		!slices.Equal(bp.Statement[0].Resource, []string{"arn:aws:s3:::" + mockBucket, "arn:aws:s3:::" + mockBucket + "/*"}) ||
+		bp.Statement[0].Condition["Bool"].(map[string]any)["aws:SecureTransport"] != "false" {
+		t.Errorf("bucket policy is not TLS-only: %+v", bp)
+	}
+	rules := get(m.one(t, "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2"), "rules").([]any)
+	exp := rules[0].(map[string]any)
+	if exp["filter"].(map[string]any)["prefix"] != "exports/" || exp["expiration"].(map[string]any)["days"] != 365.0 {
+		t.Errorf("export lifecycle rule = %v", exp)
+	}
+
+	// The artifact is named by its sha256.
+	sum := sha256.Sum256([]byte("not really a binary\n"))
+	sha := hex.EncodeToString(sum[:])
+	obj := m.one(t, "aws:s3/bucketObjectv2:BucketObjectv2")
+	if get(obj, "key") != "artifacts/iotgw-linux-arm64/"+sha || get(obj, "source") != c.ArtifactPath {
+		t.Errorf("artifact key %v source %v", get(obj, "key"), get(obj, "source"))
+	}
+	if r.outputs["artifactUri"].Value != "s3://"+mockBucket+"/artifacts/iotgw-linux-arm64/"+sha {
+		t.Errorf("artifactUri = %v", r.outputs["artifactUri"].Value)
+	}
+
+	// IAM: SSM core plus the scoped inline policy.
+	role := findNamed(t, m.byType("aws:iam/role:Role"), "host-role")
+	var assume policyDoc
+	mustJSON(t, get(role, "assumeRolePolicy"), &assume)
+	if assume.Statement[0].Principal.(map[string]any)["Service"] != "ec2.amazonaws.com" {
+		t.Errorf("host role trust = %+v", assume)
+	}
+	var arns []string
+	for _, a := range m.byType("aws:iam/rolePolicyAttachment:RolePolicyAttachment") {
+		arns = append(arns, get(a, "policyArn").(string))
+	}
+	if !slices.Contains(arns, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore") {
+		t.Errorf("policy attachments %v lack AmazonSSMManagedInstanceCore", arns)
+	}
+	var hp policyDoc
+	mustJSON(t, get(m.one(t, "aws:iam/rolePolicy:RolePolicy"), "policy"), &hp)
+	params := "arn:aws:ssm:" + mockRegion + ":" + mockAccount + ":parameter/iot-gateway/dev"
+	want := map[string]struct{ actions, resources []string }{
+		"ReadGatewayArtifact": {[]string{"s3:GetObject"}, []string{"arn:aws:s3:::" + mockBucket + "/artifacts/iotgw-linux-arm64/" + sha}},
+		"WriteExports":        {[]string{"s3:PutObject", "s3:AbortMultipartUpload"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
+		"ReadStackParameters": {[]string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"}, []string{params, params + "/*"}},
+		"PublishBrokerCA":     {[]string{"ssm:PutParameter"}, []string{params + "/broker-ca"}},
+	}
+	if len(hp.Statement) != len(want) {
+		t.Errorf("host policy has %d statements, want %d", len(hp.Statement), len(want))
+	}
+	for _, s := range hp.Statement {
+		w, ok := want[s.Sid]
+		if !ok || s.Effect != "Allow" || !slices.Equal(s.Action, w.actions) || !slices.Equal(s.Resource, w.resources) {
+			t.Errorf("host policy statement %+v, want %+v", s, w)
+		}
+	}
+
+	// Secrets: SecureString parameters whose values are secret.
+	names := map[string]bool{}
+	for _, p := range m.byType("aws:ssm/parameter:Parameter") {
+		names[get(p, "name").(string)] = true
+		if strings.HasSuffix(get(p, "name").(string), "password") || strings.HasSuffix(get(p, "name").(string), "token") {
+			if get(p, "type") != "SecureString" || !p.Inputs["value"].IsSecret() {
+				t.Errorf("parameter %v is not a secret SecureString", get(p, "name"))
+			}
+		}
+	}
+	for _, n := range []string{"influx-admin-password", "influx-token", "mqtt-password", "broker-ca", "artifact"} {
+		if !names["/iot-gateway/dev/"+n] {
+			t.Errorf("no SSM parameter /iot-gateway/dev/%s (have %v)", n, names)
+		}
+	}
+
+	// Security group: only MQTT over TLS from the configured CIDR.
+	ingress := m.byType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+	if len(ingress) != 1 || get(ingress[0], "fromPort") != 8883.0 || get(ingress[0], "cidrIpv4") != "203.0.113.0/24" {
+		t.Errorf("default ingress = %v", ingressSummary(ingress))
+	}
+	for _, kind := range []string{"aws:ec2/keyPair:KeyPair", "aws:ec2/eip:Eip"} {
+		if n := len(m.byType(kind)); n != 0 {
+			t.Errorf("%d %s by default, want none", n, kind)
+		}
+	}
+	dlmPolicy := m.one(t, "aws:dlm/lifecyclePolicy:LifecyclePolicy")
+	sched := get(dlmPolicy, "policyDetails.schedules").([]any)[0].(map[string]any)
+	if get(dlmPolicy, "policyDetails.targetTags.iotgw-snapshot") != "iot-gateway-dev" ||
+		sched["createRule"].(map[string]any)["times"] != "04:00" || sched["retainRule"].(map[string]any)["count"] != 7.0 {
+		t.Errorf("snapshot policy = %v", plain(resource.NewObjectProperty(dlmPolicy.Inputs)))
+	}
+
+	// Rollout: the association reruns the setup for this sha256, after the
+	// artifact parameter is updated.
+	ro := m.one(t, "aws:ssm/association:Association")
+	if get(ro, "name") != "AWS-RunShellScript" || get(ro, "parameters.commands") != "IOTGW_EXPECT_SHA256="+sha+" /usr/local/sbin/iotgw-setup" ||
+		!slices.Equal(toStrings(get(ro, "targets").([]any)[0].(map[string]any)["values"]), []string{"i-0123456789abcdef0"}) {
+		t.Errorf("rollout association = %v", plain(resource.NewObjectProperty(ro.Inputs)))
+	}
+	for _, dep := range []string{"::storage-artifact-ref", "::host-data-attachment"} {
+		if !slices.ContainsFunc(ro.Deps, func(u string) bool { return strings.HasSuffix(u, dep) }) {
+			t.Errorf("rollout does not wait for %s; depends on %v", dep, ro.Deps)
+		}
+	}
+
+	// Outputs.
+	for _, k := range []string{"instanceId", "publicIp", "publicDns", "mqttEndpoint", "influxUrl", "ssmSessionCommand",
+		"influxPortForwardCommand", "artifactUri", "exportUri", "bucketName", "dataVolumeId"} {
+		if v, ok := r.outputs[k]; !ok || v.Value == "" {
+			t.Errorf("output %s missing", k)
+		}
+	}
+	if got := r.outputs["mqttEndpoint"].Value; got != "mqtts://ec2-198-51-100-7.eu-central-1.compute.amazonaws.com:8883" {
+		t.Errorf("mqttEndpoint = %v", got)
+	}
+	if got := r.outputs["exportUri"].Value; got != "s3://"+mockBucket+"/exports/" {
+		t.Errorf("exportUri = %v", got)
+	}
+
+	checkPolicies(t, r)
+}
+
+func TestDeployX86AndOptions(t *testing.T) {
+	c := testConfig(t)
+	c.InstanceType = "m7i.large"
+	c.MQTTPlaintext = true
+	c.AdminCidrs = []string{"198.51.100.0/24"}
+	c.SSHCidrs = []string{"192.0.2.10/32", "2001:db8::/64"}
+	c.SSHPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB example"
+	c.ElasticIP = true
+	c.Snapshots = false
+	c.DataVolumeRetain = false
+	r := deploy(t, c)
+	m := r.m
+
+	calls := m.callsOf("aws:ssm/getParameter:getParameter")
+	if len(calls) != 1 || calls[0].Args["name"].StringValue() != AmiParameter("x86_64") {
+		t.Errorf("AMI lookup for m7i.large: %v", calls)
+	}
+	inst := m.one(t, "aws:ec2/instance:Instance")
+	if get(inst, "ami") != mockAMI("x86_64") || get(inst, "creditSpecification") != nil || get(inst, "keyName") != "host-key" {
+		t.Errorf("instance ami %v credits %v key %v", get(inst, "ami"), get(inst, "creditSpecification"), get(inst, "keyName"))
+	}
+	if k := get(m.one(t, "aws:s3/bucketObjectv2:BucketObjectv2"), "key").(string); !strings.HasPrefix(k, "artifacts/iotgw-linux-amd64/") {
+		t.Errorf("artifact key %s is not for amd64", k)
+	}
+	got := ingressSummary(m.byType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"))
+	want := []string{"1883 203.0.113.0/24", "22 192.0.2.10/32", "22 2001:db8::/64", "8086 198.51.100.0/24", "8883 203.0.113.0/24"}
+	if !slices.Equal(got, want) {
+		t.Errorf("ingress = %v, want %v", got, want)
+	}
+	if len(m.byType("aws:ec2/eip:Eip")) != 1 || r.outputs["publicIp"].Value != "203.0.113.9" {
+		t.Errorf("elastic IP not used: publicIp %v", r.outputs["publicIp"].Value)
+	}
+	if len(m.byType("aws:dlm/lifecyclePolicy:LifecyclePolicy")) != 0 {
+		t.Errorf("snapshot policy declared with snapshots=false")
+	}
+	if r.outputs["influxUrl"].Value != "http://ec2-203-0-113-9.eu-central-1.compute.amazonaws.com:8086" {
+		t.Errorf("influxUrl = %v", r.outputs["influxUrl"].Value)
+	}
+	checkPolicies(t, r)
+}
+
+// checkPolicies asserts the rules every configuration must keep.
+func checkPolicies(t *testing.T, r deployResult) {
+	t.Helper()
+	m := r.m
+	// No 0.0.0.0/0 or ::/0 ingress to SSH or InfluxDB.
+	for _, in := range m.byType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") {
+		port := get(in, "fromPort")
+		for _, k := range []string{"cidrIpv4", "cidrIpv6"} {
+			if cidr, _ := get(in, k).(string); (cidr == "0.0.0.0/0" || cidr == "::/0") && (port == 22.0 || port == 8086.0) {
+				t.Errorf("policy: port %v open to %s", port, cidr)
+			}
+		}
+		if get(in, "fromPort") != get(in, "toPort") {
+			t.Errorf("policy: ingress rule spans ports %v-%v", get(in, "fromPort"), get(in, "toPort"))
+		}
+	}
+	if n := len(m.byType("aws:ec2/securityGroupRule:SecurityGroupRule")); n != 0 {
+		t.Errorf("policy: %d legacy security group rules", n)
+	}
+	for _, sg := range m.byType("aws:ec2/securityGroup:SecurityGroup") {
+		if get(sg, "ingress") != nil {
+			t.Errorf("policy: inline ingress on %s", sg.Name)
+		}
+	}
+	// IMDSv2 only, one hop.
+	for _, inst := range m.byType("aws:ec2/instance:Instance") {
+		if get(inst, "metadataOptions.httpTokens") != "required" || get(inst, "metadataOptions.httpPutResponseHopLimit") != 1.0 {
+			t.Errorf("policy: instance %s does not require IMDSv2 with hop limit 1", inst.Name)
+		}
+		if get(inst, "rootBlockDevice.encrypted") != true {
+			t.Errorf("policy: instance %s root volume not encrypted", inst.Name)
+		}
+		for _, bd := range toSlice(get(inst, "ebsBlockDevices")) {
+			if bd.(map[string]any)["encrypted"] != true {
+				t.Errorf("policy: instance %s has an unencrypted EBS block device", inst.Name)
+			}
+		}
+	}
+	for _, v := range m.byType("aws:ebs/volume:Volume") {
+		if get(v, "encrypted") != true {
+			t.Errorf("policy: volume %s not encrypted", v.Name)
+		}
+	}
+	// Bucket not public.
+	buckets := m.byType("aws:s3/bucketV2:BucketV2")
+	if len(m.byType("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")) != len(buckets) {
+		t.Errorf("policy: not every bucket has a public access block")
+	}
+	for _, b := range buckets {
+		if acl, _ := get(b, "acl").(string); strings.HasPrefix(acl, "public") {
+			t.Errorf("policy: bucket %s acl %s", b.Name, acl)
+		}
+	}
+	// IAM: no "*" resource in any Allow.
+	for _, p := range m.byType("aws:iam/rolePolicy:RolePolicy") {
+		var doc policyDoc
+		mustJSON(t, get(p, "policy"), &doc)
+		for _, s := range doc.Statement {
+			for _, res := range s.Resource {
+				if s.Effect == "Allow" && (res == "*" || strings.HasSuffix(res, ":*")) {
+					t.Errorf("policy: %s allows %v on %s", p.Name, s.Action, res)
+				}
+			}
+		}
+	}
+	// Tags on everything taggable.
+	for _, res := range m.resources {
+		if untaggable[res.Type] || strings.HasPrefix(res.Type, "iot-gateway:") {
+			continue
+		}
+		for k, want := range map[string]string{"project": Project, "stack": "dev", "owner": "team-sensors"} {
+			if got := get(res, "tags."+k); got != want {
+				t.Errorf("policy: %s %s tag %s = %v, want %s", res.Type, res.Name, k, got, want)
+			}
+		}
+	}
+	// Secret values only ever inside secrets: not in any plain input (and
+	// so not in user-data), not in any output.
+	for _, res := range m.resources {
+		for _, s := range plainStrings(resource.NewObjectProperty(res.Inputs)) {
+			for _, secret := range testSecrets {
+				if strings.Contains(s, secret) {
+					t.Errorf("policy: secret in plain input of %s %s", res.Type, res.Name)
+				}
+			}
+		}
+	}
+	inst := m.one(t, "aws:ec2/instance:Instance")
+	ud := userData(t, inst)
+	if len(ud.gz) > provision.MaxUserData {
+		t.Errorf("policy: user-data is %d bytes, over %d", len(ud.gz), provision.MaxUserData)
+	}
+	t.Logf("user-data: %d bytes rendered, %d gzipped", len(ud.plain), len(ud.gz))
+	for _, secret := range testSecrets {
+		if bytes.Contains(ud.plain, []byte(secret)) {
+			t.Errorf("policy: secret in user-data")
+		}
+	}
+	for k, o := range r.outputs {
+		if o.Secret {
+			t.Errorf("output %s is secret; outputs should hold nothing secret", k)
+		}
+		for _, secret := range testSecrets {
+			if strings.Contains(toString(o.Value), secret) {
+				t.Errorf("policy: secret in output %s", k)
+			}
+		}
+	}
+}
+
+// untaggable lists the resource types that take no tags.
+var untaggable = map[string]bool{
+	"aws:iam/rolePolicy:RolePolicy":                                                              true,
+	"aws:iam/rolePolicyAttachment:RolePolicyAttachment":                                          true,
+	"aws:ec2/volumeAttachment:VolumeAttachment":                                                  true,
+	"aws:s3/bucketPolicy:BucketPolicy":                                                           true,
+	"aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock":                                     true,
+	"aws:s3/bucketVersioningV2:BucketVersioningV2":                                               true,
+	"aws:s3/bucketOwnershipControls:BucketOwnershipControls":                                     true,
+	"aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2": true,
+	"aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2":                       true,
+}
+
+type decodedUserData struct{ gz, plain []byte }
+
+func userData(t *testing.T, inst recorded) decodedUserData {
+	t.Helper()
+	b64, _ := get(inst, "userDataBase64").(string)
+	gz, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatalf("userDataBase64: %v", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatalf("user-data is not gzip: %v", err)
+	}
+	plainUD, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(plainUD, []byte("#cloud-config\n")) {
+		t.Errorf("user-data does not start with #cloud-config")
+	}
+	return decodedUserData{gz: gz, plain: plainUD}
+}
+
+func TestPinnedAMI(t *testing.T) {
+	c := testConfig(t)
+	c.AmiID = "ami-0fixed0000000000"
+	r := deploy(t, c)
+	if n := len(r.m.callsOf("aws:ssm/getParameter:getParameter")); n != 0 {
+		t.Errorf("%d AMI lookups with amiId pinned", n)
+	}
+	if got := get(r.m.one(t, "aws:ec2/instance:Instance"), "ami"); got != c.AmiID {
+		t.Errorf("ami = %v, want %s", got, c.AmiID)
+	}
+}
+
+func TestUserDataNamesTheVolume(t *testing.T) {
+	r := deploy(t, testConfig(t))
+	ud := userData(t, r.m.one(t, "aws:ec2/instance:Instance"))
+	for _, want := range []string{"DATA_VOLUME_ID='" + mockVolume + "'", "PARAM_PATH='/iot-gateway/dev'",
+		"bucket = \"" + mockBucket + "\"", "ssm:/iot-gateway/dev/influx-token", "AWS_REGION='" + mockRegion + "'"} {
+		if !bytes.Contains(ud.plain, []byte(want)) {
+			t.Errorf("user-data lacks %q", want)
+		}
+	}
+}
+
+func TestMissingArtifact(t *testing.T) {
+	c := testConfig(t)
+	c.ArtifactPath = filepath.Join(t.TempDir(), "nope")
+	m := &mocks{}
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := Deploy(ctx, c)
+		return err
+	}, pulumi.WithMocks(Project, "dev", m))
+	if err == nil || !strings.Contains(err.Error(), "artifactPath") || !strings.Contains(err.Error(), "scripts/build.sh") {
+		t.Errorf("err = %v, want one naming artifactPath and the build script", err)
+	}
+	if len(m.resources) != 0 {
+		t.Errorf("%d resources declared before the error", len(m.resources))
+	}
+}
+
+func findNamed(t *testing.T, rs []recorded, name string) recorded {
+	t.Helper()
+	for _, r := range rs {
+		if r.Name == name {
+			return r
+		}
+	}
+	t.Fatalf("no resource named %s", name)
+	return recorded{}
+}
+
+func ingressSummary(rs []recorded) []string {
+	var out []string
+	for _, r := range rs {
+		cidr, _ := get(r, "cidrIpv4").(string)
+		if cidr == "" {
+			cidr, _ = get(r, "cidrIpv6").(string)
+		}
+		out = append(out, fmt.Sprintf("%d %s", int(get(r, "fromPort").(float64)), cidr))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func mustJSON(t *testing.T, v any, dst any) {
+	t.Helper()
+	s, ok := v.(string)
+	if !ok {
+		t.Fatalf("policy is %T, not a JSON string", v)
+	}
+	if err := json.Unmarshal([]byte(s), dst); err != nil {
+		t.Fatalf("policy JSON: %v\n%s", err, s)
+	}
+}
+
+func toSlice(v any) []any { s, _ := v.([]any); return s }
+
+func toStrings(v any) []string {
+	var out []string
+	for _, e := range toSlice(v) {
+		out = append(out, toString(e))
+	}
+	return out
+}
+
+func toString(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}

@@ -1,0 +1,431 @@
+#!/bin/bash
+# iotgw-setup: brings an Amazon Linux 2023 host up as an iot-gateway node.
+#
+# Run by cloud-init on first boot; safe to run again at any time: every step
+# checks before it acts, and a second run reports "0 changed".
+#
+# ROOT=/some/dir runs the host-side configuration steps against a directory
+# instead of / (tests do this). Package installs, AWS calls, mounts and
+# service starts are then skipped (OFFLINE=1), since they need the real host.
+set -euo pipefail
+umask 022
+
+ROOT=${ROOT:-}
+if [[ -n $ROOT ]]; then OFFLINE=${OFFLINE:-1}; else OFFLINE=${OFFLINE:-0}; fi
+PAYLOAD=${PAYLOAD:-$ROOT/usr/local/lib/iotgw/payload}
+HOST_ENV=${HOST_ENV:-$PAYLOAD/etc/iotgw/host.env}
+set -a
+# shellcheck source=/dev/null
+. "$HOST_ENV"
+set +a
+
+CHANGED=0
+GATEWAY_UPDATED=0
+# How the health check verifies the broker's certificate.
+BROKER_VERIFY=(-CAfile /var/lib/iotgw-broker/tls/ca.crt -verify_hostname localhost)
+log() { printf 'iotgw-setup: %s\n' "$*"; }
+changed() { CHANGED=$((CHANGED + 1)); log "changed: $*"; }
+die() {
+	log "FAILURE: $*"
+	if [[ $OFFLINE == 0 && -w /dev/console ]]; then
+		printf 'iotgw-setup: FAILURE: %s\n' "$*" >/dev/console || true
+	fi
+	exit 1
+}
+online() { [[ $OFFLINE == 0 ]]; }
+
+# id_of NAME: numeric uid of NAME in $ROOT/etc/passwd (0 when absent).
+id_of() {
+	awk -F: -v n="$1" '$1 == n { print $3; found = 1 } END { if (!found) print 0 }' "$ROOT/etc/passwd" 2>/dev/null || echo 0
+}
+gid_of() {
+	awk -F: -v n="$1" '$1 == n { print $3; found = 1 } END { if (!found) print 0 }' "$ROOT/etc/group" 2>/dev/null || echo 0
+}
+
+# put_file SRC DST MODE: install SRC as DST (root-owned) unless identical.
+put_file() {
+	local src=$1 dst=$2 mode=$3
+	if [[ -f $dst ]] && cmp -s "$src" "$dst" &&
+		[[ $(stat -c '%a %u %g' "$dst") == "${mode#0} 0 0" ]]; then
+		return 0
+	fi
+	install -D -o 0 -g 0 -m "$mode" "$src" "$dst"
+	changed "$dst"
+}
+
+# put_dir DIR MODE USER GROUP: create DIR with that mode and owner.
+put_dir() {
+	local dir=$1 mode=$2 uid gid
+	uid=$(id_of "$3")
+	gid=$(gid_of "$4")
+	if [[ -d $dir ]] && [[ $(stat -c '%a %u %g' "$dir") == "${mode#0} $uid $gid" ]]; then
+		return 0
+	fi
+	mkdir -p "$dir"
+	chown "$uid:$gid" "$dir"
+	chmod "$mode" "$dir"
+	changed "$dir/"
+}
+
+# Step 1: configuration files, units and scripts from the rendered payload.
+install_payload() {
+	local f rel mode
+	while IFS= read -r f; do
+		rel=${f#"$PAYLOAD"/}
+		mode=0644
+		[[ -x $f ]] && mode=0755
+		put_file "$f" "$ROOT/$rel" "$mode"
+	done < <(find "$PAYLOAD" -type f | LC_ALL=C sort)
+}
+
+# Step 2: system users for the services.
+system_users() {
+	local before after
+	before=$({ cat "$ROOT/etc/passwd" "$ROOT/etc/group" 2>/dev/null || true; } | sha256sum)
+	local args=()
+	[[ -n $ROOT ]] && args=(--root="$ROOT")
+	systemd-sysusers "${args[@]}" "$ROOT/etc/sysusers.d/iotgw.conf"
+	after=$({ cat "$ROOT/etc/passwd" "$ROOT/etc/group" 2>/dev/null || true; } | sha256sum)
+	[[ $before == "$after" ]] || changed "system users iotgw, iotgw-broker"
+}
+
+# data_device prints the block device of the data volume, waiting for the
+# attachment (it is made after the instance starts).
+data_device() {
+	if [[ -n ${DATA_DEVICE_PATH:-} ]]; then
+		echo "$DATA_DEVICE_PATH"
+		return
+	fi
+	local i cand=()
+	# Nitro instances expose EBS volumes as NVMe with the volume id as serial.
+	[[ -n $DATA_VOLUME_ID ]] && cand+=("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${DATA_VOLUME_ID//-/}")
+	cand+=("$DATA_DEVICE")
+	for ((i = 0; i < 300; i++)); do
+		for d in "${cand[@]}"; do
+			if [[ -b $d ]]; then
+				readlink -f "$d"
+				return
+			fi
+		done
+		sleep 1
+	done
+	die "data volume ${DATA_VOLUME_ID:-$DATA_DEVICE} did not appear in 300s"
+}
+
+# Step 3: the data volume: formatted only when blank, mounted by UUID.
+data_volume() {
+	local dev fstype pttype uuid block tmp
+	dev=$(data_device)
+	fstype=$(blkid -p -o value -s TYPE "$dev" || true)
+	pttype=$(blkid -p -o value -s PTTYPE "$dev" || true)
+	if [[ -z $fstype ]]; then
+		# Never format something that holds anything we can recognise.
+		[[ -z $pttype ]] || die "data volume $dev has a $pttype partition table and no filesystem; refusing to format"
+		mkfs -t "$DATA_FSTYPE" -L iotgw-data "$dev" >/dev/null 2>&1 ||
+			mkfs -t "$DATA_FSTYPE" -F -L iotgw-data "$dev" >/dev/null
+		changed "formatted $dev as $DATA_FSTYPE"
+		fstype=$DATA_FSTYPE
+	fi
+	uuid=$(blkid -p -o value -s UUID "$dev")
+	[[ -n $uuid ]] || die "no filesystem UUID on $dev"
+
+	block="# BEGIN iotgw (managed by iotgw-setup)
+UUID=$uuid /data $fstype defaults,nofail,x-systemd.device-timeout=60s 0 2
+/data/influxdb /var/lib/influxdb none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
+/data/iotgw /var/lib/iotgw none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
+/data/iotgw-broker /var/lib/iotgw-broker none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
+# END iotgw"
+	mkdir -p "$ROOT/etc"
+	[[ -e $ROOT/etc/fstab ]] || : >"$ROOT/etc/fstab"
+	tmp=$(mktemp)
+	awk '/^# BEGIN iotgw/ { skip = 1 } !skip { print } /^# END iotgw/ { skip = 0 }' "$ROOT/etc/fstab" >"$tmp"
+	printf '%s\n' "$block" >>"$tmp"
+	if cmp -s "$tmp" "$ROOT/etc/fstab"; then
+		rm -f "$tmp"
+	else
+		cat "$tmp" >"$ROOT/etc/fstab"
+		rm -f "$tmp"
+		changed "$ROOT/etc/fstab"
+	fi
+
+	put_dir "$ROOT/data" 0755 root root
+	if online; then
+		systemctl daemon-reload
+		mountpoint -q /data || { mount /data && changed "mounted /data"; }
+	fi
+	put_dir "$ROOT/data/influxdb" 0750 influxdb influxdb
+	put_dir "$ROOT/data/iotgw" 0750 iotgw iotgw
+	put_dir "$ROOT/data/iotgw-broker" 0750 iotgw-broker iotgw-broker
+	local m
+	for m in influxdb iotgw iotgw-broker; do
+		# A mounted mount point shows the data volume's directory: leave it.
+		if online && mountpoint -q "/var/lib/$m"; then continue; fi
+		put_dir "$ROOT/var/lib/$m" 0755 root root
+		if online; then mount "/var/lib/$m" && changed "mounted /var/lib/$m"; fi
+	done
+}
+
+# Step 4: the broker's TLS material on the data volume. The CA survives
+# instance replacement, so devices keep trusting it; the server certificate
+# is reissued when the host's names change.
+broker_tls() {
+	local dir=$ROOT/data/iotgw-broker/tls names uid gid san i=1 n
+	names=${TLS_NAMES:-$(host_names)}
+	uid=$(id_of iotgw-broker)
+	gid=$(gid_of iotgw-broker)
+	put_dir "$dir" 0750 iotgw-broker iotgw-broker
+	if online && provided_tls "$dir" "$uid" "$gid"; then
+		BROKER_VERIFY=(-CAfile /etc/pki/tls/certs/ca-bundle.crt)
+		return 0
+	fi
+	if [[ ! -s $dir/ca.key || ! -s $dir/ca.crt ]]; then
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+			-subj "/CN=iot-gateway $STACK broker CA" \
+			-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+			-keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+		chmod 0600 "$dir/ca.key"
+		chmod 0644 "$dir/ca.crt"
+		rm -f "$dir/server.crt"
+		changed "$dir/ca.crt"
+	fi
+	if [[ ! -s $dir/server.crt || $(cat "$dir/server.names" 2>/dev/null) != "$names" ]]; then
+		san=""
+		for n in $names; do
+			if [[ $n =~ ^[0-9.]+$ ]]; then san+="IP.$i:$n,"; else san+="DNS.$i:$n,"; fi
+			i=$((i + 1))
+		done
+		openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+			-subj "/CN=${names%% *}" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+		openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+			-CAcreateserial -days 825 -out "$dir/server.crt" \
+			-extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "${san%,}") 2>/dev/null
+		rm -f "$dir/server.csr" "$dir/ca.srl"
+		printf '%s' "$names" >"$dir/server.names"
+		chmod 0600 "$dir/server.key"
+		chmod 0644 "$dir/server.crt" "$dir/server.names"
+		changed "$dir/server.crt for $names"
+	fi
+	# The server key is the broker's alone; the CA key stays root's.
+	chown "$uid:$gid" "$dir/server.key" "$dir/ca.crt" "$dir/server.crt" "$dir/server.names"
+	chown 0:0 "$dir/ca.key"
+	if online; then
+		aws ssm put-parameter --region "$AWS_REGION" --name "$PARAM_PATH/broker-ca" --type String \
+			--overwrite --value "file://$dir/ca.crt" >/dev/null ||
+			log "warning: could not publish the broker CA to $PARAM_PATH/broker-ca"
+	fi
+}
+
+# provided_tls DIR UID GID: use the certificate and key the operator put in
+# SSM ($PARAM_PATH/broker-tls-cert, SecureString broker-tls-key), if any.
+provided_tls() {
+	local dir=$1 uid=$2 gid=$3 tmp
+	tmp=$(mktemp -d)
+	if ! aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/broker-tls-cert" \
+		--query Parameter.Value --output text >"$tmp/server.crt" 2>/dev/null ||
+		! ssm_secret broker-tls-key >"$tmp/server.key" 2>/dev/null; then
+		rm -rf "$tmp"
+		return 1
+	fi
+	if ! cmp -s "$tmp/server.crt" "$dir/server.crt" || ! cmp -s "$tmp/server.key" "$dir/server.key"; then
+		install -o "$uid" -g "$gid" -m 0644 "$tmp/server.crt" "$dir/server.crt"
+		install -o "$uid" -g "$gid" -m 0600 "$tmp/server.key" "$dir/server.key"
+		changed "$dir/server.crt from $PARAM_PATH/broker-tls-cert"
+	fi
+	rm -rf "$tmp"
+}
+
+# host_names prints the names devices may use for this host, from IMDSv2.
+host_names() {
+	local tok names="localhost 127.0.0.1" v k
+	if online; then
+		tok=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token || true)
+		for k in public-hostname public-ipv4 local-hostname local-ipv4; do
+			v=$(curl -fsS -H "X-aws-ec2-metadata-token: $tok" "http://169.254.169.254/latest/meta-data/$k" 2>/dev/null || true)
+			[[ -n $v ]] && names+=" $v"
+		done
+	fi
+	printf '%s' "$names"
+}
+
+# Step 5 (online): InfluxDB 2 from InfluxData's signed repository, pinned.
+install_influxdb() {
+	local key fpr
+	if rpm -q "influxdb2-$INFLUX_VERSION" >/dev/null 2>&1; then
+		return 0
+	fi
+	key=$(mktemp)
+	curl -fsSL --retry 5 -o "$key" "$INFLUX_KEY_URL"
+	# Exactly one primary key, and it is the one we expect.
+	fpr=$(gpg --show-keys --with-colons --with-fingerprint "$key" |
+		awk -F: '$1 == "pub" { n++; want = 1 } $1 == "fpr" && want { print $10; want = 0 } END { if (n != 1) print "keys:" n }')
+	[[ $fpr == "$INFLUX_KEY_FINGERPRINT" ]] ||
+		die "InfluxData signing key fingerprint is ${fpr//$'\n'/ }, want $INFLUX_KEY_FINGERPRINT"
+	install -m 0644 "$key" /etc/pki/rpm-gpg/RPM-GPG-KEY-influxdata
+	rm -f "$key"
+	cat >/etc/yum.repos.d/influxdata.repo <<'REPO'
+[influxdata]
+name=InfluxData Repository - Stable
+baseurl=https://repos.influxdata.com/stable/$basearch/main
+enabled=1
+gpgcheck=1
+repo_gpgcheck=0
+gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-influxdata
+REPO
+	dnf install -y "influxdb2-$INFLUX_VERSION" influxdb2-cli >/dev/null
+	changed "installed influxdb2-$INFLUX_VERSION"
+}
+
+# install_gateway FILE SHA256: verify and install the gateway binary, keeping
+# the previous one for rollback.
+install_gateway() {
+	local file=$1 want=$2 got dst=$ROOT/usr/local/bin/iotgw
+	got=$(sha256sum "$file" | awk '{ print $1 }')
+	[[ $got == "$want" ]] || die "gateway artifact sha256 is $got, want $want"
+	if [[ -f $dst ]] && cmp -s "$file" "$dst"; then
+		return 0
+	fi
+	mkdir -p "$(dirname "$dst")"
+	[[ -f $dst ]] && cp -p "$dst" "$dst.prev"
+	install -o 0 -g 0 -m 0755 "$file" "$dst.new"
+	mv -f "$dst.new" "$dst"
+	GATEWAY_UPDATED=1
+	changed "$dst ($want)"
+}
+
+# Step 6: the gateway binary. Online it comes from the S3 object named in
+# the SSM parameter $PARAM_PATH/artifact ("s3://bucket/key sha256").
+gateway_binary() {
+	local ref uri sha tmp
+	if [[ -n ${IOTGW_ARTIFACT_FILE:-} ]]; then
+		install_gateway "$IOTGW_ARTIFACT_FILE" "$IOTGW_ARTIFACT_SHA256"
+		return
+	fi
+	online || return 0
+	ref=$(aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/artifact" \
+		--query Parameter.Value --output text)
+	uri=${ref%% *}
+	sha=${ref##* }
+	if [[ -n ${IOTGW_EXPECT_SHA256:-} && $sha != "$IOTGW_EXPECT_SHA256" ]]; then
+		die "$PARAM_PATH/artifact names $sha, the rollout expects $IOTGW_EXPECT_SHA256"
+	fi
+	tmp=$(mktemp)
+	aws s3 cp --region "$AWS_REGION" --only-show-errors "$uri" "$tmp"
+	install_gateway "$tmp" "$sha"
+	rm -f "$tmp"
+}
+
+# Step 7: enable the units (offline this only writes the symlinks).
+enable_units() {
+	local u args=()
+	[[ -n $ROOT ]] && args=(--root="$ROOT")
+	for u in iotgw-broker.service iotgw.service iotgw-export.timer; do
+		if ! systemctl "${args[@]}" is-enabled --quiet "$u" 2>/dev/null; then
+			systemctl "${args[@]}" enable --quiet "$u" 2>/dev/null
+			changed "enabled $u"
+		fi
+	done
+}
+
+ssm_secret() {
+	aws ssm get-parameter --region "$AWS_REGION" --with-decryption --name "$PARAM_PATH/$1" \
+		--query Parameter.Value --output text
+}
+
+# Step 8 (online): start InfluxDB, run its one-time setup with the admin
+# password and token from SSM (sent on stdin, never on a command line), and
+# apply the dashboard.
+setup_influxdb() {
+	systemctl enable --now --quiet influxdb.service
+	wait_for "InfluxDB /health" curl -fsS http://127.0.0.1:8086/health
+	if curl -fsS http://127.0.0.1:8086/api/v2/setup | grep -q '"allowed": *true'; then
+		INFLUX_PASSWORD=$(ssm_secret influx-admin-password) INFLUX_TOKEN=$(ssm_secret influx-token) \
+			python3 -c 'import json, os
+days = int(os.environ["INFLUX_RETENTION_DAYS"])
+print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.environ["INFLUX_PASSWORD"],
+  "token": os.environ["INFLUX_TOKEN"], "org": os.environ["INFLUX_ORG"], "bucket": os.environ["INFLUX_BUCKET"],
+  "retentionPeriodSeconds": days * 86400}))' |
+			curl -fsS -o /dev/null -H 'Content-Type: application/json' --data @- http://127.0.0.1:8086/api/v2/setup
+		changed "InfluxDB setup: org $INFLUX_ORG, bucket $INFLUX_BUCKET"
+	fi
+	local state=/data/iotgw-setup sum
+	mkdir -p "$state"
+	sum=$(sha256sum /etc/iotgw/dashboards/iotgw.json | awk '{ print $1 }')
+	if [[ $(cat "$state/dashboard.sha256" 2>/dev/null) != "$sum" ]]; then
+		export INFLUX_HOST=http://127.0.0.1:8086 INFLUX_ORG
+		INFLUX_TOKEN=$(ssm_secret influx-token)
+		export INFLUX_TOKEN
+		if [[ ! -s $state/influx-stack-id ]]; then
+			influx stacks init --stack-name iotgw --json |
+				python3 -c 'import json, sys; print(json.load(sys.stdin)["ID"])' >"$state/influx-stack-id"
+		fi
+		influx apply --stack-id "$(cat "$state/influx-stack-id")" --file /etc/iotgw/dashboards/iotgw.json --force yes >/dev/null
+		unset INFLUX_TOKEN
+		echo "$sum" >"$state/dashboard.sha256"
+		changed "applied dashboard iotgw.json"
+	fi
+}
+
+# healthy CMD...: retry CMD for up to 120 s.
+healthy() {
+	local i
+	for ((i = 0; i < 120; i++)); do
+		"$@" </dev/null >/dev/null 2>&1 && return 0
+		sleep 1
+	done
+	return 1
+}
+
+# wait_for WHAT CMD...: like healthy, but fails the run.
+wait_for() {
+	local what=$1
+	shift
+	healthy "$@" || die "$what not healthy after 120s"
+}
+
+# Step 9 (online): start everything and check it answers.
+start_and_check() {
+	systemctl daemon-reload
+	systemctl restart iotgw-broker.service iotgw.service
+	systemctl start iotgw-export.timer
+	wait_for "broker (TLS 8883)" openssl s_client -connect 127.0.0.1:8883 -verify_return_error "${BROKER_VERIFY[@]}"
+	wait_for "broker (1883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883'
+	wait_for "InfluxDB /health" curl -fsS http://127.0.0.1:8086/health
+	if ! healthy curl -fsS "http://$HTTP_ADDR/readyz"; then
+		if [[ $GATEWAY_UPDATED == 1 && -f /usr/local/bin/iotgw.prev ]]; then
+			# The new binary does not come up: put the previous one back.
+			mv -f /usr/local/bin/iotgw.prev /usr/local/bin/iotgw
+			systemctl restart iotgw-broker.service iotgw.service
+			healthy curl -fsS "http://$HTTP_ADDR/readyz" ||
+				die "new gateway binary failed /readyz, and so does the previous one after rollback"
+			die "new gateway binary failed /readyz; rolled back to the previous binary"
+		fi
+		die "gateway /readyz not healthy after 120s"
+	fi
+	local msg="SUCCESS: broker, InfluxDB and gateway healthy; export timer armed"
+	log "$msg"
+	if [[ -w /dev/console ]]; then printf 'iotgw-setup: %s\n' "$msg" >/dev/console || true; fi
+}
+
+main() {
+	[[ $(id -u) == 0 ]] || die "must run as root"
+	# cloud-init and the SSM rollout association may start it at the same
+	# time on first boot: one run at a time.
+	mkdir -p "$ROOT/run/lock"
+	exec 9>>"$ROOT/run/lock/iotgw-setup.lock"
+	flock 9
+	install_payload
+	# The package creates the influxdb user that owns its data directory.
+	if online; then install_influxdb; fi
+	system_users
+	data_volume
+	broker_tls
+	gateway_binary
+	enable_units
+	if online; then
+		setup_influxdb
+		start_and_check
+	fi
+	log "done, $CHANGED changed"
+}
+
+main "$@"

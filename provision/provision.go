@@ -1,0 +1,315 @@
+// Package provision renders what a fresh Amazon Linux 2023 host needs to run
+// iot-gateway: the cloud-init user-data, the systemd units, the configuration
+// files and the setup script. The files live next to this package and are
+// embedded, so the Pulumi program and the tests use the same bytes.
+package provision
+
+import (
+	"bytes"
+	"compress/gzip"
+	"embed"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"strings"
+	"text/template"
+)
+
+//go:embed files
+var files embed.FS
+
+// MaxUserData is EC2's limit on user-data, counted before base64.
+const MaxUserData = 16 * 1024
+
+// Where cloud-init stages the rendered files; the setup script installs
+// them from here into place, so rerunning it converges on them.
+const (
+	PayloadDir  = "/usr/local/lib/iotgw/payload"
+	SetupScript = "/usr/local/sbin/iotgw-setup"
+)
+
+// Defaults for Params fields left empty.
+const (
+	DefaultInfluxVersion        = "2.7.12"
+	DefaultInfluxKeyURL         = "https://repos.influxdata.com/influxdata-archive.key"
+	DefaultInfluxKeyFingerprint = "24C975CBA61A024EE1B631787C3D57159FC2F927"
+	DefaultDataDevice           = "/dev/sdf"
+	DefaultDataFSType           = "xfs"
+	DefaultHTTPAddr             = "127.0.0.1:9273"
+)
+
+// Params are the stack settings the host needs. None of them is secret:
+// secrets stay in SSM under ParamPath and are fetched by the host.
+type Params struct {
+	Stack     string // Pulumi stack name
+	Region    string // AWS region, for the aws CLI and SDK on the host
+	ParamPath string // SSM path of the stack's parameters, e.g. /iot-gateway/dev
+
+	DataVolumeID string // EBS volume id of the data volume (found by NVMe serial)
+	DataDevice   string // device name it is attached as; fallback when no id
+	DataFSType   string // filesystem made on a blank data volume
+
+	InfluxVersion        string // influxdb2 package version
+	InfluxKeyURL         string // InfluxData package signing key
+	InfluxKeyFingerprint string // its expected fingerprint
+	InfluxOrg            string
+	InfluxBucket         string
+	InfluxRetentionDays  int    // 0 keeps data forever
+	InfluxAdminUser      string // the admin login created by setup
+	InfluxListenPublic   bool   // listen on all interfaces (adminCidrs set)
+
+	MQTTClientID        string
+	MQTTUsername        string // the gateway's own broker account
+	MQTTQoS             int
+	MQTTTopics          []string
+	MQTTPlaintextPublic bool // plain 1883 on all interfaces, not loopback only
+
+	HTTPAddr     string // gateway health and metrics listener
+	ExportBucket string // S3 bucket of the daily export
+	ExportPrefix string // key prefix of the daily export, ending in "/"
+}
+
+// File is one rendered file and where it goes on the host.
+type File struct {
+	Path    string // absolute path on the host
+	Mode    string // octal, e.g. "0644"
+	Content string
+}
+
+// safe is what may appear in a rendered value: it goes into shell
+// single quotes, TOML and JSON strings, so no quotes, backslashes,
+// dollars, spaces or control characters.
+var safe = regexp.MustCompile(`^[A-Za-z0-9._:/#+@=-]*$`)
+
+func (p Params) withDefaults() Params {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&p.DataDevice, DefaultDataDevice)
+	def(&p.DataFSType, DefaultDataFSType)
+	def(&p.InfluxVersion, DefaultInfluxVersion)
+	def(&p.InfluxKeyURL, DefaultInfluxKeyURL)
+	def(&p.InfluxKeyFingerprint, DefaultInfluxKeyFingerprint)
+	def(&p.InfluxOrg, "iot")
+	def(&p.InfluxBucket, "sensors")
+	def(&p.InfluxAdminUser, "admin")
+	def(&p.MQTTUsername, "iotgw")
+	def(&p.MQTTClientID, "iotgw-"+p.Stack)
+	def(&p.HTTPAddr, DefaultHTTPAddr)
+	def(&p.ExportPrefix, "exports/")
+	if len(p.MQTTTopics) == 0 {
+		p.MQTTTopics = []string{"sensors/#"}
+	}
+	return p
+}
+
+// Validate reports the first field that is missing or cannot be rendered
+// safely, by name.
+func (p Params) Validate() error {
+	p = p.withDefaults()
+	fields := []struct {
+		name, value string
+		required    bool
+	}{
+		{"Stack", p.Stack, true},
+		{"Region", p.Region, true},
+		{"ParamPath", p.ParamPath, true},
+		{"DataVolumeID", p.DataVolumeID, false},
+		{"DataDevice", p.DataDevice, true},
+		{"DataFSType", p.DataFSType, true},
+		{"InfluxVersion", p.InfluxVersion, true},
+		{"InfluxKeyURL", p.InfluxKeyURL, true},
+		{"InfluxKeyFingerprint", p.InfluxKeyFingerprint, true},
+		{"InfluxOrg", p.InfluxOrg, true},
+		{"InfluxBucket", p.InfluxBucket, true},
+		{"InfluxAdminUser", p.InfluxAdminUser, true},
+		{"MQTTClientID", p.MQTTClientID, true},
+		{"MQTTUsername", p.MQTTUsername, true},
+		{"HTTPAddr", p.HTTPAddr, true},
+		{"ExportBucket", p.ExportBucket, true},
+		{"ExportPrefix", p.ExportPrefix, true},
+	}
+	for i, t := range p.MQTTTopics {
+		fields = append(fields, struct {
+			name, value string
+			required    bool
+		}{fmt.Sprintf("MQTTTopics[%d]", i), t, true})
+	}
+	for _, f := range fields {
+		if f.required && f.value == "" {
+			return fmt.Errorf("provision: %s is required", f.name)
+		}
+		if !safe.MatchString(f.value) {
+			return fmt.Errorf("provision: %s %q has characters other than letters, digits and ._:/#+@=-", f.name, f.value)
+		}
+	}
+	if !strings.HasPrefix(p.ParamPath, "/") || strings.HasSuffix(p.ParamPath, "/") {
+		return fmt.Errorf("provision: ParamPath %q must start with / and not end with /", p.ParamPath)
+	}
+	if !strings.HasSuffix(p.ExportPrefix, "/") {
+		return fmt.Errorf("provision: ExportPrefix %q must end with /", p.ExportPrefix)
+	}
+	if p.MQTTQoS < 0 || p.MQTTQoS > 2 {
+		return fmt.Errorf("provision: MQTTQoS %d is not 0, 1 or 2", p.MQTTQoS)
+	}
+	if p.InfluxRetentionDays < 0 {
+		return fmt.Errorf("provision: InfluxRetentionDays %d is negative", p.InfluxRetentionDays)
+	}
+	return nil
+}
+
+// payload maps each embedded file to its place on the host.
+var payload = []struct {
+	src, dst string
+}{
+	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
+	{"files/gateway.toml.tmpl", "/etc/iotgw/gateway.toml"},
+	{"files/broker.toml.tmpl", "/etc/iotgw/broker.toml"},
+	{"files/dashboards/iotgw.json.tmpl", "/etc/iotgw/dashboards/iotgw.json"},
+	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
+	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf"},
+	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service"},
+	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
+	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
+	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
+	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
+}
+
+// Files renders every file the host gets: the setup script and the payload
+// it installs. Paths are where cloud-init writes them.
+func Files(p Params) ([]File, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	p = p.withDefaults()
+	script, err := files.ReadFile("files/setup-host.sh")
+	if err != nil {
+		return nil, err
+	}
+	out := []File{{Path: SetupScript, Mode: "0755", Content: string(script)}}
+	for _, f := range payload {
+		content, err := render(f.src, p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, File{Path: PayloadDir + f.dst, Mode: "0644", Content: content})
+	}
+	return out, nil
+}
+
+func render(name string, p Params) (string, error) {
+	b, err := files.ReadFile(name)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasSuffix(name, ".tmpl") {
+		return string(b), nil
+	}
+	t, err := template.New(name).Option("missingkey=error").Parse(string(b))
+	if err != nil {
+		return "", fmt.Errorf("provision: parse %s: %w", name, err)
+	}
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, p.templateData()); err != nil {
+		return "", fmt.Errorf("provision: render %s: %w", name, err)
+	}
+	return buf.String(), nil
+}
+
+// templateData adds the values derived from Params.
+func (p Params) templateData() any {
+	return struct {
+		Params
+		MQTTURL string
+	}{p, "tcp://127.0.0.1:1883"}
+}
+
+// RenderUserData renders the #cloud-config document for the host.
+func RenderUserData(p Params) ([]byte, error) {
+	fl, err := Files(p)
+	if err != nil {
+		return nil, err
+	}
+	p = p.withDefaults()
+	src, err := files.ReadFile("files/cloud-config.yaml.tmpl")
+	if err != nil {
+		return nil, err
+	}
+	t, err := template.New("cloud-config").Funcs(template.FuncMap{"indent": indent}).Parse(string(src))
+	if err != nil {
+		return nil, fmt.Errorf("provision: parse cloud-config: %w", err)
+	}
+	var buf bytes.Buffer
+	err = t.Execute(&buf, struct {
+		Params
+		Files []File
+	}{p, fl})
+	if err != nil {
+		return nil, fmt.Errorf("provision: render cloud-config: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// GzipUserData renders the user-data and gzips it (cloud-init recognises
+// gzip by its magic bytes), failing when it would not fit EC2's limit.
+// The output is the same for the same Params, so it does not cause diffs.
+func GzipUserData(p Params) ([]byte, error) {
+	ud, err := RenderUserData(p)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(ud); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	if buf.Len() > MaxUserData {
+		return nil, fmt.Errorf("provision: user-data is %d bytes gzipped, over EC2's %d", buf.Len(), MaxUserData)
+	}
+	return buf.Bytes(), nil
+}
+
+// indent prefixes every non-empty line with n spaces, for a YAML block
+// scalar. Content must end in a newline: the block keeps exactly one.
+func indent(n int, s string) string {
+	pad := strings.Repeat(" ", n)
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = pad + l
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Units returns the embedded systemd unit files by name (drop-ins not
+// included).
+func Units() (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := fs.WalkDir(files, "files/systemd", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".conf") {
+			return err
+		}
+		b, err := files.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		out[d.Name()] = b
+		return nil
+	})
+	return out, err
+}
+
+// SetupScriptSource returns the setup script as embedded.
+func SetupScriptSource() []byte {
+	b, _ := files.ReadFile("files/setup-host.sh")
+	return b
+}

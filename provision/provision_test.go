@@ -1,0 +1,540 @@
+package provision
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// requireTool returns the path of a tool the test needs. Outside CI a
+// missing tool skips the test with a clear message; in CI (CI=true) it
+// fails, so a missing install step cannot hide behind a skip.
+func requireTool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found; install the Debian package %s", name, pkg)
+	}
+	t.Skipf("%s not found (Debian package %s); skipping outside CI", name, pkg)
+	return ""
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test runs as root (it sets file owners in a temporary root)")
+	}
+	t.Skip("not root; the temporary-root test sets file owners")
+}
+
+func baseParams() Params {
+	return Params{
+		Stack:               "dev",
+		Region:              "eu-central-1",
+		ParamPath:           "/iot-gateway/dev",
+		DataVolumeID:        "vol-0123456789abcdef0",
+		ExportBucket:        "iot-gateway-dev-0a1b2c3d",
+		MQTTQoS:             1,
+		InfluxRetentionDays: 0,
+	}
+}
+
+// configs are the stack shapes the user-data is rendered for.
+func configs() map[string]Params {
+	all := baseParams()
+	all.Stack, all.ParamPath = "prod-eu", "/iot-gateway/prod-eu"
+	all.InfluxListenPublic = true
+	all.MQTTPlaintextPublic = true
+	all.MQTTTopics = []string{"sensors/#", "site/+/status"}
+	all.MQTTQoS = 2
+	all.InfluxRetentionDays = 400
+	all.InfluxOrg, all.InfluxBucket = "acme", "telemetry"
+	all.ExportPrefix = "daily/"
+	noVolumeID := baseParams()
+	noVolumeID.DataVolumeID = ""
+	noVolumeID.DataDevice = "/dev/xvdf"
+	return map[string]Params{"defaults": baseParams(), "everything-on": all, "device-name-only": noVolumeID}
+}
+
+func TestRenderUserData(t *testing.T) {
+	for name, p := range configs() {
+		t.Run(name, func(t *testing.T) {
+			ud, err := RenderUserData(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gz, err := GzipUserData(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("user-data: %d bytes, %d gzipped (limit %d)", len(ud), len(gz), MaxUserData)
+			if len(gz) > MaxUserData {
+				t.Errorf("gzipped user-data %d bytes > %d", len(gz), MaxUserData)
+			}
+			zr, err := gzip.NewReader(bytes.NewReader(gz))
+			if err != nil {
+				t.Fatal(err)
+			}
+			back, _ := io.ReadAll(zr)
+			if !bytes.Equal(back, ud) {
+				t.Error("gzip does not round-trip")
+			}
+			if gz2, _ := GzipUserData(p); !bytes.Equal(gz, gz2) {
+				t.Error("GzipUserData is not deterministic")
+			}
+
+			// The YAML carries every file byte for byte.
+			var doc struct {
+				WriteFiles []struct {
+					Path, Owner, Permissions, Content string
+				} `yaml:"write_files"`
+				Runcmd [][]string `yaml:"runcmd"`
+			}
+			if err := yaml.Unmarshal(ud, &doc); err != nil {
+				t.Fatalf("user-data is not YAML: %v", err)
+			}
+			want, _ := Files(p)
+			if len(doc.WriteFiles) != len(want) {
+				t.Fatalf("%d files in user-data, want %d", len(doc.WriteFiles), len(want))
+			}
+			for i, f := range doc.WriteFiles {
+				if f.Path != want[i].Path || f.Permissions != want[i].Mode || f.Content != want[i].Content {
+					t.Errorf("file %s differs after the YAML round trip", want[i].Path)
+				}
+			}
+			if len(doc.Runcmd) != 1 || doc.Runcmd[0][0] != SetupScript {
+				t.Errorf("runcmd = %v", doc.Runcmd)
+			}
+
+			cloudInitSchema(t, ud)
+		})
+	}
+}
+
+func cloudInitSchema(t *testing.T, ud []byte) {
+	t.Helper()
+	ci := requireTool(t, "cloud-init", "cloud-init")
+	f := filepath.Join(t.TempDir(), "user-data")
+	if err := os.WriteFile(f, ud, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(ci, "schema", "--config-file", f).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Valid cloud-config") {
+		t.Errorf("cloud-init schema: %v\n%s", err, out)
+	}
+}
+
+func TestRenderedValues(t *testing.T) {
+	p := configs()["everything-on"]
+	files, err := Files(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]string{}
+	for _, f := range files {
+		byPath[strings.TrimPrefix(f.Path, PayloadDir)] = f.Content
+	}
+	checks := map[string][]string{
+		"/etc/iotgw/gateway.toml": {
+			`password = "ssm:/iot-gateway/prod-eu/mqtt-password"`,
+			`token = "ssm:/iot-gateway/prod-eu/influx-token"`,
+			`topics = ["sensors/#", "site/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
+			`addr = "127.0.0.1:9273"`, `prefix = "daily/"`, `client_id = "iotgw-prod-eu"`,
+		},
+		"/etc/iotgw/broker.toml":           {`listen = ":1883"`, `devices_ssm_path = "/iot-gateway/prod-eu/devices"`},
+		"/etc/influxdb/config.toml":        {`http-bind-address = ":8086"`},
+		"/etc/iotgw/host.env":              {"INFLUX_RETENTION_DAYS='400'", "PARAM_PATH='/iot-gateway/prod-eu'", "DATA_FSTYPE='xfs'"},
+		"/etc/iotgw/dashboards/iotgw.json": {`"values": ["telemetry"]`},
+	}
+	for path, wants := range checks {
+		for _, w := range wants {
+			if !strings.Contains(byPath[path], w) {
+				t.Errorf("%s lacks %s", path, w)
+			}
+		}
+	}
+	def, _ := Files(baseParams())
+	for _, f := range def {
+		if strings.HasSuffix(f.Path, "broker.toml") && !strings.Contains(f.Content, `listen = "127.0.0.1:1883"`) {
+			t.Error("plain MQTT is not loopback-only by default")
+		}
+		if strings.HasSuffix(f.Path, "influxdb/config.toml") && !strings.Contains(f.Content, `"127.0.0.1:8086"`) {
+			t.Error("InfluxDB is not loopback-only by default")
+		}
+	}
+}
+
+func TestParamsValidate(t *testing.T) {
+	tests := map[string]func(*Params){
+		"no stack":         func(p *Params) { p.Stack = "" },
+		"quote in bucket":  func(p *Params) { p.ExportBucket = `b"; rm -rf /` },
+		"newline in org":   func(p *Params) { p.InfluxOrg = "a\nb" },
+		"dollar in topic":  func(p *Params) { p.MQTTTopics = []string{"$SYS/#"} },
+		"relative path":    func(p *Params) { p.ParamPath = "iot-gateway/dev" },
+		"prefix without /": func(p *Params) { p.ExportPrefix = "exports" },
+		"qos":              func(p *Params) { p.MQTTQoS = 5 },
+		"space":            func(p *Params) { p.Region = "eu central" },
+	}
+	for name, edit := range tests {
+		p := baseParams()
+		edit(&p)
+		if _, err := RenderUserData(p); err == nil {
+			t.Errorf("%s: rendered without error", name)
+		}
+	}
+}
+
+// unitDir writes the units to a directory with ExecStart pointing at a stub
+// binary, since systemd-analyze verify checks that the binary exists.
+func unitDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	stub := filepath.Join(dir, "iotgw")
+	if err := os.WriteFile(stub, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	units, err := Units()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range units {
+		b = bytes.ReplaceAll(b, []byte("/usr/local/bin/iotgw"), []byte(stub))
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func unitNames(t *testing.T) []string {
+	units, err := Units()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for n := range units {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) != 4 {
+		t.Fatalf("units = %v, want 4", names)
+	}
+	return names
+}
+
+func TestUnitsVerify(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze", "systemd")
+	dir := unitDir(t)
+	for _, name := range unitNames(t) {
+		out, err := exec.Command(sa, "verify", filepath.Join(dir, name)).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
+		}
+	}
+}
+
+var exposureRe = regexp.MustCompile(`Overall exposure level for (\S+): ([0-9.]+)`)
+
+func TestUnitsExposure(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze", "systemd")
+	dir := unitDir(t)
+	for _, name := range unitNames(t) {
+		if !strings.HasSuffix(name, ".service") {
+			continue
+		}
+		out, _ := exec.Command(sa, "security", "--offline=yes", filepath.Join(dir, name)).CombinedOutput()
+		m := exposureRe.FindSubmatch(out)
+		if m == nil {
+			t.Errorf("%s: no exposure level in:\n%s", name, out)
+			continue
+		}
+		level, _ := strconv.ParseFloat(string(m[2]), 64)
+		t.Logf("%s exposure %.1f", name, level)
+		if level > 1.5 {
+			t.Errorf("%s exposure %.1f > 1.5:\n%s", name, level, out)
+		}
+	}
+}
+
+func TestTimerCalendar(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze", "systemd")
+	units, _ := Units()
+	timer := string(units["iotgw-export.timer"])
+	for _, want := range []string{"Persistent=true", "RandomizedDelaySec=", "Unit=iotgw-export.service"} {
+		if !strings.Contains(timer, want) {
+			t.Errorf("timer lacks %s", want)
+		}
+	}
+	m := regexp.MustCompile(`(?m)^OnCalendar=(.*)$`).FindStringSubmatch(timer)
+	if m == nil {
+		t.Fatal("timer has no OnCalendar")
+	}
+	out, err := exec.Command(sa, "calendar", m[1]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze calendar %q: %v\n%s", m[1], err, out)
+	}
+	if !strings.Contains(string(out), "Normalized form: *-*-* 03:00:00\n") {
+		t.Errorf("calendar %q does not normalise to *-*-* 03:00:00:\n%s", m[1], out)
+	}
+}
+
+func TestUnitsContract(t *testing.T) {
+	units, _ := Units()
+	gw := string(units["iotgw.service"])
+	for _, want := range []string{
+		"Type=notify", "WatchdogSec=", "ExecStart=/usr/local/bin/iotgw run --config /etc/iotgw/gateway.toml",
+		"StateDirectory=iotgw", "RequiresMountsFor=/var/lib/iotgw",
+	} {
+		if !strings.Contains(gw, want) {
+			t.Errorf("iotgw.service lacks %s", want)
+		}
+	}
+	if !strings.Contains(string(units["iotgw-broker.service"]), "ExecStart=/usr/local/bin/iotgw broker --config /etc/iotgw/broker.toml") {
+		t.Error("iotgw-broker.service does not run iotgw broker")
+	}
+	if !strings.Contains(string(units["iotgw-export.service"]), "ExecStart=/usr/local/bin/iotgw export --config /etc/iotgw/gateway.toml") {
+		t.Error("iotgw-export.service does not run iotgw export")
+	}
+	for name, b := range units {
+		if strings.HasSuffix(name, ".service") {
+			for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "RestrictAddressFamilies="} {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("%s lacks %q", name, want)
+				}
+			}
+		}
+	}
+}
+
+func TestShellcheck(t *testing.T) {
+	sc := requireTool(t, "shellcheck", "shellcheck")
+	dir := t.TempDir()
+	script := filepath.Join(dir, "iotgw-setup")
+	if err := os.WriteFile(script, SetupScriptSource(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	scripts := []string{script}
+	// The repository's own scripts too.
+	more, _ := filepath.Glob("../scripts/*.sh")
+	scripts = append(scripts, more...)
+	for _, s := range scripts {
+		out, err := exec.Command(sc, "--severity=style", s).CombinedOutput()
+		if err != nil {
+			t.Errorf("shellcheck %s: %v\n%s", s, err, out)
+		}
+	}
+}
+
+// TestSetupTempRoot runs the setup script's host-side steps against a
+// temporary root: a second run must change nothing.
+func TestSetupTempRoot(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "systemd-sysusers", "systemd")
+	requireTool(t, "mkfs.ext4", "e2fsprogs")
+	requireTool(t, "openssl", "openssl")
+	requireTool(t, "systemctl", "systemd")
+
+	tmp := t.TempDir()
+	root := filepath.Join(tmp, "root")
+	p := baseParams()
+	p.DataFSType = "ext4" // xfsprogs is not needed for the test
+	files, err := Files(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		mode, _ := strconv.ParseUint(f.Mode, 8, 32)
+		dst := filepath.Join(root, f.Path)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, []byte(f.Content), os.FileMode(mode)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	disk := filepath.Join(tmp, "data.img")
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(tmp, "iotgw")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho iotgw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("#!/bin/sh\necho iotgw\n"))
+
+	run := func(sha string) (string, error) {
+		cmd := exec.Command("bash", filepath.Join(root, SetupScript))
+		cmd.Env = append(os.Environ(), "ROOT="+root, "DATA_DEVICE_PATH="+disk, "TLS_NAMES=localhost 127.0.0.1 gw.example.com",
+			"IOTGW_ARTIFACT_FILE="+bin, "IOTGW_ARTIFACT_SHA256="+sha)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run(hex.EncodeToString(sum[:]))
+	if err != nil {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "changed: formatted") {
+		t.Errorf("first run did not format the blank volume:\n%s", out)
+	}
+	first := snapshot(t, root)
+	uuid := blkUUID(t, disk)
+
+	out, err = run(hex.EncodeToString(sum[:]))
+	if err != nil {
+		t.Fatalf("second run: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "iotgw-setup: done, 0 changed") {
+		t.Errorf("second run changed something:\n%s", out)
+	}
+	second := snapshot(t, root)
+	if first != second {
+		t.Errorf("second run changed the tree:\n--- first\n%s\n--- second\n%s", first, second)
+	}
+	if blkUUID(t, disk) != uuid {
+		t.Error("second run reformatted the data volume")
+	}
+
+	// Expected files, owners and modes.
+	uid := func(name string) int { return lookupID(t, filepath.Join(root, "etc/passwd"), name) }
+	gid := func(name string) int { return lookupID(t, filepath.Join(root, "etc/group"), name) }
+	for _, w := range []struct {
+		path     string
+		mode     fs.FileMode
+		uid, gid int
+	}{
+		{"etc/iotgw/gateway.toml", 0o644, 0, 0},
+		{"etc/iotgw/broker.toml", 0o644, 0, 0},
+		{"etc/iotgw/host.env", 0o644, 0, 0},
+		{"etc/influxdb/config.toml", 0o644, 0, 0},
+		{"etc/systemd/system/iotgw.service", 0o644, 0, 0},
+		{"etc/systemd/system/iotgw-export.timer", 0o644, 0, 0},
+		{"etc/systemd/system/influxdb.service.d/iotgw.conf", 0o644, 0, 0},
+		{"usr/local/bin/iotgw", 0o755, 0, 0},
+		{"data", fs.ModeDir | 0o755, 0, 0},
+		{"data/iotgw", fs.ModeDir | 0o750, uid("iotgw"), gid("iotgw")},
+		{"data/iotgw-broker", fs.ModeDir | 0o750, uid("iotgw-broker"), gid("iotgw-broker")},
+		{"data/iotgw-broker/tls/server.key", 0o600, uid("iotgw-broker"), gid("iotgw-broker")},
+		{"data/iotgw-broker/tls/server.crt", 0o644, uid("iotgw-broker"), gid("iotgw-broker")},
+		{"data/iotgw-broker/tls/ca.key", 0o600, 0, 0},
+		{"var/lib/iotgw", fs.ModeDir | 0o755, 0, 0},
+	} {
+		fi, err := os.Lstat(filepath.Join(root, w.path))
+		if err != nil {
+			t.Errorf("%s: %v", w.path, err)
+			continue
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode() != w.mode || int(st.Uid) != w.uid || int(st.Gid) != w.gid {
+			t.Errorf("%s: %v %d:%d, want %v %d:%d", w.path, fi.Mode(), st.Uid, st.Gid, w.mode, w.uid, w.gid)
+		}
+	}
+	if uid("iotgw") == 0 || uid("iotgw-broker") == 0 {
+		t.Error("system users not created")
+	}
+	for _, link := range []string{"multi-user.target.wants/iotgw.service", "multi-user.target.wants/iotgw-broker.service", "timers.target.wants/iotgw-export.timer"} {
+		if _, err := os.Readlink(filepath.Join(root, "etc/systemd/system", link)); err != nil {
+			t.Errorf("not enabled: %s", link)
+		}
+	}
+	fstab, _ := os.ReadFile(filepath.Join(root, "etc/fstab"))
+	for _, want := range []string{"UUID=" + uuid + " /data ext4 defaults,nofail", "/data/iotgw /var/lib/iotgw none bind,nofail"} {
+		if !strings.Contains(string(fstab), want) {
+			t.Errorf("fstab lacks %q:\n%s", want, fstab)
+		}
+	}
+	tls := filepath.Join(root, "data/iotgw-broker/tls")
+	if out, err := exec.Command("openssl", "verify", "-CAfile", filepath.Join(tls, "ca.crt"), filepath.Join(tls, "server.crt")).CombinedOutput(); err != nil {
+		t.Errorf("server certificate does not verify against the CA: %s", out)
+	}
+	if out, _ := exec.Command("openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", filepath.Join(tls, "server.crt")).CombinedOutput(); !strings.Contains(string(out), "DNS:gw.example.com") {
+		t.Errorf("server certificate names: %s", out)
+	}
+
+	// A binary whose checksum does not match is refused and not installed.
+	out, err = run(strings.Repeat("0", 64))
+	if err == nil || !strings.Contains(out, "FAILURE: gateway artifact sha256") {
+		t.Errorf("bad checksum accepted: %v\n%s", err, out)
+	}
+}
+
+// snapshot lists every path under root with type, mode, owner, mtime and a
+// content hash, so any change between runs shows.
+func snapshot(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		extra := ""
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			extra, _ = os.Readlink(path)
+		case fi.Mode().IsRegular():
+			c, _ := os.ReadFile(path)
+			s := sha256.Sum256(c)
+			extra = hex.EncodeToString(s[:8])
+		}
+		rel, _ := filepath.Rel(root, path)
+		fmt.Fprintf(&b, "%s %v %d:%d %d %s\n", rel, fi.Mode(), st.Uid, st.Gid, fi.ModTime().UnixNano(), extra)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func blkUUID(t *testing.T, dev string) string {
+	t.Helper()
+	out, err := exec.Command("blkid", "-p", "-o", "value", "-s", "UUID", dev).Output()
+	if err != nil {
+		t.Fatalf("blkid %s: %v", dev, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func lookupID(t *testing.T, file, name string) int {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) > 2 && f[0] == name {
+			id, _ := strconv.Atoi(f[2])
+			return id
+		}
+	}
+	return 0
+}
