@@ -15,16 +15,25 @@ type MosquittoOptions struct {
 	MaxInflight int  // max_inflight_messages; 0 = mosquitto default (20)
 	MaxQueued   int  // max_queued_messages; 0 = mosquitto default (1000)
 	Persistence bool // keep sessions and queued messages across restarts
+	// TLS, when set, makes the listener TLS-only with these PEM files.
+	TLS *TLSFiles
+}
+
+// TLSFiles configure a TLS listener.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
+	RequireClientCert         bool // mutual TLS: clients must present a certificate signed by CAFile
 }
 
 // Mosquitto is a running mosquitto broker owned by one test.
 type Mosquitto struct {
-	t    testing.TB
-	bin  string
-	dir  string
-	conf string
-	Port int
-	p    *proc
+	t      testing.TB
+	bin    string
+	dir    string
+	conf   string
+	Port   int
+	p      *proc
+	scheme string
 }
 
 // StartMosquitto starts mosquitto on a free loopback port; it is stopped when
@@ -32,8 +41,20 @@ type Mosquitto struct {
 func StartMosquitto(t testing.TB, o MosquittoOptions) *Mosquitto {
 	t.Helper()
 	bin := binary(t, "IOTGW_MOSQUITTO", "mosquitto", "/usr/sbin", "/usr/local/sbin")
-	m := &Mosquitto{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
+	m := &Mosquitto{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t), scheme: "tcp"}
 	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nper_listener_settings false\n", m.Port)
+	if os.Geteuid() == 0 {
+		// Started as root, mosquitto drops to the "mosquitto" user, which
+		// cannot read the test's private temp directory.
+		conf += "user root\n"
+	}
+	if o.TLS != nil {
+		conf += fmt.Sprintf("cafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\n", o.TLS.CAFile, o.TLS.CertFile, o.TLS.KeyFile)
+		if o.TLS.RequireClientCert {
+			conf += "require_certificate true\n"
+		}
+		m.scheme = "ssl"
+	}
 	if o.MaxInflight > 0 {
 		conf += fmt.Sprintf("max_inflight_messages %d\n", o.MaxInflight)
 	}
@@ -53,7 +74,7 @@ func StartMosquitto(t testing.TB, o MosquittoOptions) *Mosquitto {
 }
 
 // URL is the broker's tcp:// address.
-func (m *Mosquitto) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.Port) }
+func (m *Mosquitto) URL() string { return fmt.Sprintf("%s://127.0.0.1:%d", m.scheme, m.Port) }
 
 // Addr is host:port.
 func (m *Mosquitto) Addr() string { return fmt.Sprintf("127.0.0.1:%d", m.Port) }
