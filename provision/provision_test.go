@@ -66,7 +66,7 @@ func configs() map[string]Params {
 	all.Stack, all.ParamPath = "prod-eu", "/iot-gateway/prod-eu"
 	all.InfluxListenPublic = true
 	all.MQTTPlaintextPublic = true
-	all.MQTTTopics = []string{"sensors/#", "site/+/status"}
+	all.MQTTTopics = []string{"sensors/#", "sensors/+/+/status"}
 	all.MQTTQoS = 2
 	all.InfluxRetentionDays = 400
 	all.InfluxOrg, all.InfluxBucket = "acme", "telemetry"
@@ -159,10 +159,10 @@ func TestRenderedValues(t *testing.T) {
 		"/etc/iotgw/gateway.toml": {
 			`password = "ssm:/iot-gateway/prod-eu/mqtt-password"`,
 			`token = "ssm:/iot-gateway/prod-eu/influx-token"`,
-			`topics = ["sensors/#", "site/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
-			`addr = "127.0.0.1:9273"`, `prefix = "daily/"`, `client_id = "iotgw-prod-eu"`,
+			`topics = ["sensors/#", "sensors/+/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
+			`addr = "127.0.0.1:9273"`, `prefix = "daily"`, `client_id = "iotgw-prod-eu"`,
 		},
-		"/etc/iotgw/broker.toml":           {`listen = ":1883"`, `devices_ssm_path = "/iot-gateway/prod-eu/devices"`},
+		"/etc/iotgw/broker.toml":           {`addr = ":1883"`, "allow_plain_public = true", `gateway_users = ["iotgw"]`},
 		"/etc/influxdb/config.toml":        {`http-bind-address = ":8086"`},
 		"/etc/iotgw/host.env":              {"INFLUX_RETENTION_DAYS='400'", "PARAM_PATH='/iot-gateway/prod-eu'", "DATA_FSTYPE='xfs'"},
 		"/etc/iotgw/dashboards/iotgw.json": {`"values": ["telemetry"]`},
@@ -176,7 +176,8 @@ func TestRenderedValues(t *testing.T) {
 	}
 	def, _ := Files(baseParams())
 	for _, f := range def {
-		if strings.HasSuffix(f.Path, "broker.toml") && !strings.Contains(f.Content, `listen = "127.0.0.1:1883"`) {
+		if strings.HasSuffix(f.Path, "broker.toml") &&
+			(!strings.Contains(f.Content, `addr = "127.0.0.1:1883"`) || strings.Contains(f.Content, "allow_plain_public")) {
 			t.Error("plain MQTT is not loopback-only by default")
 		}
 		if strings.HasSuffix(f.Path, "influxdb/config.toml") && !strings.Contains(f.Content, `"127.0.0.1:8086"`) {
@@ -193,6 +194,11 @@ func TestParamsValidate(t *testing.T) {
 		"dollar in topic":  func(p *Params) { p.MQTTTopics = []string{"$SYS/#"} },
 		"relative path":    func(p *Params) { p.ParamPath = "iot-gateway/dev" },
 		"prefix without /": func(p *Params) { p.ExportPrefix = "exports" },
+		"prefix only /":    func(p *Params) { p.ExportPrefix = "/" },
+		"prefix with //":   func(p *Params) { p.ExportPrefix = "a//b/" },
+		"leading / prefix": func(p *Params) { p.ExportPrefix = "/exports/" },
+		"topic outside":    func(p *Params) { p.MQTTTopics = []string{"site/+/status"} },
+		"topic #":          func(p *Params) { p.MQTTTopics = []string{"#"} },
 		"qos":              func(p *Params) { p.MQTTQoS = 5 },
 		"space":            func(p *Params) { p.Region = "eu central" },
 	}
