@@ -252,10 +252,12 @@ func (p Params) templateData() any {
 	}
 	return struct {
 		Params
-		MQTTURL                                                           string // the gateway's broker: plain MQTT on loopback
-		MQTTPlainAddr                                                     string // the broker's plain listener
-		MQTTTLSAddr                                                       string
-		ExportKeyPrefix                                                   string // export.prefix takes no trailing slash
+		MQTTURL         string // the gateway's broker: plain MQTT on loopback
+		MQTTPlainAddr   string // the broker's plain listener
+		MQTTTLSAddr     string
+		ExportKeyPrefix string // export.prefix takes no trailing slash
+
+		// The host paths above.
 		SpoolDir, ExportDir, BrokerDataDir, BrokerTLSDir, BrokerUsersFile string
 	}{
 		Params:          p,
