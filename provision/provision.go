@@ -38,6 +38,25 @@ const (
 	DefaultHTTPAddr             = "127.0.0.1:9273"
 )
 
+// Paths on the host that the rendered configuration, the units and the
+// setup script agree on. /var/lib/iotgw and /var/lib/iotgw-broker are bind
+// mounts of the data volume.
+const (
+	GatewayConfig   = "/etc/iotgw/gateway.toml"
+	BrokerConfig    = "/etc/iotgw/broker.toml"
+	SpoolDir        = "/var/lib/iotgw/spool"  // spool.dir; iotgw.service StateDirectory=iotgw
+	ExportDir       = "/var/lib/iotgw/export" // export.dir; iotgw-export.service StateDirectory=iotgw/export
+	BrokerDataDir   = "/var/lib/iotgw-broker" // data_dir; iotgw-broker.service StateDirectory=iotgw-broker
+	BrokerTLSDir    = BrokerDataDir + "/tls"  // written by iotgw-setup
+	BrokerUsersFile = "/etc/iotgw/broker-users"
+	MQTTPlainPort   = "1883"
+	MQTTTLSPort     = "8883"
+)
+
+// GatewaySecrets are the SSM parameters, relative to Params.ParamPath, that
+// gateway.toml refers to as ssm:/path values. infra/stack creates each.
+var GatewaySecrets = []string{"mqtt-password", "influx-token"}
+
 // Params are the stack settings the host needs. None of them is secret:
 // secrets stay in SSM under ParamPath and are fetched by the host.
 type Params struct {
@@ -148,8 +167,15 @@ func (p Params) Validate() error {
 	if !strings.HasPrefix(p.ParamPath, "/") || strings.HasSuffix(p.ParamPath, "/") {
 		return fmt.Errorf("provision: ParamPath %q must start with / and not end with /", p.ParamPath)
 	}
-	if !strings.HasSuffix(p.ExportPrefix, "/") {
-		return fmt.Errorf("provision: ExportPrefix %q must end with /", p.ExportPrefix)
+	if k := strings.TrimSuffix(p.ExportPrefix, "/"); !strings.HasSuffix(p.ExportPrefix, "/") || k == "" ||
+		strings.HasPrefix(k, "/") || strings.Contains(k, "//") {
+		return fmt.Errorf("provision: ExportPrefix %q must end with / and have no leading or double slashes", p.ExportPrefix)
+	}
+	for i, t := range p.MQTTTopics {
+		// The broker lets the gateway subscribe only under sensors/.
+		if t != "sensors/#" && !strings.HasPrefix(t, "sensors/") {
+			return fmt.Errorf("provision: MQTTTopics[%d] %q is not under sensors/, which is all the broker lets the gateway subscribe to", i, t)
+		}
 	}
 	if p.MQTTQoS < 0 || p.MQTTQoS > 2 {
 		return fmt.Errorf("provision: MQTTQoS %d is not 0, 1 or 2", p.MQTTQoS)
@@ -165,8 +191,8 @@ var payload = []struct {
 	src, dst string
 }{
 	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
-	{"files/gateway.toml.tmpl", "/etc/iotgw/gateway.toml"},
-	{"files/broker.toml.tmpl", "/etc/iotgw/broker.toml"},
+	{"files/gateway.toml.tmpl", GatewayConfig},
+	{"files/broker.toml.tmpl", BrokerConfig},
 	{"files/dashboards/iotgw.json.tmpl", "/etc/iotgw/dashboards/iotgw.json"},
 	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
 	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf"},
@@ -218,12 +244,33 @@ func render(name string, p Params) (string, error) {
 	return buf.String(), nil
 }
 
-// templateData adds the values derived from Params.
+// templateData adds the values derived from Params and the paths above.
 func (p Params) templateData() any {
+	plain := "127.0.0.1:" + MQTTPlainPort
+	if p.MQTTPlaintextPublic {
+		plain = ":" + MQTTPlainPort
+	}
 	return struct {
 		Params
-		MQTTURL string
-	}{p, "tcp://127.0.0.1:1883"}
+		MQTTURL         string // the gateway's broker: plain MQTT on loopback
+		MQTTPlainAddr   string // the broker's plain listener
+		MQTTTLSAddr     string
+		ExportKeyPrefix string // export.prefix takes no trailing slash
+
+		// The host paths above.
+		SpoolDir, ExportDir, BrokerDataDir, BrokerTLSDir, BrokerUsersFile string
+	}{
+		Params:          p,
+		MQTTURL:         "tcp://127.0.0.1:" + MQTTPlainPort,
+		MQTTPlainAddr:   plain,
+		MQTTTLSAddr:     ":" + MQTTTLSPort,
+		ExportKeyPrefix: strings.TrimSuffix(p.ExportPrefix, "/"),
+		SpoolDir:        SpoolDir,
+		ExportDir:       ExportDir,
+		BrokerDataDir:   BrokerDataDir,
+		BrokerTLSDir:    BrokerTLSDir,
+		BrokerUsersFile: BrokerUsersFile,
+	}
 }
 
 // RenderUserData renders the #cloud-config document for the host.

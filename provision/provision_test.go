@@ -19,6 +19,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/iot-gateway/iot-gateway/app/broker"
 )
 
 // requireTool returns the path of a tool the test needs. Outside CI a
@@ -66,7 +68,7 @@ func configs() map[string]Params {
 	all.Stack, all.ParamPath = "prod-eu", "/iot-gateway/prod-eu"
 	all.InfluxListenPublic = true
 	all.MQTTPlaintextPublic = true
-	all.MQTTTopics = []string{"sensors/#", "site/+/status"}
+	all.MQTTTopics = []string{"sensors/#", "sensors/+/+/status"}
 	all.MQTTQoS = 2
 	all.InfluxRetentionDays = 400
 	all.InfluxOrg, all.InfluxBucket = "acme", "telemetry"
@@ -159,10 +161,10 @@ func TestRenderedValues(t *testing.T) {
 		"/etc/iotgw/gateway.toml": {
 			`password = "ssm:/iot-gateway/prod-eu/mqtt-password"`,
 			`token = "ssm:/iot-gateway/prod-eu/influx-token"`,
-			`topics = ["sensors/#", "site/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
-			`addr = "127.0.0.1:9273"`, `prefix = "daily/"`, `client_id = "iotgw-prod-eu"`,
+			`topics = ["sensors/#", "sensors/+/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
+			`addr = "127.0.0.1:9273"`, `prefix = "daily"`, `client_id = "iotgw-prod-eu"`,
 		},
-		"/etc/iotgw/broker.toml":           {`listen = ":1883"`, `devices_ssm_path = "/iot-gateway/prod-eu/devices"`},
+		"/etc/iotgw/broker.toml":           {`addr = ":1883"`, "allow_plain_public = true", `gateway_users = ["iotgw"]`},
 		"/etc/influxdb/config.toml":        {`http-bind-address = ":8086"`},
 		"/etc/iotgw/host.env":              {"INFLUX_RETENTION_DAYS='400'", "PARAM_PATH='/iot-gateway/prod-eu'", "DATA_FSTYPE='xfs'"},
 		"/etc/iotgw/dashboards/iotgw.json": {`"values": ["telemetry"]`},
@@ -176,7 +178,8 @@ func TestRenderedValues(t *testing.T) {
 	}
 	def, _ := Files(baseParams())
 	for _, f := range def {
-		if strings.HasSuffix(f.Path, "broker.toml") && !strings.Contains(f.Content, `listen = "127.0.0.1:1883"`) {
+		if strings.HasSuffix(f.Path, "broker.toml") &&
+			(!strings.Contains(f.Content, `addr = "127.0.0.1:1883"`) || strings.Contains(f.Content, "allow_plain_public")) {
 			t.Error("plain MQTT is not loopback-only by default")
 		}
 		if strings.HasSuffix(f.Path, "influxdb/config.toml") && !strings.Contains(f.Content, `"127.0.0.1:8086"`) {
@@ -193,6 +196,11 @@ func TestParamsValidate(t *testing.T) {
 		"dollar in topic":  func(p *Params) { p.MQTTTopics = []string{"$SYS/#"} },
 		"relative path":    func(p *Params) { p.ParamPath = "iot-gateway/dev" },
 		"prefix without /": func(p *Params) { p.ExportPrefix = "exports" },
+		"prefix only /":    func(p *Params) { p.ExportPrefix = "/" },
+		"prefix with //":   func(p *Params) { p.ExportPrefix = "a//b/" },
+		"leading / prefix": func(p *Params) { p.ExportPrefix = "/exports/" },
+		"topic outside":    func(p *Params) { p.MQTTTopics = []string{"site/+/status"} },
+		"topic #":          func(p *Params) { p.MQTTTopics = []string{"#"} },
 		"qos":              func(p *Params) { p.MQTTQoS = 5 },
 		"space":            func(p *Params) { p.Region = "eu central" },
 	}
@@ -380,16 +388,21 @@ func TestSetupTempRoot(t *testing.T) {
 	if err := os.Truncate(disk, 64<<20); err != nil {
 		t.Fatal(err)
 	}
+	// The gateway artifact is a stand-in for iotgw whose `broker
+	// hash-password` prints, in turn, one of two real bcrypt hashes of the
+	// gateway's password: like the real one, each call gives another hash.
+	stubs := newSetupStubs(t, tmp)
 	bin := filepath.Join(tmp, "iotgw")
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\necho iotgw\n"), 0o644); err != nil {
+	if err := os.WriteFile(bin, stubs.iotgw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256([]byte("#!/bin/sh\necho iotgw\n"))
+	sum := sha256.Sum256(stubs.iotgw)
 
 	run := func(sha string) (string, error) {
 		cmd := exec.Command("bash", filepath.Join(root, SetupScript))
 		cmd.Env = append(os.Environ(), "ROOT="+root, "DATA_DEVICE_PATH="+disk, "TLS_NAMES=localhost 127.0.0.1 gw.example.com",
-			"IOTGW_ARTIFACT_FILE="+bin, "IOTGW_ARTIFACT_SHA256="+sha)
+			"IOTGW_ARTIFACT_FILE="+bin, "IOTGW_ARTIFACT_SHA256="+sha,
+			"WITH_AWS=1", "PATH="+stubs.bin+":"+os.Getenv("PATH"))
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -399,6 +412,9 @@ func TestSetupTempRoot(t *testing.T) {
 	}
 	if !strings.Contains(out, "changed: formatted") {
 		t.Errorf("first run did not format the blank volume:\n%s", out)
+	}
+	if !strings.Contains(out, "warning: skipping /iot-gateway/dev/devices/no-site") {
+		t.Errorf("a device parameter not named <site>/<device> was not reported:\n%s", out)
 	}
 	first := snapshot(t, root)
 	uuid := blkUUID(t, disk)
@@ -440,6 +456,7 @@ func TestSetupTempRoot(t *testing.T) {
 		{"data/iotgw-broker/tls/server.key", 0o600, uid("iotgw-broker"), gid("iotgw-broker")},
 		{"data/iotgw-broker/tls/server.crt", 0o644, uid("iotgw-broker"), gid("iotgw-broker")},
 		{"data/iotgw-broker/tls/ca.key", 0o600, 0, 0},
+		{"etc/iotgw/broker-users", 0o640, 0, gid("iotgw-broker")},
 		{"var/lib/iotgw", fs.ModeDir | 0o755, 0, 0},
 	} {
 		fi, err := os.Lstat(filepath.Join(root, w.path))
@@ -473,6 +490,8 @@ func TestSetupTempRoot(t *testing.T) {
 	if out, _ := exec.Command("openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", filepath.Join(tls, "server.crt")).CombinedOutput(); !strings.Contains(string(out), "DNS:gw.example.com") {
 		t.Errorf("server certificate names: %s", out)
 	}
+
+	brokerUsersAfterSetup(t, root, stubs, func() (string, error) { return run(hex.EncodeToString(sum[:])) })
 
 	// A binary whose checksum does not match is refused and not installed.
 	out, err = run(strings.Repeat("0", 64))
@@ -537,4 +556,153 @@ func lookupID(t *testing.T, file, name string) int {
 		}
 	}
 	return 0
+}
+
+// setupStubs are the stand-ins TestSetupTempRoot gives iotgw-setup: an `aws`
+// on PATH answering the SSM calls of the broker users step, and the gateway
+// artifact's `iotgw broker hash-password`.
+type setupStubs struct {
+	bin      string // directory with the aws stub, put first on PATH
+	iotgw    []byte // the artifact iotgw-setup installs as /usr/local/bin/iotgw
+	hashes   [2]string
+	devHash  string
+	counter  string // how many times hash-password ran
+	argv     string // every aws and iotgw command line, one per line
+	version  string // file holding the mqtt-password parameter's version
+	password string
+}
+
+func newSetupStubs(t *testing.T, dir string) *setupStubs {
+	t.Helper()
+	s := &setupStubs{
+		bin:      filepath.Join(dir, "bin"),
+		counter:  filepath.Join(dir, "hash-count"),
+		argv:     filepath.Join(dir, "argv"),
+		version:  filepath.Join(dir, "mqtt-password-version"),
+		password: "gw-secret-not-in-argv",
+	}
+	var err error
+	for i := range s.hashes {
+		if s.hashes[i], err = broker.HashPassword(s.password); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.devHash, err = broker.HashPassword("device-secret"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(s.bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.version, []byte("3"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	aws := fmt.Sprintf(`#!/bin/bash
+# aws stand-in: the SSM calls of iotgw-setup's broker users step.
+echo "aws $*" >>%[1]q
+args=" $* "
+case $args in
+*" get-parameter "*"--name /iot-gateway/dev/mqtt-password "*"Parameter.[Version,LastModifiedDate]"*)
+	printf '%%s\t2026-11-20T10:00:00+00:00\n' "$(cat %[2]q)" ;;
+*" get-parameter "*"--with-decryption "*"--name /iot-gateway/dev/mqtt-password "*"Parameter.Value"*)
+	printf '%%s\n' %[3]q ;;
+*" get-parameters-by-path "*"--path /iot-gateway/dev/devices "*"--recursive "*"--with-decryption "*)
+	printf '/iot-gateway/dev/devices/plant-b/sensor-2\t%%s\n' '%[4]s'
+	printf '/iot-gateway/dev/devices/plant-a/sensor-1\t%%s\n' '%[4]s'
+	printf '/iot-gateway/dev/devices/no-site\t%%s\n' '%[4]s'
+	printf '/iot-gateway/dev/devices/plant-a/sensor-3\tnot-a-hash\n' ;;
+*) echo "aws stub: unexpected call: $*" >&2; exit 255 ;;
+esac
+`, s.argv, s.version, s.password, s.devHash)
+	if err := os.WriteFile(filepath.Join(s.bin, "aws"), []byte(aws), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.iotgw = []byte(fmt.Sprintf(`#!/bin/sh
+# iotgw stand-in: broker hash-password only.
+echo "iotgw $*" >>%[1]q
+[ "$*" = "broker hash-password" ] || exit 2
+read -r pw
+[ "$pw" = %[2]q ] || { echo "unexpected password on stdin" >&2; exit 3; }
+n=$(cat %[3]q 2>/dev/null || echo 0)
+echo $((n + 1)) >%[3]q
+if [ $((n %% 2)) = 0 ]; then echo '%[4]s'; else echo '%[5]s'; fi
+`, s.argv, s.password, s.counter, s.hashes[0], s.hashes[1]))
+	return s
+}
+
+func (s *setupStubs) hashCalls(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(s.counter)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// brokerUsersAfterSetup checks the users file iotgw-setup wrote (after its
+// two runs) with the broker's own loader, then that a new version of the
+// gateway's password parameter rehashes it and a further run changes nothing.
+func brokerUsersAfterSetup(t *testing.T, root string, s *setupStubs, rerun func() (string, error)) {
+	t.Helper()
+	usersPath := filepath.Join(root, BrokerUsersFile)
+	users, err := os.ReadFile(usersPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.hashCalls(t); n != 1 {
+		t.Errorf("hash-password ran %d times in two runs, want 1: an unchanged password must keep its hash", n)
+	}
+	want := "# Written by iotgw-setup from SSM /iot-gateway/dev; edits are overwritten.\n" +
+		"# iotgw: /iot-gateway/dev/mqtt-password version 3 2026-11-20T10:00:00+00:00\n" +
+		"iotgw:::" + s.hashes[0] + "\n" +
+		"plant-a/sensor-1:plant-a:sensor-1:" + s.devHash + "\n" +
+		"plant-b/sensor-2:plant-b:sensor-2:" + s.devHash + "\n"
+	if string(users) != want {
+		t.Errorf("broker-users:\n%s\nwant:\n%s", users, want)
+	}
+	argv, _ := os.ReadFile(s.argv)
+	if strings.Contains(string(argv), s.password) {
+		t.Errorf("the gateway's password appeared on a command line:\n%s", argv)
+	}
+
+	// The rendered broker.toml with its paths under root loads, and its
+	// users and certificate are usable, by the broker's own code.
+	c, err := broker.LoadConfig(filepath.Join(root, BrokerConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.DataDir = filepath.Join(root, c.DataDir)
+	c.UsersFile = filepath.Join(root, c.UsersFile)
+	// /var/lib/iotgw-broker is a bind mount of /data/iotgw-broker on the host.
+	c.TLS.CertFile = filepath.Join(root, "data/iotgw-broker", strings.TrimPrefix(c.TLS.CertFile, BrokerDataDir))
+	c.TLS.KeyFile = filepath.Join(root, "data/iotgw-broker", strings.TrimPrefix(c.TLS.KeyFile, BrokerDataDir))
+	o, err := c.Options(nil)
+	if err != nil {
+		t.Fatalf("broker Options on what iotgw-setup wrote: %v", err)
+	}
+	if len(o.Users) != 3 {
+		t.Errorf("broker read %d users, want 3", len(o.Users))
+	}
+
+	// A new version of the password: the gateway's line is hashed again.
+	if err := os.WriteFile(s.version, []byte("4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := rerun()
+	if err != nil {
+		t.Fatalf("run after a password change: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "changed: "+usersPath+" (3 users)") || !strings.Contains(out, "done, 1 changed") {
+		t.Errorf("a new password version did not rewrite only the users file:\n%s", out)
+	}
+	users, _ = os.ReadFile(usersPath)
+	if !strings.Contains(string(users), "version 4 ") || !strings.Contains(string(users), "iotgw:::"+s.hashes[1]+"\n") {
+		t.Errorf("gateway line not rehashed for version 4:\n%s", users)
+	}
+	if out, err := rerun(); err != nil || !strings.Contains(out, "done, 0 changed") {
+		t.Errorf("run after the rehash changed something: %v\n%s", err, out)
+	}
+	if n := s.hashCalls(t); n != 2 {
+		t.Errorf("hash-password ran %d times, want 2", n)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -213,6 +214,26 @@ func TestDeployDefaults(t *testing.T) {
 	for _, n := range []string{"influx-admin-password", "influx-token", "mqtt-password", "broker-ca", "artifact"} {
 		if !names["/iot-gateway/dev/"+n] {
 			t.Errorf("no SSM parameter /iot-gateway/dev/%s (have %v)", n, names)
+		}
+	}
+	// The host's side of the contract: the ssm: references in the rendered
+	// gateway.toml, and every parameter iotgw-setup reads by name, exist.
+	// The operator may add broker-tls-cert/-key and devices/<site>/<device>.
+	for _, n := range provision.GatewaySecrets {
+		if !names["/iot-gateway/dev/"+n] {
+			t.Errorf("gateway.toml refers to ssm:/iot-gateway/dev/%s, which the stack does not create", n)
+		}
+	}
+	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true}
+	script := string(provision.SetupScriptSource())
+	read := regexp.MustCompile(`\$PARAM_PATH/([a-z0-9-]+)|ssm_secret ([a-z0-9-]+)`).FindAllStringSubmatch(script, -1)
+	if len(read) < 5 {
+		t.Fatalf("found only %d parameter names in setup-host.sh", len(read))
+	}
+	for _, m := range read {
+		n := m[1] + m[2]
+		if !optional[n] && !names["/iot-gateway/dev/"+n] {
+			t.Errorf("setup-host.sh reads $PARAM_PATH/%s, which the stack does not create", n)
 		}
 	}
 

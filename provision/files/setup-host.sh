@@ -6,7 +6,9 @@
 #
 # ROOT=/some/dir runs the host-side configuration steps against a directory
 # instead of / (tests do this). Package installs, AWS calls, mounts and
-# service starts are then skipped (OFFLINE=1), since they need the real host.
+# service starts are then skipped (OFFLINE=1), since they need the real host;
+# WITH_AWS=1 still runs the broker users step with the `aws` found on PATH
+# (tests put a stub there).
 set -euo pipefail
 umask 022
 
@@ -21,6 +23,10 @@ set +a
 
 CHANGED=0
 GATEWAY_UPDATED=0
+# Set when something a running service reads has changed: only then is it
+# restarted.
+RESTART_BROKER=0
+RESTART_GATEWAY=0
 # How the health check verifies the broker's certificate.
 BROKER_VERIFY=(-CAfile /var/lib/iotgw-broker/tls/ca.crt -verify_hostname localhost)
 log() { printf 'iotgw-setup: %s\n' "$*"; }
@@ -33,6 +39,7 @@ die() {
 	exit 1
 }
 online() { [[ $OFFLINE == 0 ]]; }
+aws_ok() { online || [[ ${WITH_AWS:-0} == 1 ]]; }
 
 # id_of NAME: numeric uid of NAME in $ROOT/etc/passwd (0 when absent).
 id_of() {
@@ -51,6 +58,10 @@ put_file() {
 	fi
 	install -D -o 0 -g 0 -m "$mode" "$src" "$dst"
 	changed "$dst"
+	case $dst in
+	*/iotgw/broker.toml | */iotgw-broker.service) RESTART_BROKER=1 ;;
+	*/iotgw/gateway.toml | */iotgw.service) RESTART_GATEWAY=1 ;;
+	esac
 }
 
 # put_dir DIR MODE USER GROUP: create DIR with that mode and owner.
@@ -187,6 +198,7 @@ broker_tls() {
 		chmod 0644 "$dir/ca.crt"
 		rm -f "$dir/server.crt"
 		changed "$dir/ca.crt"
+		RESTART_BROKER=1
 	fi
 	if [[ ! -s $dir/server.crt || $(cat "$dir/server.names" 2>/dev/null) != "$names" ]]; then
 		san=""
@@ -204,6 +216,7 @@ broker_tls() {
 		chmod 0600 "$dir/server.key"
 		chmod 0644 "$dir/server.crt" "$dir/server.names"
 		changed "$dir/server.crt for $names"
+		RESTART_BROKER=1
 	fi
 	# The server key is the broker's alone; the CA key stays root's.
 	chown "$uid:$gid" "$dir/server.key" "$dir/ca.crt" "$dir/server.crt" "$dir/server.names"
@@ -230,6 +243,7 @@ provided_tls() {
 		install -o "$uid" -g "$gid" -m 0644 "$tmp/server.crt" "$dir/server.crt"
 		install -o "$uid" -g "$gid" -m 0600 "$tmp/server.key" "$dir/server.key"
 		changed "$dir/server.crt from $PARAM_PATH/broker-tls-cert"
+		RESTART_BROKER=1
 	fi
 	rm -rf "$tmp"
 }
@@ -289,6 +303,8 @@ install_gateway() {
 	install -o 0 -g 0 -m 0755 "$file" "$dst.new"
 	mv -f "$dst.new" "$dst"
 	GATEWAY_UPDATED=1
+	RESTART_BROKER=1
+	RESTART_GATEWAY=1
 	changed "$dst ($want)"
 }
 
@@ -314,7 +330,65 @@ gateway_binary() {
 	rm -f "$tmp"
 }
 
-# Step 7: enable the units (offline this only writes the symlinks).
+# Step 7: the broker's users file, username:site:device:bcrypt-hash per line.
+# The gateway's line is its password from SSM hashed by the installed
+# `iotgw broker hash-password` (on stdin, never in argv). bcrypt salts each
+# hash, so the line is kept as long as the parameter's version and date,
+# recorded in the comment above it, are unchanged. Each device is a
+# SecureString $PARAM_PATH/devices/<site>/<device> holding a bcrypt hash
+# (from `iotgw broker hash-password`); its username is <site>/<device>.
+# Unchanged content is not rewritten and does not restart the broker.
+broker_users() {
+	local dst=$ROOT/etc/iotgw/broker-users iotgw=$ROOT/usr/local/bin/iotgw
+	local version tag gwline tmp name value rel site device gid n=0
+	aws_ok || return 0
+	version=$(aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/mqtt-password" \
+		--query 'Parameter.[Version,LastModifiedDate]' --output text) ||
+		die "cannot read $PARAM_PATH/mqtt-password"
+	tag="# $MQTT_USERNAME: $PARAM_PATH/mqtt-password version ${version//[[:space:]]/ }"
+	gwline=""
+	if [[ -f $dst ]] && grep -qxF -- "$tag" "$dst"; then
+		gwline=$(awk -F: -v u="$MQTT_USERNAME" '$1 == u && $2 == "" && $3 == "" { print; exit }' "$dst")
+	fi
+	if [[ -z $gwline ]]; then
+		gwline="$MQTT_USERNAME:::$(ssm_secret mqtt-password | "$iotgw" broker hash-password)" ||
+			die "cannot hash the gateway's broker password"
+		[[ $gwline == "$MQTT_USERNAME:::\$2"* ]] || die "iotgw broker hash-password printed no bcrypt hash"
+	fi
+	tmp=$(mktemp)
+	{
+		printf '# Written by iotgw-setup from SSM %s; edits are overwritten.\n' "$PARAM_PATH"
+		printf '%s\n%s\n' "$tag" "$gwline"
+		aws ssm get-parameters-by-path --region "$AWS_REGION" --path "$PARAM_PATH/devices" \
+			--recursive --with-decryption --query 'Parameters[].[Name,Value]' --output text |
+			while IFS=$'\t' read -r name value; do
+				rel=${name#"$PARAM_PATH/devices/"}
+				site=${rel%%/*}
+				device=${rel#*/}
+				if [[ $rel == "$name" || $rel != */* || ! $site =~ ^[A-Za-z0-9_.-]+$ || ! $device =~ ^[A-Za-z0-9_.-]+$ ||
+					! $value =~ ^\$2[abxy]?\$[0-9][0-9]\$[./A-Za-z0-9]{53}$ ]]; then
+					log "warning: skipping $name: want $PARAM_PATH/devices/<site>/<device> holding a bcrypt hash" >&2
+					continue
+				fi
+				printf '%s/%s:%s:%s:%s\n' "$site" "$device" "$site" "$device" "$value"
+			done | LC_ALL=C sort
+	} >"$tmp" || {
+		rm -f "$tmp"
+		die "cannot list the device parameters under $PARAM_PATH/devices"
+	}
+	gid=$(gid_of iotgw-broker)
+	if [[ -f $dst ]] && cmp -s "$tmp" "$dst" && [[ $(stat -c '%a %u %g' "$dst") == "640 0 $gid" ]]; then
+		rm -f "$tmp"
+		return 0
+	fi
+	n=$(grep -c -v '^#' "$tmp" || true)
+	install -D -o 0 -g "$gid" -m 0640 "$tmp" "$dst"
+	rm -f "$tmp"
+	changed "$dst ($n users)"
+	RESTART_BROKER=1
+}
+
+# Step 8: enable the units (offline this only writes the symlinks).
 enable_units() {
 	local u args=()
 	[[ -n $ROOT ]] && args=(--root="$ROOT")
@@ -331,7 +405,7 @@ ssm_secret() {
 		--query Parameter.Value --output text
 }
 
-# Step 8 (online): start InfluxDB, run its one-time setup with the admin
+# Step 9 (online): start InfluxDB, run its one-time setup with the admin
 # password and token from SSM (sent on stdin, never on a command line), and
 # apply the dashboard.
 setup_influxdb() {
@@ -382,10 +456,20 @@ wait_for() {
 	healthy "$@" || die "$what not healthy after 120s"
 }
 
-# Step 9 (online): start everything and check it answers.
+# Step 10 (online): start everything, restarting only what changed, and
+# check it answers.
 start_and_check() {
 	systemctl daemon-reload
-	systemctl restart iotgw-broker.service iotgw.service
+	if [[ $RESTART_BROKER == 1 ]]; then
+		systemctl restart iotgw-broker.service
+	else
+		systemctl start iotgw-broker.service
+	fi
+	if [[ $RESTART_GATEWAY == 1 ]]; then
+		systemctl restart iotgw.service
+	else
+		systemctl start iotgw.service
+	fi
 	systemctl start iotgw-export.timer
 	wait_for "broker (TLS 8883)" openssl s_client -connect 127.0.0.1:8883 -verify_return_error "${BROKER_VERIFY[@]}"
 	wait_for "broker (1883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883'
@@ -420,6 +504,7 @@ main() {
 	data_volume
 	broker_tls
 	gateway_binary
+	broker_users
 	enable_units
 	if online; then
 		setup_influxdb
