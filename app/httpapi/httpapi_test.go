@@ -1,0 +1,59 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_test_total", Help: "test"})
+	reg.MustRegister(c)
+	c.Add(3)
+	var influxErr error
+	srv, err := Listen("127.0.0.1:0", Handler(reg, map[string]Check{
+		"mqtt":   func() error { return nil },
+		"influx": func() error { return influxErr },
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + srv.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "iotgw_test_total 3") {
+		t.Fatalf("/metrics %d %s", code, body)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d", code)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Fatalf("/readyz %d", code)
+	}
+	influxErr = errors.New("last write failed: 503")
+	code, body := get("/readyz")
+	var r struct {
+		Ready  bool
+		Checks map[string]string
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatal(err)
+	}
+	if code != 503 || r.Ready || r.Checks["influx"] != "last write failed: 503" || r.Checks["mqtt"] != "ok" {
+		t.Fatalf("/readyz %d %s", code, body)
+	}
+}
