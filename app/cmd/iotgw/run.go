@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only when IOTGW_PPROF_ADDR is set
 	"os"
 	"os/signal"
 	"syscall"
@@ -76,7 +78,10 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the gateway: MQTT → durable spool → InfluxDB",
 		Long: `Run the gateway daemon. Messages are acknowledged to the broker only once
 they are fsynced in the spool; a writer drains the spool into InfluxDB.
-SIGTERM or SIGINT stops it within a few seconds; nothing in hand is lost.`,
+SIGTERM or SIGINT stops it within a few seconds; nothing in hand is lost.
+
+IOTGW_PPROF_ADDR (e.g. 127.0.0.1:6060), when set, serves net/http/pprof there
+for profiling; it is off by default.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := flags.load(cmd)
@@ -95,6 +100,15 @@ SIGTERM or SIGINT stops it within a few seconds; nothing in hand is lost.`,
 				return nil
 			}
 			log := newLogger(cfg.Log)
+			if addr := os.Getenv("IOTGW_PPROF_ADDR"); addr != "" {
+				// Opt-in profiling for benchmarks; keep it on loopback.
+				go func() {
+					log.Info("pprof listening", "addr", addr)
+					if err := http.ListenAndServe(addr, nil); err != nil { //nolint:gosec // opt-in, local
+						log.Error("pprof", "err", err)
+					}
+				}()
+			}
 			g, err := gateway.New(cfg, log)
 			if err != nil {
 				return err
