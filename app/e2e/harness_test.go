@@ -53,6 +53,7 @@ type gw struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	log      *os.File
+	args     []string // of the last start, for startAgain
 }
 
 func newGateway(t testing.TB, mqttURL, influxURL string, extra ...string) *gw {
@@ -83,6 +84,7 @@ func (g *gw) start(args ...string) {
 		g.t.Fatal(err)
 	}
 	g.log = logf
+	g.args = args
 	g.cmd = exec.Command(binPath, append([]string{"run"}, args...)...)
 	g.cmd.Env = g.env
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
@@ -241,19 +243,21 @@ func reading(base int64, i int) (string, []byte) {
 func (p *publisher) publish(ctx context.Context, from, to int, rate int) error {
 	sem := make(chan struct{}, 100)
 	var wg sync.WaitGroup
-	var tick *time.Ticker
-	if rate > 0 {
-		tick = time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-	}
+	// Reading i is due at start + i/rate; a late loop catches up (bounded
+	// by the 100 in flight) rather than losing ticks, so the rate holds on
+	// a busy machine.
+	start := time.Now()
 	var firstErr error
 	var errMu sync.Mutex
 	for i := from; i < to; i++ {
-		if tick != nil {
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-				return ctx.Err()
+		if rate > 0 {
+			due := start.Add(time.Duration(i-from) * time.Second / time.Duration(rate))
+			if d := time.Until(due); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
 		select {
@@ -316,4 +320,65 @@ func expectExactly(t *testing.T, in *testsvc.Influx, g *gw, n int64) {
 	if c != n {
 		t.Fatalf("InfluxDB has %d points, want exactly %d", c, n)
 	}
+}
+
+// pid is the running gateway's process id.
+func (g *gw) pid() int {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return 0
+	}
+	return g.cmd.Process.Pid
+}
+
+// spoolDir is the spool directory the harness gives the gateway.
+func (g *gw) spoolDir() string { return filepath.Join(g.dir, "state") }
+
+// setEnv replaces (or adds) one variable for the next start.
+func (g *gw) setEnv(kv string) {
+	key := kv[:strings.IndexByte(kv, '=')+1]
+	for i, e := range g.env {
+		if strings.HasPrefix(e, key) {
+			g.env[i] = kv
+			return
+		}
+	}
+	g.env = append(g.env, kv)
+}
+
+// writeConfig writes a TOML file for --config and returns its path.
+func writeConfig(t testing.TB, toml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "iotgw.toml")
+	if err := os.WriteFile(p, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ackedCount is how many readings the broker has acknowledged so far.
+func (p *publisher) ackedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.acked
+}
+
+// vmHWM returns a process's peak resident set size in bytes (VmHWM).
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return -1
+}
+
+// startAgain starts the gateway with the arguments of its last start.
+func (g *gw) startAgain() {
+	g.t.Helper()
+	g.start(g.args...)
 }
