@@ -78,7 +78,15 @@ type Gateway struct {
 
 	appended  chan struct{} // closed when the appender has finished
 	onWritten func(lines [][]byte, at time.Time)
+
+	// batchDropped is the spool's drop count when the writer read its
+	// current batch (writer goroutine only).
+	batchDropped int64
 }
+
+// errBatchDropped says the drop-oldest policy discarded (part of) the batch
+// being retried: it must be read again, not written.
+var errBatchDropped = errors.New("batch dropped from the spool while it was retried")
 
 // OnWritten registers f to be called with every group of lines InfluxDB
 // accepted (the demo measures latency with it). Call before Run; f must
@@ -431,6 +439,7 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 				}
 			}()
 		}
+		g.batchDropped = g.spool.Stats().Dropped
 		batch, err := g.spool.Read(readCtx, batchSize, batchMaxBytes)
 		cancel()
 		if err != nil {
@@ -462,6 +471,9 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 		}
 		if err := g.deliver(ctx, splitLines(batch.Records)); err != nil {
 			g.spool.Rewind()
+			if errors.Is(err, errBatchDropped) {
+				continue // read again from past what was dropped
+			}
 			return // ctx ended; the batch stays spooled
 		}
 		if err := g.spool.Commit(batch.End); err != nil {
@@ -527,12 +539,18 @@ func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
 	return g.deliver(ctx, lines[half:])
 }
 
-// writeWithRetry returns nil, ctx's error, or a *influx.WriteError the
-// database will never accept as it is (rejected or too large).
+// writeWithRetry returns nil, ctx's error, errBatchDropped, or a
+// *influx.WriteError the database will never accept as it is (rejected or
+// too large).
 func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) error {
 	backoff := 100 * time.Millisecond
 	maxBackoff := g.cfg.Influx.MaxRetryInterval.Duration
 	for {
+		// drop-oldest may discard the batch while the database is away; a
+		// dropped record must not reach InfluxDB after it was counted lost.
+		if g.spool.Stats().Dropped != g.batchDropped {
+			return errBatchDropped
+		}
 		start := time.Now()
 		err := g.writer.Write(ctx, body)
 		g.m.writeLatency.Observe(time.Since(start).Seconds())
