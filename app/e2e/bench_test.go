@@ -1,0 +1,194 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkBacklogDrain measures how fast the gateway empties a backlog the
+// broker holds for it: its persistent session is created, it stops, a
+// backlog of QoS 1 readings is published (200k by default,
+// IOTGW_BENCH_BACKLOG), and the clock runs from starting the gateway until
+// InfluxDB has accepted every point. Reports msg/s and the gateway's peak
+// RSS (VmHWM). Run with -benchtime 1x (scripts/bench-drain.sh).
+//
+// With IOTGW_BENCH_CPUPROFILE=path the gateway serves pprof
+// (IOTGW_PPROF_ADDR) and a CPU profile of the first
+// IOTGW_BENCH_PROFILE_SECONDS (default 5) of the drain is saved to
+// path.<sub-benchmark>.
+func BenchmarkBacklogDrain(b *testing.B) {
+	backlog := envInt("IOTGW_BENCH_BACKLOG", 200000)
+	b.Run("inflight-1000", func(b *testing.B) {
+		benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: backlog + 1000}, backlog)
+	})
+	// mosquitto's default window of 20 in flight; only the queue is raised
+	// so that the (smaller) backlog fits.
+	small := max(backlog/4, 1)
+	b.Run("inflight-20", func(b *testing.B) {
+		benchDrain(b, testsvc.MosquittoOptions{MaxQueued: small + 1000}, small)
+	})
+}
+
+func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
+	in := testsvc.StartInflux(b)
+	mq := testsvc.StartMosquitto(b, opts)
+	profile := os.Getenv("IOTGW_BENCH_CPUPROFILE")
+	var extra []string
+	pprofAddr := ""
+	if profile != "" {
+		pprofAddr = fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(b))
+		extra = append(extra, "IOTGW_PPROF_ADDR="+pprofAddr)
+	}
+	g := newGateway(b, mq.URL(), in.URL(), extra...)
+	g.start() // creates the persistent session
+	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
+	g.stop(syscall.SIGTERM)
+	pub := newPublisher(b, mq.URL())
+	base := pub.base
+
+	var elapsed time.Duration
+	var peak int64
+	b.StopTimer()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		pub.base = base + int64(i*backlog) // distinct timestamps per round
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		pubStart := time.Now()
+		if err := pub.publish(ctx, 0, backlog, 0); err != nil {
+			cancel()
+			b.Fatal(err)
+		}
+		cancel()
+		b.Logf("backlog of %d published in %s", backlog, time.Since(pubStart).Round(time.Millisecond))
+
+		b.StartTimer()
+		start := time.Now()
+		g.startAgain()
+		var profDone chan error
+		if profile != "" && i == 0 {
+			profDone = make(chan error, 1)
+			go func() { profDone <- fetchProfile(pprofAddr, profile+"."+filepath.Base(b.Name())) }()
+		}
+		g.waitFor("backlog drained", 10*time.Minute, func() bool {
+			return g.metric("iotgw_points_written_total") >= float64(backlog)
+		})
+		d := time.Since(start)
+		b.StopTimer()
+		elapsed += d
+		peak = max(peak, vmHWM(g.pid()))
+		if profDone != nil {
+			if err := <-profDone; err != nil {
+				b.Errorf("cpu profile: %v", err)
+			}
+		}
+		b.Logf("drained %d in %s (%.0f msg/s), peak RSS %.1f MB", backlog, d.Round(time.Millisecond),
+			float64(backlog)/d.Seconds(), float64(peak)/1e6)
+		g.stop(syscall.SIGTERM)
+	}
+	want := int64(b.N * backlog)
+	if c, err := in.Count("env", "v"); err != nil || c != want {
+		b.Fatalf("InfluxDB has %d points (%v), want exactly %d", c, err, want)
+	}
+	b.ReportMetric(float64(want)/elapsed.Seconds(), "msg/s")
+	b.ReportMetric(float64(peak)/1e6, "peakRSS_MB")
+}
+
+// fetchProfile saves a CPU profile of the gateway taken over
+// IOTGW_BENCH_PROFILE_SECONDS.
+func fetchProfile(addr, path string) error {
+	secs := envInt("IOTGW_BENCH_PROFILE_SECONDS", 5)
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// BenchmarkLatencyUnderLoad: 5000 msg/s flow through the gateway
+// (IOTGW_BENCH_RATE), and every 200 ms a probe reading is published; the
+// time from publishing it to it being returned by a Flux query is one
+// sample. Reports p50, p99 and max over IOTGW_BENCH_LATENCY_SECONDS
+// (default 20). Queries poll every 10 ms, so figures include up to that
+// much plus one query's duration.
+func BenchmarkLatencyUnderLoad(b *testing.B) {
+	rate := envInt("IOTGW_BENCH_RATE", 5000)
+	dur := time.Duration(envInt("IOTGW_BENCH_LATENCY_SECONDS", 20)) * time.Second
+	in := testsvc.StartInflux(b)
+	mq := testsvc.StartMosquitto(b, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: 100000})
+	g := newGateway(b, mq.URL(), in.URL())
+	g.start()
+	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
+	pub := newPublisher(b, mq.URL())
+	probe := newPublisher(b, mq.URL())
+
+	b.StopTimer()
+	b.ResetTimer()
+	var samples []time.Duration
+	for i := 0; i < b.N; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		loadDone := make(chan error, 1)
+		n := rate * int(dur/time.Second+5)
+		pub.base = time.Now().Add(-2 * time.Hour).UnixMilli()
+		go func() { loadDone <- pub.publish(ctx, 0, n, rate) }()
+		time.Sleep(2 * time.Second) // reach steady state
+		b.StartTimer()
+		for end, k := time.Now().Add(dur), 0; time.Now().Before(end); k++ {
+			seq := i*1_000_000 + k
+			sent := time.Now()
+			probe.publishRaw(b, "sensors/s1/probe/probe", []byte(fmt.Sprintf(`{"ts":%d,"seq":%d}`, sent.UnixMilli(), seq)))
+			for {
+				rows, err := in.Query(fmt.Sprintf(`from(bucket: %q) |> range(start: -10m)
+				  |> filter(fn: (r) => r._measurement == "probe" and r._field == "seq" and r._value == %d.0)`, testsvc.Bucket, seq))
+				if err == nil && len(rows) > 0 {
+					break
+				}
+				if time.Since(sent) > 30*time.Second {
+					b.Fatalf("probe %d not queryable after 30s", seq)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			samples = append(samples, time.Since(sent))
+			time.Sleep(time.Until(sent.Add(200 * time.Millisecond)))
+		}
+		b.StopTimer()
+		cancel()
+		<-loadDone
+	}
+	slices.Sort(samples)
+	q := func(p float64) time.Duration { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }
+	b.Logf("%d probes at %d msg/s: p50 %s p90 %s p99 %s max %s", len(samples), rate,
+		q(0.5), q(0.9), q(0.99), samples[len(samples)-1])
+	b.ReportMetric(float64(q(0.5).Microseconds())/1000, "p50_ms")
+	b.ReportMetric(float64(q(0.99).Microseconds())/1000, "p99_ms")
+	b.ReportMetric(float64(samples[len(samples)-1].Microseconds())/1000, "max_ms")
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Backlog-drain benchmark: the gateway empties a backlog of QoS 1 readings
+# that mosquitto holds for it into InfluxDB (app/e2e BenchmarkBacklogDrain),
+# with max_inflight_messages 1000 and with mosquitto's default of 20.
+#
+# Usage: scripts/bench-drain.sh [-p] [-l]
+#   -p  also save a CPU profile of the gateway during the drain and print
+#       its top 10 (profiling costs some throughput: compare without -p)
+#   -l  also run the latency-under-load probe (BenchmarkLatencyUnderLoad)
+#
+# Environment:
+#   IOTGW_BENCH_BACKLOG   readings in the backlog (default 200000; the
+#                         inflight-20 variant uses a quarter of it)
+#   IOTGW_INFLUXD         influxd 1.8 binary (default .tools/bin/influxd)
+#   IOTGW_MOSQUITTO       mosquitto binary (default: found on PATH/sbin)
+#   OUT                   where profiles go (default ./bench-out)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+profile=0
+latency=0
+while getopts "pl" opt; do
+	case "$opt" in
+	p) profile=1 ;;
+	l) latency=1 ;;
+	*)
+		sed -n '2,17p' "$0"
+		exit 2
+		;;
+	esac
+done
+
+if [[ -z "${IOTGW_INFLUXD:-}" ]]; then
+	for c in .tools/bin/influxd ../main/.tools/bin/influxd; do
+		if [[ -x "$c" ]]; then
+			IOTGW_INFLUXD="$(cd "$(dirname "$c")" && pwd)/influxd"
+			break
+		fi
+	done
+fi
+export IOTGW_INFLUXD
+out="${OUT:-bench-out}"
+mkdir -p "$out"
+
+pattern='BacklogDrain'
+if [[ $latency == 1 ]]; then
+	pattern='BacklogDrain|LatencyUnderLoad'
+fi
+if [[ $profile == 1 ]]; then
+	export IOTGW_BENCH_CPUPROFILE="$PWD/$out/drain.cpu"
+fi
+
+echo "backlog ${IOTGW_BENCH_BACKLOG:-200000}, influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
+go test ./app/e2e -run '^$' -bench "$pattern" -benchtime 1x -count 1 -timeout 30m -v |
+	tee "$out/bench.txt" |
+	grep -E '^(Benchmark|    bench_test)|ok|FAIL' || true
+
+if [[ $profile == 1 ]]; then
+	for p in "$out"/drain.cpu.*; do
+		[[ -f "$p" ]] || continue
+		echo
+		echo "== CPU profile $p (top 10, flat) =="
+		go tool pprof -top -nodecount 10 "$p" 2>/dev/null | sed -n '1,20p'
+		echo "== by package and function, cumulative =="
+		go tool pprof -top -cum -nodecount 15 "$p" 2>/dev/null | tail -n 15
+	done
+fi
