@@ -41,13 +41,14 @@ fi
 export IOTGW_INFLUXD
 out="${OUT:-bench-out}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 
 pattern='BacklogDrain'
 if [[ $latency == 1 ]]; then
 	pattern='BacklogDrain|LatencyUnderLoad'
 fi
 if [[ $profile == 1 ]]; then
-	export IOTGW_BENCH_CPUPROFILE="$PWD/$out/drain.cpu"
+	export IOTGW_BENCH_CPUPROFILE="$out/drain.cpu"
 fi
 
 echo "backlog ${IOTGW_BENCH_BACKLOG:-200000}, influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
