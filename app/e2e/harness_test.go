@@ -333,18 +333,6 @@ func (g *gw) pid() int {
 // spoolDir is the spool directory the harness gives the gateway.
 func (g *gw) spoolDir() string { return filepath.Join(g.dir, "state") }
 
-// setEnv replaces (or adds) one variable for the next start.
-func (g *gw) setEnv(kv string) {
-	key := kv[:strings.IndexByte(kv, '=')+1]
-	for i, e := range g.env {
-		if strings.HasPrefix(e, key) {
-			g.env[i] = kv
-			return
-		}
-	}
-	g.env = append(g.env, kv)
-}
-
 // writeConfig writes a TOML file for --config and returns its path.
 func writeConfig(t testing.TB, toml string) string {
 	t.Helper()
