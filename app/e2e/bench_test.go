@@ -131,7 +131,25 @@ func fetchProfile(addr, path string) error {
 		f.Close()
 		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// The heap right after, for where the memory goes (inuse_space) and
+	// what makes garbage (alloc_space).
+	resp, err = http.Get(fmt.Sprintf("http://%s/debug/pprof/heap", addr))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	hf, err := os.Create(path + ".heap")
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(hf, resp.Body); err != nil {
+		hf.Close()
+		return err
+	}
+	return hf.Close()
 }
 
 // BenchmarkLatencyUnderLoad: 5000 msg/s flow through the gateway

@@ -76,7 +76,9 @@ type Gateway struct {
 	appendErr atomic.Pointer[string] // last spool failure, nil once an append succeeds
 	degraded  int64
 
-	appended  chan struct{} // closed when the appender has finished
+	appended chan struct{} // closed when the appender has finished
+
+	body      []byte // writer loop only: the request body, reused
 	onWritten func(lines [][]byte, at time.Time)
 
 	// batchDropped is the spool's drop count when the writer read its
@@ -289,7 +291,8 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 // handle runs on paho's delivery goroutine: decode, then hand over.
 func (g *Gateway) handle(msg app.Message, f app.Format, ack func()) {
 	g.m.received.WithLabelValues(string(f)).Inc()
-	data, n, err := g.mapper.Append(nil, msg, f)
+	// One allocation sized for the usual line instead of several growths.
+	data, n, err := g.mapper.Append(make([]byte, 0, len(msg.Topic)+len(msg.Payload)+64), msg, f)
 	if err != nil {
 		reason := app.ReasonBadField
 		var de *app.DecodeError
@@ -416,6 +419,7 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 	batchSize := g.cfg.Influx.BatchSize
 	linger := g.cfg.Influx.FlushInterval.Duration
+	var lines [][]byte // reused: the lines of the batch in hand
 	for {
 		isDraining := false
 		select {
@@ -469,7 +473,8 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 			}
 			continue
 		}
-		if err := g.deliver(ctx, splitLines(batch.Records)); err != nil {
+		lines = splitLines(lines[:0], batch.Records)
+		if err := g.deliver(ctx, lines); err != nil {
 			g.spool.Rewind()
 			if errors.Is(err, errBatchDropped) {
 				continue // read again from past what was dropped
@@ -487,9 +492,9 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 	}
 }
 
-// splitLines flattens records (each one or more complete lines) to lines.
-func splitLines(records [][]byte) [][]byte {
-	lines := make([][]byte, 0, len(records))
+// splitLines flattens records (each one or more complete lines) to lines,
+// appending to lines.
+func splitLines(lines, records [][]byte) [][]byte {
 	for _, r := range records {
 		for len(r) > 0 {
 			i := bytes.IndexByte(r, '\n')
@@ -508,10 +513,14 @@ func splitLines(records [][]byte) [][]byte {
 // database rejects is split in halves until the bad points are found; they
 // go to the dead-letter file and the rest is written.
 func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
-	var body []byte
+	// The body buffer is reused: it is needed only until the write below
+	// returns, and the lines point into the spool's batch, not into it, so
+	// even the halves of a split can build their bodies in it.
+	body := g.body[:0]
 	for _, l := range lines {
 		body = append(body, l...)
 	}
+	g.body = body
 	err := g.writeWithRetry(ctx, body, len(lines))
 	if err == nil && g.onWritten != nil {
 		g.onWritten(lines, time.Now())

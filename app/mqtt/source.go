@@ -149,7 +149,8 @@ func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Forma
 		SetKeepAlive(nonZero(cfg.KeepAlive, 30*time.Second)).
 		SetConnectTimeout(nonZero(cfg.ConnectTimeout, 10*time.Second)).
 		SetAutoReconnect(false). // keepConnected reconnects sooner
-		SetWriteTimeout(10 * time.Second)
+		SetWriteTimeout(10 * time.Second).
+		SetCustomOpenConnectionFn(dialBuffered(tc, nonZero(cfg.ConnectTimeout, 10*time.Second)))
 	filters := map[string]byte{}
 	for t := range formats {
 		filters[t] = cfg.QoS
