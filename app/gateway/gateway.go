@@ -522,6 +522,11 @@ func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
 	}
 	g.body = body
 	err := g.writeWithRetry(ctx, body, len(lines))
+	if err != nil {
+		// After a refusal or a timeout the HTTP transport may still be
+		// reading the old body: never write into it again.
+		g.body = nil
+	}
 	if err == nil && g.onWritten != nil {
 		g.onWritten(lines, time.Now())
 	}

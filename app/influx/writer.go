@@ -138,6 +138,11 @@ func (w *Writer) Write(ctx context.Context, body []byte) error {
 	if perr == nil {
 		return nil
 	}
+	if w.gzip {
+		// The transport may still be reading the failed request's body
+		// (an early answer, a timeout): the next request gets a new buffer.
+		w.zbuf = bytes.Buffer{}
+	}
 	we := &WriteError{Status: perr.StatusCode, Message: perr.Message, RetryAfter: time.Duration(perr.RetryAfter) * time.Second, Err: perr.Err}
 	if we.Message == "" && perr.Code != "" {
 		we.Message = perr.Code

@@ -165,6 +165,12 @@ func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Forma
 		tok := c.SubscribeMultiple(filters, nil)
 		tok.Wait()
 		if err := tok.Error(); err != nil {
+			if !c.IsConnectionOpen() {
+				// The connection dropped while subscribing: the
+				// connection-lost handler has reported it already.
+				log.Warn("mqtt subscribe interrupted by a lost connection", "client_id", id, "err", err)
+				return
+			}
 			log.Error("mqtt subscribe failed; dropping the connection to try again", "client_id", id, "err", err)
 			c.Disconnect(0)
 			if state != nil {
@@ -253,8 +259,8 @@ func (s *Source) keepConnected(ctx context.Context, idx int, c paho.Client, cfg 
 			case <-s.closed:
 				return
 			}
-			if tok.Error() == nil {
-				break
+			if tok.Error() == nil || c.IsConnectionOpen() {
+				break // connected ("already connected" counts)
 			}
 			s.log.Warn("mqtt connect failed", "broker", cfg.URL, "connection", idx+1, "retry_in", wait, "err", tok.Error())
 			select {
@@ -266,12 +272,19 @@ func (s *Source) keepConnected(ctx context.Context, idx int, c paho.Client, cfg 
 			}
 			wait = min(wait*2, maxWait)
 		}
-		select {
-		case <-lost:
-		case <-ctx.Done():
-			return
-		case <-s.closed:
-			return
+		for {
+			select {
+			case <-lost:
+			case <-ctx.Done():
+				return
+			case <-s.closed:
+				return
+			}
+			// A signal can be stale: a drop during the subscribe after a
+			// connect is reported twice. Reconnect only when really down.
+			if !c.IsConnectionOpen() {
+				break
+			}
 		}
 	}
 }
