@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real services for local runs and tests.
 #
-#   scripts/services.sh install        mosquitto (apt, when missing) and influxd 1.8.10
+#   scripts/services.sh install        mosquitto and curl (apt, when missing) and influxd 1.8.10
 #                                      (go install, cached in .tools/bin)
 #   scripts/services.sh influxd DIR    start influxd with throw-away data in DIR on a free
 #                                      loopback port; prints "PID PORT" once /health is OK
@@ -15,15 +15,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools/bin"
 influxd_version=v1.8.10
 
-install_mosquitto() {
-	if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
-		return
-	fi
-	echo "installing mosquitto (apt)" >&2
+install_packages() {
+	local need=()
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+	command -v curl >/dev/null 2>&1 || need+=(curl)
+	[ ${#need[@]} -gt 0 ] || return 0
+	echo "installing ${need[*]} (apt)" >&2
 	local sudo=""
 	[ "$(id -u)" -eq 0 ] || sudo=sudo
 	$sudo apt-get update -qq
-	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 	# The tests start their own brokers; the packaged service is not needed.
 	$sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
 }
@@ -44,6 +45,7 @@ free_port() {
 
 start_influxd() {
 	local dir=$1
+	install_packages
 	install_influxd
 	mkdir -p "$dir"
 	local port rpc
@@ -90,7 +92,7 @@ CONF
 
 case "${1:-}" in
 install)
-	install_mosquitto
+	install_packages
 	install_influxd
 	;;
 influxd)
