@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -56,6 +57,13 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 	if profile != "" {
 		pprofAddr = fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(b))
 		extra = append(extra, "IOTGW_PPROF_ADDR="+pprofAddr)
+	}
+	// IOTGW_BENCH_GATEWAY_ENV (comma list of K=V) tunes only the gateway
+	// process, e.g. GOGC=50, without touching influxd or the publisher.
+	for _, kv := range strings.Split(os.Getenv("IOTGW_BENCH_GATEWAY_ENV"), ",") {
+		if strings.Contains(kv, "=") {
+			extra = append(extra, kv)
+		}
 	}
 	g := newGateway(b, mq.URL(), in.URL(), extra...)
 	g.start() // creates the persistent session
