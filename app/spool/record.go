@@ -53,10 +53,14 @@ type header struct {
 // size is the number of bytes the whole record takes on disk.
 func (h header) size() int64 { return headerSize + int64(h.length) }
 
-// corruptError describes where and why valid data ends in a segment.
+// corruptError describes a damaged record at off. A record whose length
+// fits in the segment but whose checksum fails has size > 0: the reader has
+// consumed it and stands at the next record, so it can be skipped. Otherwise
+// (size 0) the length is impossible and nothing after off can be delimited.
 type corruptError struct {
 	off    int64
 	reason string
+	size   int64
 }
 
 func (e *corruptError) Error() string {
@@ -78,10 +82,10 @@ func parseHeader(b []byte, off, end int64) (header, error) {
 		tsCRC:  crc32.Update(0, castagnoli, b[8:16]),
 	}
 	if h.length > MaxRecordBytes {
-		return h, &corruptError{off, fmt.Sprintf("impossible record length %d", h.length)}
+		return h, &corruptError{off: off, reason: fmt.Sprintf("impossible record length %d", h.length)}
 	}
 	if rest := end - off - headerSize; int64(h.length) > rest {
-		return h, &corruptError{off, fmt.Sprintf("record of %d bytes but only %d left (torn write)", h.length, rest)}
+		return h, &corruptError{off: off, reason: fmt.Sprintf("record of %d bytes but only %d left (torn write)", h.length, rest)}
 	}
 	return h, nil
 }
@@ -101,7 +105,7 @@ func (r *recordReader) peek() (header, error) {
 		return header{}, io.EOF
 	}
 	if r.end-r.off < headerSize {
-		return header{}, &corruptError{r.off, fmt.Sprintf("%d trailing bytes, shorter than a record header (torn write)", r.end-r.off)}
+		return header{}, &corruptError{off: r.off, reason: fmt.Sprintf("%d trailing bytes, shorter than a record header (torn write)", r.end-r.off)}
 	}
 	b, err := r.br.Peek(headerSize)
 	if err != nil {
@@ -111,7 +115,8 @@ func (r *recordReader) peek() (header, error) {
 }
 
 // read consumes the record whose header peek returned, copying its payload
-// into dst (len(dst) == h.length) and verifying the checksum.
+// into dst (len(dst) == h.length) and verifying the checksum. On a checksum
+// failure the record is consumed all the same (see corruptError.size).
 func (r *recordReader) read(h header, dst []byte) error {
 	if _, err := r.br.Discard(headerSize); err != nil {
 		return unexpected(err)
@@ -120,7 +125,7 @@ func (r *recordReader) read(h header, dst []byte) error {
 		return unexpected(err)
 	}
 	if crc32.Update(h.tsCRC, castagnoli, dst) != h.crc {
-		return &corruptError{r.off, "checksum mismatch"}
+		return r.mismatch(h)
 	}
 	r.off += h.size()
 	return nil
@@ -144,10 +149,17 @@ func (r *recordReader) skip(h header) error {
 		left -= n
 	}
 	if crc != h.crc {
-		return &corruptError{r.off, "checksum mismatch"}
+		return r.mismatch(h)
 	}
 	r.off += h.size()
 	return nil
+}
+
+// mismatch moves past a record whose checksum failed and describes it.
+func (r *recordReader) mismatch(h header) error {
+	off := r.off
+	r.off += h.size()
+	return &corruptError{off: off, reason: "checksum mismatch", size: h.size()}
 }
 
 // unexpected turns an EOF inside a range the file's size promised into an

@@ -28,13 +28,21 @@
 //
 // # Recovery
 //
-// Open scans every record from the checkpoint to the end. The first record
-// whose length is impossible or whose checksum fails ends the valid data:
-// the file is truncated there, later segments are deleted, a warning names
-// the file, offset and bytes cut, and Stats counts it. Since Append returns
-// (and the broker gets its ack) only after fsync, such a tail only ever
-// holds records nobody acknowledged. A missing or garbled checkpoint makes
-// Open start from the oldest segment.
+// Open scans every record from the checkpoint to the end, segment by
+// segment. A record whose length fits but whose checksum fails, and after
+// which a valid record follows in its segment, is skipped: damage in the
+// middle of the log costs that record only. Damage after which no valid
+// record follows in its segment (an impossible length, a header cut short,
+// bad records up to the end of the file) ends that segment: the file is
+// truncated there. In the newest segment that is a torn tail, which only
+// ever holds records nobody acknowledged, since Append returns (and the
+// broker gets its ack) only after fsync. Later segments are never deleted
+// because of damage in an earlier one. Every skip and cut is logged with the
+// file and offset and counted in Stats. A missing or garbled checkpoint
+// makes Open start from the oldest segment.
+//
+// Read skips damage that appears after Open the same way instead of
+// failing.
 package spool
 
 import (
@@ -116,18 +124,23 @@ type Batch struct {
 
 // Stats is a snapshot of the spool's counters.
 type Stats struct {
-	Bytes          int64     // appended, not committed (headers included)
-	Records        int64     // appended, not committed
+	Bytes          int64     // appended, not committed (headers included), damaged records still on disk included
+	Records        int64     // sequence numbers appended, not committed; includes damaged records not yet read past
 	Oldest         time.Time // append time of the oldest uncommitted record; zero if none
 	Dropped        int64     // records discarded by DropOldest since Open
-	CorruptRecords int64     // damaged records cut off at Open
-	CorruptBytes   int64     // bytes cut off at Open, later segments included
+	CorruptRecords int64     // since Open: damaged records skipped, plus one per damaged stretch cut off
+	CorruptBytes   int64     // since Open: bytes of skipped records plus bytes cut off
 	Segments       int       // segment files on disk
 }
 
 type segment struct {
 	first uint64 // sequence number of its first record, and its name
 	size  int64  // bytes fsynced and visible to the reader
+	// seq is the sequence number the reader gives the record at offset 0.
+	// It equals first unless damage in an earlier segment made Open count
+	// more records there than the names allow; numbering then carries on
+	// from the higher count so that it never goes backwards.
+	seq uint64
 }
 
 // Spool is safe for one goroutine calling Append, one goroutine calling
@@ -169,7 +182,15 @@ type Spool struct {
 	dropped   int64
 	corruptN  int64
 	corruptB  int64
-	wake      chan struct{} // closed and replaced whenever records become readable
+	// damageSeen is one past the sequence number of the last damaged
+	// record counted and logged, so that reading it again after Rewind or
+	// after Open's scan does not count it twice.
+	damageSeen uint64
+	// rotate asks the next Append to start a new segment: the tail holds
+	// damage that the next Open would take for a torn tail and cut,
+	// together with everything appended after it.
+	rotate bool
+	wake   chan struct{} // closed and replaced whenever records become readable
 }
 
 func (o Options) resolve() (Options, error) {
@@ -326,34 +347,26 @@ func (s *Spool) recover() error {
 		from := int64(0)
 		if k == 0 {
 			from = start.off
-		} else if first != seq {
-			if first < seq {
-				// Overlapping names cannot come from this code; cut here as
-				// if the data were damaged rather than serve records twice
-				// under one sequence number.
-				s.log.Warn("spool: segment name overlaps the previous segment; deleting it and later segments",
-					"file", s.segPath(first), "want_first", seq)
-				s.cutSegments(firsts[k:])
-				break
-			}
+		} else if first > seq {
 			s.log.Warn("spool: records missing between segments", "file", s.segPath(first), "missing", first-seq)
 			seq = first
+		} else if first < seq {
+			// Damage earlier on was walked as more records than there
+			// were. Keep numbering upwards rather than serve two records
+			// under one sequence number; the data is still served.
+			s.log.Warn("spool: segment name lower than the records before it; numbering continues",
+				"file", s.segPath(first), "want_first", seq)
 		}
-		valid, n, oldest, cut, err := s.scanSegment(first, from)
+		valid, n, oldest, err := s.scanSegment(first, from)
 		if err != nil {
 			return err
 		}
-		if s.records == 0 && n > 0 {
+		if s.oldest.IsZero() && !oldest.IsZero() {
 			s.oldest = oldest
 		}
-		s.segs = append(s.segs, segment{first: first, size: valid})
+		s.segs = append(s.segs, segment{first: first, size: valid, seq: seq})
 		s.bytes += valid - from
-		s.records += n
 		seq += uint64(n)
-		if cut {
-			s.cutSegments(firsts[k+1:])
-			break
-		}
 	}
 	if len(s.segs) == 0 {
 		f, err := s.createSegment(seq)
@@ -361,12 +374,14 @@ func (s *Spool) recover() error {
 			return err
 		}
 		f.Close()
-		s.segs = []segment{{first: seq}}
+		s.segs = []segment{{first: seq, seq: seq}}
 		start = Position{seg: seq, seq: seq}
 	}
 	s.next = seq
 	s.committed = s.normalize(start)
 	s.readPos = s.committed
+	s.records = int64(s.next - s.committed.seq)
+	s.damageSeen = s.next // the scan counted all damage up to here
 	tail := s.segs[len(s.segs)-1]
 	s.w, err = os.OpenFile(s.segPath(tail.first), os.O_RDWR, 0)
 	return err
@@ -407,73 +422,87 @@ func (s *Spool) onBoundary(p Position) (bool, error) {
 	return seq == p.seq, nil
 }
 
-// scanSegment validates the records of a segment from offset from. If it
-// finds damage it truncates the file there, logs and counts it, and reports
-// cut. valid is the offset where good data ends, n the number of records
-// scanned and oldest the first one's append time.
-func (s *Spool) scanSegment(first uint64, from int64) (valid, n int64, oldest time.Time, cut bool, err error) {
+// scanSegment validates the records of a segment from offset from.
+//
+// A record whose length fits but whose checksum fails is skipped if a valid
+// record follows it in the segment: its bytes stay in the file (the reader
+// skips them again) and it is counted and logged. Damage after which no
+// valid record follows (an impossible length, a header cut short, damaged
+// records up to the end of the file) ends the segment: the file is truncated
+// where that damage starts, which is counted and logged. Later segments are
+// never touched.
+//
+// valid is the offset where the segment now ends, n the number of records
+// from from to valid, skipped ones included (each takes a sequence number),
+// and oldest the append time of the first valid record, zero if none.
+func (s *Spool) scanSegment(first uint64, from int64) (valid, n int64, oldest time.Time, err error) {
 	path := s.segPath(first)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, time.Time{}, false, err
+		return 0, 0, time.Time{}, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, 0, time.Time{}, false, err
+		return 0, 0, time.Time{}, err
 	}
 	size := fi.Size()
 	if from > size {
 		from = size
 	}
 	r := recordReader{br: bufio.NewReaderSize(io.NewSectionReader(f, from, size-from), 64<<10), off: from, end: size}
+	bad, badN := int64(-1), int64(0) // start and length of a run of records with bad checksums
 	for {
+		off := r.off
 		h, err := r.peek()
-		if err == io.EOF {
-			return size, n, oldest, false, nil
-		}
 		if err == nil {
 			err = r.skip(h)
 		}
 		var ce *corruptError
-		if errors.As(err, &ce) {
-			if err := f.Truncate(ce.off); err != nil {
-				return 0, 0, time.Time{}, false, err
+		switch {
+		case err == nil:
+			if bad >= 0 {
+				s.log.Warn("spool: damaged record skipped, reading continues after it", "file", path,
+					"offset", bad, "records", badN, "bytes_skipped", off-bad)
+				s.corruptN += badN
+				s.corruptB += off - bad
+				n += badN
+				bad, badN = -1, 0
 			}
-			if err := f.Sync(); err != nil {
-				return 0, 0, time.Time{}, false, err
+			if oldest.IsZero() {
+				oldest = time.Unix(0, h.ts)
 			}
-			s.log.Warn("spool: damaged record, cut the segment there", "file", path,
-				"offset", ce.off, "reason", ce.reason, "bytes_cut", size-ce.off)
-			s.corruptN++
-			s.corruptB += size - ce.off
-			return ce.off, n, oldest, true, nil
-		}
-		if err != nil {
-			return 0, 0, time.Time{}, false, fmt.Errorf("read %s: %w", path, err)
-		}
-		if n == 0 {
-			oldest = time.Unix(0, h.ts)
-		}
-		n++
-	}
-}
-
-// cutSegments deletes segments that follow damaged data: their records can
-// no longer be numbered in order.
-func (s *Spool) cutSegments(firsts []uint64) {
-	for _, first := range firsts {
-		path := s.segPath(first)
-		var size int64
-		if fi, err := os.Stat(path); err == nil {
-			size = fi.Size()
-		}
-		if err := os.Remove(path); err != nil {
-			s.log.Error("spool: cannot delete segment after damaged data", "file", path, "err", err)
+			n++
 			continue
+		case errors.As(err, &ce) && ce.size > 0:
+			if bad < 0 {
+				bad = ce.off
+			}
+			badN++
+			continue
+		case err == io.EOF:
+			if bad < 0 {
+				return size, n, oldest, nil
+			}
+			ce = &corruptError{off: bad, reason: "checksum mismatch and no valid record after it"}
+		case ce != nil:
+			if bad >= 0 {
+				ce = &corruptError{off: bad, reason: "checksum mismatch, then " + ce.reason}
+			}
+		default:
+			return 0, 0, time.Time{}, fmt.Errorf("read %s: %w", path, err)
 		}
-		s.corruptB += size
-		s.log.Warn("spool: deleted segment after damaged data", "file", path, "bytes_cut", size)
+		if err := f.Truncate(ce.off); err != nil {
+			return 0, 0, time.Time{}, err
+		}
+		if err := f.Sync(); err != nil {
+			return 0, 0, time.Time{}, err
+		}
+		s.log.Warn("spool: damaged record, cut the segment there", "file", path,
+			"offset", ce.off, "reason", ce.reason, "bytes_cut", size-ce.off)
+		s.corruptN++
+		s.corruptB += size - ce.off
+		return ce.off, n, oldest, nil
 	}
 }
 
@@ -548,6 +577,7 @@ func (s *Spool) Append(records [][]byte) error {
 	}
 	tail := s.segs[len(s.segs)-1]
 	first := s.next
+	rotate := s.rotate && tail.size > 0
 	s.mu.Unlock()
 
 	if s.dirty {
@@ -558,16 +588,17 @@ func (s *Spool) Append(records [][]byte) error {
 		}
 		s.dirty = false
 	}
-	if tail.size >= s.segBytes {
+	if tail.size >= s.segBytes || rotate {
 		f, err := s.createSegment(first)
 		if err != nil {
 			return fmt.Errorf("spool: append: %w", err)
 		}
 		s.w.Close()
 		s.w = f
-		tail = segment{first: first}
+		tail = segment{first: first, seq: first}
 		s.mu.Lock()
 		s.segs = append(s.segs, tail)
+		s.rotate = false
 		s.mu.Unlock()
 	}
 
@@ -614,12 +645,28 @@ func (s *Spool) dropFor(need int64) error {
 	for s.bytes+need > s.maxBytes && s.records > 0 {
 		c := s.normalize(s.committed)
 		h, err := s.headerAt(c)
+		if errors.Is(err, ErrCorrupt) {
+			// The records after a damaged length cannot be told apart:
+			// drop the rest of the segment.
+			i := s.segIndex(c.seg)
+			s.log.Warn("spool: damaged record header while dropping; dropping the rest of its segment",
+				"file", s.segPath(c.seg), "offset", c.off, "err", err)
+			end := Position{seg: c.seg, off: s.segs[i].size, seq: s.endSeq(i)}
+			s.bytes -= end.off - c.off
+			n += int64(end.seq - c.seq)
+			s.committed = end
+			s.records = int64(s.next - end.seq)
+			if i == len(s.segs)-1 {
+				s.rotate = true
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
 		s.committed = Position{seg: c.seg, off: c.off + h.size(), seq: c.seq + 1}
 		s.bytes -= h.size()
-		s.records--
+		s.records = int64(s.next - s.committed.seq)
 		n++
 	}
 	s.dropped += n
@@ -635,6 +682,9 @@ func (s *Spool) dropFor(need int64) error {
 // delete consumed segments and refresh Oldest. Called with mu held.
 func (s *Spool) settle() {
 	s.committed = s.normalize(s.committed)
+	// Moving into the next segment can pass the sequence numbers of records
+	// lost to damage.
+	s.records = int64(s.next - s.committed.seq)
 	if s.readPos.seq <= s.committed.seq {
 		// Also when equal: readPos may name the end of a segment that is
 		// about to be deleted.
@@ -717,9 +767,36 @@ func (s *Spool) normalize(p Position) Position {
 	i := s.segIndex(p.seg)
 	for i >= 0 && i < len(s.segs)-1 && p.off >= s.segs[i].size {
 		i++
-		p = Position{seg: s.segs[i].first, seq: max(p.seq, s.segs[i].first)}
+		p = Position{seg: s.segs[i].first, seq: max(p.seq, s.segs[i].seq)}
 	}
 	return p
+}
+
+// endSeq is the sequence number of the position at the end of segment i:
+// the next segment's first, or for the tail the next one to be appended.
+// Called with mu held.
+func (s *Spool) endSeq(i int) uint64 {
+	if i < len(s.segs)-1 {
+		return s.segs[i+1].seq
+	}
+	return s.next
+}
+
+// damaged counts and logs a damaged record met by Read, the record at seq,
+// unless it was already counted (by Open's scan, or before a Rewind). lost
+// is the number of bytes skipped because of it. Called without mu.
+func (s *Spool) damaged(path string, seq uint64, ce *corruptError, lost int64, what string) {
+	s.mu.Lock()
+	counted := seq < s.damageSeen
+	if !counted {
+		s.damageSeen = seq + 1
+		s.corruptN++
+		s.corruptB += lost
+	}
+	s.mu.Unlock()
+	if !counted {
+		s.log.Warn("spool: "+what, "file", path, "offset", ce.off, "reason", ce.reason, "bytes_skipped", lost)
+	}
 }
 
 // distance is the number of bytes between positions a <= b. Called with mu
@@ -742,9 +819,13 @@ func (s *Spool) distance(a, b Position) int64 {
 // record is readable or ctx is done. maxRecords <= 0 means 1000 and
 // maxBytes <= 0 means 1 MiB. Memory use is the batch plus a 64 KiB buffer.
 //
-// A record whose checksum fails here (the disk changed it after Open)
-// makes Read return an error wrapping ErrCorrupt, with any good records
-// before it returned first; restarting the gateway cuts the segment there.
+// Damage met here (the disk changed a record after Open) is skipped and
+// counted in Stats, with a warning: a record whose checksum fails is passed
+// over, and after a damaged length, which leaves the following records
+// impossible to delimit, the rest of that segment is. Batch.End lies past
+// what was skipped, so committing it releases the damaged bytes too. If
+// the damaged length is in the segment being appended to, the next Append
+// starts a new segment, so that a restart does not cut off what follows.
 func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, error) {
 	if maxRecords <= 0 {
 		maxRecords = 1000
@@ -782,12 +863,13 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			continue
 		}
 		pos := s.readPos
+		start := pos
 		i := s.segIndex(pos.seg)
 		if i < 0 {
 			s.mu.Unlock()
 			return Batch{}, fmt.Errorf("spool: read: position %s names a deleted segment", pos)
 		}
-		end := s.segs[i].size
+		end, endSeq, tail := s.segs[i].size, s.endSeq(i), i == len(s.segs)-1
 		if s.rf == nil || s.rfSeg != pos.seg {
 			if s.rf != nil {
 				s.rf.Close()
@@ -805,12 +887,18 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 
 		s.rbr.Reset(io.NewSectionReader(f, pos.off, end-pos.off))
 		r := recordReader{br: s.rbr, off: pos.off, end: end}
-		full := false
-		got := 0
+		full, broken := false, false
+		seq := pos.seq
 		var rerr error
 		for len(b.Records) < maxRecords {
 			h, err := r.peek()
 			if err == io.EOF {
+				break
+			}
+			var ce *corruptError
+			if errors.As(err, &ce) {
+				s.damaged(f.Name(), seq, ce, end-ce.off, "damaged record length, skipped the rest of the segment")
+				r.off, broken = end, true
 				break
 			}
 			if err != nil {
@@ -830,6 +918,11 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			}
 			rec := arena[:h.length:h.length]
 			if err := r.read(h, rec); err != nil {
+				if errors.As(err, &ce) && ce.size > 0 {
+					s.damaged(f.Name(), seq, ce, ce.size, "damaged record skipped")
+					seq++
+					continue
+				}
 				rerr = err
 				break
 			}
@@ -839,13 +932,23 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			}
 			b.Records = append(b.Records, rec)
 			payload += h.length
-			got++
+			seq++
 		}
 		s.rbr.Reset(nil)
-		pos.off, pos.seq = r.off, pos.seq+uint64(got)
+		if r.off >= end {
+			// The end of what was visible is a record boundary whose number
+			// is known, even if damage kept the records before it from
+			// being counted.
+			seq = endSeq
+		}
+		pos.off, pos.seq = r.off, seq
 		s.mu.Lock()
-		if pos.seq > s.readPos.seq {
+		// Only DropOldest moves readPos meanwhile, and only forwards.
+		if s.readPos == start || pos.seq > s.readPos.seq {
 			s.readPos = pos
+		}
+		if broken && tail {
+			s.rotate = true
 		}
 		s.mu.Unlock()
 		b.End = pos

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -365,7 +366,83 @@ func TestDamagedTail(t *testing.T) {
 	}
 }
 
-func TestDamageInMiddleSegmentDropsLaterSegments(t *testing.T) {
+// segFirst is the sequence number a segment file is named after.
+func segFirst(t testing.TB, path string) int {
+	t.Helper()
+	n, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// recordOff is the offset of record i in the segment whose first record is
+// first, when records hold payload(first), payload(first+1), ...
+func recordOff(first, i int) int64 {
+	var off int64
+	for k := first; k < i; k++ {
+		off += headerSize + int64(len(payload(k)))
+	}
+	return off
+}
+
+func recordSize(i int) int64 { return headerSize + int64(len(payload(i))) }
+
+// without is the records from..to-1 minus the ranges in skip (pairs of
+// [from, to)).
+func without(from, to int, skip ...int) []int {
+	var idx []int
+	for i := from; i < to; i++ {
+		out := false
+		for k := 0; k+1 < len(skip); k += 2 {
+			out = out || (i >= skip[k] && i < skip[k+1])
+		}
+		if !out {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// readIndexes reads until nothing is left and checks that the records are
+// payload(idx[0]), payload(idx[1]), ..., committing each batch if commit
+// is set.
+func readIndexes(t testing.TB, s *Spool, idx []int, maxRecords int, commit bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // return what is there, then context.Canceled
+	j := 0
+	for {
+		b, err := s.Read(ctx, maxRecords, 0)
+		if errors.Is(err, context.Canceled) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Read after %d records: %v", j, err)
+		}
+		for _, r := range b.Records {
+			if j >= len(idx) {
+				t.Fatalf("extra record %q", r)
+			}
+			if !bytes.Equal(r, payload(idx[j])) {
+				t.Fatalf("record %d: got %q, want %q", j, r, payload(idx[j]))
+			}
+			j++
+		}
+		if commit {
+			if err := s.Commit(b.End); err != nil {
+				t.Fatalf("Commit: %v", err)
+			}
+		}
+	}
+	if j != len(idx) {
+		t.Fatalf("read %d records, want %d", j, len(idx))
+	}
+}
+
+func logTo(buf *bytes.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(buf, nil)) }
+
+func TestBitFlipInSealedSegment(t *testing.T) {
 	dir := t.TempDir()
 	o := Options{Dir: dir, SegmentBytes: 500}
 	s := open(t, o)
@@ -375,16 +452,187 @@ func TestDamageInMiddleSegmentDropsLaterSegments(t *testing.T) {
 	if len(files) < 4 {
 		t.Fatalf("only %d segments", len(files))
 	}
-	flip(t, files[1], 20) // inside the first record's payload
+	first := segFirst(t, files[1])
+	victim := first + 2 // a record in the middle of a sealed segment
+	flip(t, files[1], recordOff(first, victim)+headerSize+5)
+
+	var logs bytes.Buffer
+	o.Logger = logTo(&logs)
 	s = open(t, o)
 	st := s.Stats()
-	if st.CorruptRecords != 1 || st.Segments != 2 || len(segFiles(t, dir)) != 2 {
-		t.Fatalf("Stats: %+v, files %v", st, segFiles(t, dir))
+	if st.CorruptRecords != 1 || st.CorruptBytes != recordSize(victim) || st.Segments != len(files) {
+		t.Fatalf("Stats: %+v, want 1 record of %d bytes skipped and %d segments", st, recordSize(victim), len(files))
 	}
-	readExpect(t, s, 0, 10, 100, true)
-	expectEmpty(t, s)
+	if n := len(segFiles(t, dir)); n != len(files) {
+		t.Fatalf("%d segment files left, want %d", n, len(files))
+	}
+	line := fmt.Sprintf("offset=%d", recordOff(first, victim))
+	if !strings.Contains(logs.String(), filepath.Base(files[1])) || !strings.Contains(logs.String(), line) {
+		t.Fatalf("no warning naming %s and %s:\n%s", files[1], line, logs.String())
+	}
+	readIndexes(t, s, without(0, 60, victim, victim+1), 7, true)
+	if st := s.Stats(); st.Records != 0 || st.Bytes != 0 || st.CorruptRecords != 1 {
+		t.Fatalf("Stats after reading everything: %+v", st)
+	}
 	appendRange(t, s, 200, 210, 10)
-	readExpect(t, s, 200, 210, 100, true)
+	readIndexes(t, s, without(200, 210), 100, true)
+}
+
+func TestBitFlipInNewestSegment(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Dir: dir, SegmentBytes: 1 << 20}
+	s := open(t, o)
+	appendRange(t, s, 0, 30, 5)
+	readExpect(t, s, 0, 5, 5, true)
+	s.Close()
+	files := segFiles(t, dir)
+	if len(files) != 1 {
+		t.Fatalf("%d segments, want 1", len(files))
+	}
+	fi, err := os.Stat(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip(t, files[0], recordOff(0, 12)+10) // timestamp of record 12; 13..29 follow
+
+	s = open(t, o)
+	if st := s.Stats(); st.CorruptRecords != 1 || st.CorruptBytes != recordSize(12) || st.Records != 25 {
+		t.Fatalf("Stats: %+v", st)
+	}
+	if fi2, err := os.Stat(files[0]); err != nil || fi2.Size() != fi.Size() {
+		t.Fatalf("segment changed size: %v", err)
+	}
+	readIndexes(t, s, without(5, 30, 12, 13), 4, false)
+	appendRange(t, s, 30, 40, 10)
+	readIndexes(t, s, without(30, 40), 100, false)
+	s.Close()
+
+	// Nothing was committed: the damaged record is met and skipped again.
+	s = open(t, o)
+	if st := s.Stats(); st.CorruptRecords != 1 || st.Records != 35 {
+		t.Fatalf("Stats after second reopen: %+v", st)
+	}
+	readIndexes(t, s, without(5, 40, 12, 13), 1000, true)
+	s.Close()
+	s = open(t, o)
+	if st := s.Stats(); st.CorruptRecords != 0 || st.Records != 0 {
+		t.Fatalf("Stats after committing past the damage: %+v", st)
+	}
+	expectEmpty(t, s)
+}
+
+func TestBitFlipAtRunTime(t *testing.T) {
+	for _, segBytes := range []int64{1 << 20, 400} {
+		t.Run(fmt.Sprint(segBytes), func(t *testing.T) {
+			dir := t.TempDir()
+			var logs bytes.Buffer
+			s := open(t, Options{Dir: dir, SegmentBytes: segBytes, Logger: logTo(&logs)})
+			appendRange(t, s, 0, 40, 4)
+			readExpect(t, s, 0, 8, 8, true)
+
+			// The disk changes an unread record under the running spool.
+			var path string
+			var first int
+			for _, p := range segFiles(t, dir) {
+				if f := segFirst(t, p); f <= 20 {
+					path, first = p, f
+				}
+			}
+			flip(t, path, recordOff(first, 20)+headerSize+1)
+
+			// Read a batch, deliver nothing, read again: the damage is
+			// counted and logged once.
+			ctx := context.Background()
+			if _, err := s.Read(ctx, 30, 0); err != nil {
+				t.Fatalf("Read: %v", err)
+			}
+			s.Rewind()
+			readIndexes(t, s, without(8, 40, 20, 21), 5, true)
+			st := s.Stats()
+			if st.CorruptRecords != 1 || st.CorruptBytes != recordSize(20) || st.Records != 0 || st.Bytes != 0 {
+				t.Fatalf("Stats: %+v", st)
+			}
+			if n := strings.Count(logs.String(), "damaged record skipped"); n != 1 {
+				t.Fatalf("%d warnings, want 1:\n%s", n, logs.String())
+			}
+			expectEmpty(t, s)
+			appendRange(t, s, 100, 110, 5)
+			readIndexes(t, s, without(100, 110), 100, true)
+			s.Close()
+			s = open(t, Options{Dir: dir, SegmentBytes: segBytes})
+			if st := s.Stats(); st.CorruptRecords != 0 || st.Records != 0 {
+				t.Fatalf("Stats after reopen: %+v", st)
+			}
+		})
+	}
+}
+
+func TestImpossibleLengthInSealedSegment(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Dir: dir, SegmentBytes: 500}
+	s := open(t, o)
+	appendRange(t, s, 0, 60, 5)
+	s.Close()
+	files := segFiles(t, dir)
+	if len(files) < 4 {
+		t.Fatalf("only %d segments", len(files))
+	}
+	first, next := segFirst(t, files[1]), segFirst(t, files[2])
+	victim := first + 2
+	fi, err := os.Stat(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAt(t, files[1], recordOff(first, victim), []byte{0xff, 0xff, 0xff, 0x7f})
+
+	s = open(t, o)
+	lost := fi.Size() - recordOff(first, victim)
+	if st := s.Stats(); st.CorruptRecords != 1 || st.CorruptBytes != lost || st.Segments != len(files) {
+		t.Fatalf("Stats: %+v, want 1 damaged stretch of %d bytes, %d segments", st, lost, len(files))
+	}
+	if fi, err := os.Stat(files[1]); err != nil || fi.Size() != recordOff(first, victim) {
+		t.Fatalf("damaged segment not cut at the damage: %v", err)
+	}
+	if n := len(segFiles(t, dir)); n != len(files) {
+		t.Fatalf("%d segment files left, want %d", n, len(files))
+	}
+	readIndexes(t, s, without(0, 60, victim, next), 6, true)
+	if st := s.Stats(); st.Records != 0 || st.Bytes != 0 {
+		t.Fatalf("Stats after reading everything: %+v", st)
+	}
+	appendRange(t, s, 200, 210, 10)
+	readIndexes(t, s, without(200, 210), 100, true)
+}
+
+// A damaged length in the segment being appended to, found by Read: the
+// rest of the segment is skipped, and appends move to a new segment so that
+// the next Open, which cuts that segment at the damage, keeps them.
+func TestImpossibleLengthAtRunTimeInTail(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{Dir: dir, SegmentBytes: 1 << 20}
+	s := open(t, o)
+	appendRange(t, s, 0, 30, 5)
+	readExpect(t, s, 0, 5, 5, true)
+	path := segFiles(t, dir)[0]
+	writeAt(t, path, recordOff(0, 10), []byte{0xff, 0xff, 0xff, 0x0f})
+
+	readIndexes(t, s, without(5, 30, 10, 30), 100, false)
+	if st := s.Stats(); st.CorruptRecords != 1 || st.CorruptBytes != recordOff(10, 30) {
+		t.Fatalf("Stats: %+v", st)
+	}
+	appendRange(t, s, 30, 40, 5)
+	if n := len(segFiles(t, dir)); n != 2 {
+		t.Fatalf("%d segments after the damage, want 2", n)
+	}
+	readIndexes(t, s, without(30, 40), 100, false)
+	s.Close()
+
+	s = open(t, o)
+	if st := s.Stats(); st.CorruptRecords != 1 || st.Segments != 2 {
+		t.Fatalf("Stats after reopen: %+v", st)
+	}
+	readIndexes(t, s, without(5, 40, 10, 30), 7, true)
+	expectEmpty(t, s)
 }
 
 func TestCheckpointProblems(t *testing.T) {
