@@ -145,7 +145,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.degraded = cfg.Spool.MaxBytes / 10 * 8
 	}
 	if st := sp.Stats(); st.CorruptRecords > 0 {
-		log.Warn("spool: damaged tail cut off at start", "records", st.CorruptRecords, "bytes", st.CorruptBytes)
+		log.Warn("spool: damaged records skipped or cut off at start", "records", st.CorruptRecords, "bytes", st.CorruptBytes)
 	}
 	return g, nil
 }
