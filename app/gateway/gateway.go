@@ -341,17 +341,14 @@ func (g *Gateway) appendLoop() {
 	records := make([][]byte, 0, maxGroup)
 	for first := range g.inbox {
 		group = append(group[:0], first)
-	fill:
-		for len(group) < maxGroup {
-			select {
-			case p, ok := <-g.inbox:
-				if !ok {
-					break fill
-				}
-				group = append(group, p)
-			default:
-				break fill
+		// Take what is already waiting without a select per message: this
+		// goroutine is the only receiver, so len() items cannot vanish.
+		for n := min(len(g.inbox), maxGroup-1); n > 0; n-- {
+			p, ok := <-g.inbox
+			if !ok {
+				break
 			}
+			group = append(group, p)
 		}
 		records = records[:0]
 		points := 0
