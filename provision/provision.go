@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strings"
 	"text/template"
+
+	"github.com/iot-gateway/iot-gateway/provision/dashboards"
 )
 
 //go:embed files
@@ -193,7 +195,8 @@ var payload = []struct {
 	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
 	{"files/gateway.toml.tmpl", GatewayConfig},
 	{"files/broker.toml.tmpl", BrokerConfig},
-	{"files/dashboards/iotgw.json.tmpl", "/etc/iotgw/dashboards/iotgw.json"},
+	// The dashboard as code, the same file `iotgw export` round-trips.
+	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json"},
 	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
 	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf"},
 	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service"},
@@ -226,6 +229,10 @@ func Files(p Params) ([]File, error) {
 }
 
 func render(name string, p Params) (string, error) {
+	if rest, ok := strings.CutPrefix(name, "dashboards:"); ok {
+		b, err := dashboards.FS.ReadFile(rest)
+		return string(b), err
+	}
 	b, err := files.ReadFile(name)
 	if err != nil {
 		return "", err

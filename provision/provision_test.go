@@ -167,7 +167,7 @@ func TestRenderedValues(t *testing.T) {
 		"/etc/iotgw/broker.toml":           {`addr = ":1883"`, "allow_plain_public = true", `gateway_users = ["iotgw"]`},
 		"/etc/influxdb/config.toml":        {`http-bind-address = ":8086"`},
 		"/etc/iotgw/host.env":              {"INFLUX_RETENTION_DAYS='400'", "PARAM_PATH='/iot-gateway/prod-eu'", "DATA_FSTYPE='xfs'"},
-		"/etc/iotgw/dashboards/iotgw.json": {`"values": ["telemetry"]`},
+		"/etc/iotgw/dashboards/iotgw.json": {`"kind": "Dashboard"`, `r._measurement == \"environment\"`},
 	}
 	for path, wants := range checks {
 		for _, w := range wants {
