@@ -417,6 +417,17 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 	batchSize := g.cfg.Influx.BatchSize
 	linger := g.cfg.Influx.FlushInterval.Duration
 	var lines [][]byte // reused: the lines of the batch in hand
+	// idleCtx also ends when draining begins, so a Read waiting on an idle
+	// spool notices it; once draining, Reads use ctx itself.
+	idleCtx, cancelIdle := context.WithCancel(ctx)
+	defer cancelIdle()
+	go func() {
+		select {
+		case <-draining:
+			cancelIdle()
+		case <-idleCtx.Done():
+		}
+	}()
 	for {
 		isDraining := false
 		select {
@@ -427,22 +438,12 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 			}
 		default:
 		}
-		readCtx := ctx
-		var cancel context.CancelFunc = func() {}
-		if !isDraining {
-			// Wake up to notice draining even while the spool is idle.
-			readCtx, cancel = context.WithCancel(ctx)
-			go func() {
-				select {
-				case <-draining:
-					cancel()
-				case <-readCtx.Done():
-				}
-			}()
+		readCtx := idleCtx
+		if isDraining {
+			readCtx = ctx
 		}
 		g.batchDropped = g.spool.Stats().Dropped
 		batch, err := g.spool.Read(readCtx, batchSize, batchMaxBytes)
-		cancel()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, spool.ErrClosed) {
 				return
