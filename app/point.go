@@ -403,8 +403,11 @@ func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
 	type kv struct{ k, v []byte }
 	var tags []kv
 	// The decoder's slices are valid only until its next call, so keep
-	// the measurement and tags in a scratch arena while sorting them.
-	var scratch []byte
+	// the measurement and tags in a scratch arena while sorting them. The
+	// arena is reused line after line: the encoder has copied a line's
+	// bytes by the time the next one starts. (When it grows, the slices
+	// kept so far still point into the old array, which nothing changes.)
+	scratch := make([]byte, 0, 256)
 	keep := func(b []byte) []byte {
 		start := len(scratch)
 		scratch = append(scratch, b...)
@@ -412,7 +415,7 @@ func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
 	}
 	n := 0
 	for dec.Next() {
-		scratch = make([]byte, 0, 256)
+		scratch = scratch[:0]
 		meas, err := dec.Measurement()
 		if err != nil {
 			return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
