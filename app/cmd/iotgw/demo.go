@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"slices"
@@ -143,10 +144,12 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	}
 	var lat latencies
 	g.OnWritten(lat.observe)
-	gctx, stopGateway := context.WithCancel(context.Background())
-	gdone := make(chan error, 1)
-	go func() { gdone <- g.Run(gctx) }()
-	defer func() { stopGateway(); <-gdone }()
+	gctx, cancelGateway := context.WithCancel(context.Background())
+	var runErr error
+	gdone := make(chan struct{}) // closed when Run has returned runErr
+	go func() { runErr = g.Run(gctx); close(gdone) }()
+	stopGateway := func() error { cancelGateway(); <-gdone; return runErr }
+	defer stopGateway()
 
 	// Wait until the gateway is subscribed before the sensors start.
 	for deadline := time.Now().Add(15 * time.Second); g.Ready() != nil; {
@@ -154,8 +157,8 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 			return fmt.Errorf("gateway not ready after 15s: %v", g.Ready())
 		}
 		select {
-		case err := <-gdone:
-			return err
+		case <-gdone:
+			return runErr
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -183,11 +186,9 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	stopGateway()
-	if err := <-gdone; err != nil {
+	if err := stopGateway(); err != nil {
 		return err
 	}
-	gdone <- nil // for the deferred wait
 
 	fmt.Fprintf(out, "\nsensors: %d sent, %d acknowledged by the broker, %d malformed on purpose\n",
 		report.Sent, report.Acked, sumBad(report.Bad))
@@ -205,7 +206,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		fmt.Fprintf(out, "points per measurement: query failed: %v\n", err)
 	} else {
 		fmt.Fprintln(out, "points in InfluxDB per measurement:")
-		for _, m := range slices.Sorted(mapKeys(counts)) {
+		for _, m := range slices.Sorted(maps.Keys(counts)) {
 			fmt.Fprintf(out, "  %-12s %d\n", m, counts[m])
 		}
 	}
@@ -214,16 +215,6 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		return fmt.Errorf("simulator: %w", simErr)
 	}
 	return nil
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func sumBad(m map[string]int64) int64 {
