@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -296,10 +297,11 @@ func (c *Config) Validate() error {
 	if c.MQTT.QoS < 0 || c.MQTT.QoS > 2 {
 		bad("mqtt.qos", "%d is not 0, 1 or 2", c.MQTT.QoS)
 	}
-	if len(c.MQTT.Topics)+len(c.MQTT.LineTopics) == 0 {
+	filters := slices.Concat(c.MQTT.Topics, c.MQTT.LineTopics)
+	if len(filters) == 0 {
 		bad("mqtt.topics", "at least one topic filter is needed")
 	}
-	for _, t := range append(append([]string{}, c.MQTT.Topics...), c.MQTT.LineTopics...) {
+	for _, t := range filters {
 		if err := validFilter(t); err != nil {
 			bad("mqtt.topics", "%q: %v", t, err)
 		}
@@ -307,7 +309,7 @@ func (c *Config) Validate() error {
 	if c.MQTT.Connections < 1 || c.MQTT.Connections > 64 {
 		bad("mqtt.connections", "%d is not between 1 and 64", c.MQTT.Connections)
 	} else if c.MQTT.Connections > 1 {
-		for _, t := range append(append([]string{}, c.MQTT.Topics...), c.MQTT.LineTopics...) {
+		for _, t := range filters {
 			if !strings.HasPrefix(t, "$share/") {
 				bad("mqtt.connections", "%d connections need shared subscriptions ($share/group/...), %q is not one", c.MQTT.Connections, t)
 			}

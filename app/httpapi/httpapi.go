@@ -5,7 +5,6 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -60,11 +59,8 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
-	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the listener was closed under us; Shutdown reports it
-		}
-	}()
+	// Serve returns only once Shutdown closed the listener.
+	go func() { _ = s.srv.Serve(ln) }()
 	return s, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -313,6 +312,3 @@ func (s *Source) Connected() bool {
 	}
 	return true
 }
-
-// ErrNotConnected is returned by health checks.
-var ErrNotConnected = errors.New("mqtt: not connected")
