@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/net/proxy"
 )
 
 // Buffering the broker connection. paho reads each packet with several
@@ -31,17 +33,12 @@ const (
 )
 
 // dialBuffered replaces paho's dialer for tcp:// and ssl:// and wraps the
-// connection; WebSocket URLs use paho's own implementation unchanged.
+// connection; WebSocket URLs use paho's own implementation unchanged. Like
+// paho's dialer it honours ALL_PROXY and NO_PROXY.
 func dialBuffered(tc *tls.Config, timeout time.Duration) paho.OpenConnectionFunc {
 	return func(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
-		d := &net.Dialer{Timeout: timeout}
-		var conn net.Conn
-		var err error
 		switch u.Scheme {
-		case "tcp", "mqtt":
-			conn, err = d.Dial("tcp", u.Host)
-		case "ssl", "tls", "mqtts":
-			conn, err = tls.DialWithDialer(d, "tcp", u.Host, tc)
+		case "tcp", "mqtt", "ssl", "tls", "mqtts":
 		case "ws", "wss":
 			wsURL := *u
 			wsURL.User = nil
@@ -53,8 +50,26 @@ func dialBuffered(tc *tls.Config, timeout time.Duration) paho.OpenConnectionFunc
 		default:
 			return nil, errors.New("mqtt: unknown scheme " + u.Scheme)
 		}
+		conn, err := proxy.FromEnvironmentUsing(&net.Dialer{Timeout: timeout}).Dial("tcp", u.Host)
 		if err != nil {
 			return nil, err
+		}
+		if u.Scheme != "tcp" && u.Scheme != "mqtt" {
+			cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+			if tc != nil {
+				cfg = tc.Clone()
+			}
+			if cfg.ServerName == "" {
+				cfg.ServerName = u.Hostname()
+			}
+			tconn := tls.Client(conn, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := tconn.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			conn = tconn
 		}
 		return newBufferedConn(conn), nil
 	}
