@@ -81,36 +81,16 @@ func (in *Influx) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", in.Po
 // Start (re)starts influxd on the same port and data and waits for /health.
 func (in *Influx) Start() {
 	in.t.Helper()
-	log := filepath.Join(in.dir, "influxd.log")
-	p, err := startProc(in.t, log, in.bin, "-config", in.conf)
-	if err != nil {
-		in.t.Fatalf("testsvc: influxd: %v", err)
-	}
-	if err := in.waitHealthy(p); err != nil {
-		p.stop(nil)
-		in.t.Fatalf("testsvc: influxd: %v\n%s", err, tail(log))
-	}
-	in.p = p
-}
-
-func (in *Influx) waitHealthy(p *proc) error {
-	deadline := time.Now().Add(2 * readyTimeout)
 	client := &http.Client{Timeout: time.Second}
-	for time.Now().Before(deadline) {
+	healthy := func() bool {
 		resp, err := client.Get(in.URL() + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if err != nil {
+			return false
 		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("exited before it was ready")
-		case <-time.After(50 * time.Millisecond): // poll interval of a readiness check
-		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	}
-	return fmt.Errorf("/health not OK after %s", 2*readyTimeout)
+	in.p = launch(in.t, "influxd", filepath.Join(in.dir, "influxd.log"), 2*readyTimeout, healthy, in.bin, "-config", in.conf)
 }
 
 // Stop shuts influxd down gracefully; Kill does not let it finish anything.

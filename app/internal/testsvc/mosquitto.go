@@ -83,16 +83,8 @@ func (m *Mosquitto) Addr() string { return fmt.Sprintf("127.0.0.1:%d", m.Port) }
 // until it accepts connections.
 func (m *Mosquitto) Start() {
 	m.t.Helper()
-	log := filepath.Join(m.dir, "mosquitto.log")
-	p, err := startProc(m.t, log, m.bin, "-c", m.conf)
-	if err != nil {
-		m.t.Fatalf("testsvc: mosquitto: %v", err)
-	}
-	if err := waitTCP(m.Addr(), p.exited); err != nil {
-		p.stop(nil)
-		m.t.Fatalf("testsvc: mosquitto: %v\n%s", err, tail(log))
-	}
-	m.p = p
+	m.p = launch(m.t, "mosquitto", filepath.Join(m.dir, "mosquitto.log"), readyTimeout,
+		acceptsTCP(m.Addr()), m.bin, "-c", m.conf)
 }
 
 // Stop shuts the broker down gracefully (it saves its persistence file).

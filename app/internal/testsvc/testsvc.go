@@ -11,7 +11,6 @@
 package testsvc
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -76,22 +75,43 @@ func repoTools() string {
 	}
 }
 
-// waitTCP waits until addr accepts a TCP connection or the process exits.
-func waitTCP(addr string, exited <-chan struct{}) error {
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-exited:
-			return errors.New("process exited before it was ready")
-		case <-time.After(20 * time.Millisecond): // poll interval of a readiness check
-		}
+// launch starts bin, logging to logPath, and polls ready until it answers
+// true; if the process exits first or timeout passes, the test fails with
+// the end of the log.
+func launch(t testing.TB, what, logPath string, timeout time.Duration, ready func() bool, bin string, args ...string) *proc {
+	t.Helper()
+	p, err := startProc(t, logPath, bin, args...)
+	if err != nil {
+		t.Fatalf("testsvc: %s: %v", what, err)
 	}
-	return fmt.Errorf("%s not ready after %s", addr, readyTimeout)
+	deadline := time.Now().Add(timeout)
+	for !ready() {
+		var why string
+		select {
+		case <-p.exited:
+			why = "process exited before it was ready"
+		case <-time.After(20 * time.Millisecond): // poll interval of a readiness check
+			if time.Now().Before(deadline) {
+				continue
+			}
+			why = fmt.Sprintf("not ready after %s", timeout)
+		}
+		p.stop(nil)
+		t.Fatalf("testsvc: %s: %s\n%s", what, why, tail(logPath))
+	}
+	return p
+}
+
+// acceptsTCP is a readiness check: addr accepts a connection.
+func acceptsTCP(addr string) func() bool {
+	return func() bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
 }
 
 // proc is one running child process.
