@@ -53,24 +53,25 @@ type Source struct {
 	log       *slog.Logger
 }
 
-// TLSConfig builds the client TLS settings from files.
+// TLSConfig builds the client TLS settings from files (TLS 1.2 or later,
+// the CA bundle to trust, a client certificate for mutual TLS).
 func TLSConfig(cfg Config) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // opt-in, documented
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("mqtt ca_file: %w", err)
+			return nil, fmt.Errorf("CA file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mqtt ca_file %s: no PEM certificates found", cfg.CAFile)
+			return nil, fmt.Errorf("CA file %s: no PEM certificates found", cfg.CAFile)
 		}
 		tc.RootCAs = pool
 	}
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("mqtt cert_file/key_file: %w", err)
+			return nil, fmt.Errorf("client certificate: %w", err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}

@@ -3,17 +3,16 @@ package sim
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strconv"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	gwmqtt "github.com/iot-gateway/iot-gateway/app/mqtt"
 )
 
 // PahoConfig says how to reach the broker.
@@ -82,16 +81,9 @@ func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 		return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: fmt.Sprintf("needs an ssl:// or wss:// URL, not %q", u.Redacted())}
 	}
 	if secure {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if cfg.CAFile != "" {
-			pem, err := os.ReadFile(cfg.CAFile)
-			if err != nil {
-				return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: err.Error()}
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: "no PEM certificates in it"}
-			}
+		tc, err := gwmqtt.TLSConfig(gwmqtt.Config{CAFile: cfg.CAFile})
+		if err != nil {
+			return nil, &OptionError{Option: "CAFile", Value: cfg.CAFile, Reason: err.Error()}
 		}
 		opts.SetTLSConfig(tc)
 	}
