@@ -48,7 +48,7 @@ const (
 type pending struct {
 	data   []byte
 	points int
-	ack    func()
+	ack    mqtt.Ack
 }
 
 // Gateway is one running pipeline.
@@ -229,7 +229,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	src, err := mqtt.Start(ctx, mqtt.Config{
 		URL: mc.URL, ClientID: mc.ClientID, Username: mc.Username, Password: mc.Password,
 		QoS: byte(mc.QoS), Topics: mc.Topics, LineTopics: mc.LineTopics, Connections: mc.Connections,
-		KeepAlive: mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
+		MaxPayload: g.cfg.Mapping.MaxPayload,
+		KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
 		MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
 		CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
 	}, g.handle, g.onState, g.log)
@@ -250,7 +251,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
 	g.stopAppender()
 	<-g.appended // everything handed over is spooled and acknowledged
-	src.Close(250 * time.Millisecond)
+	src.Close()
 	close(draining)
 	select {
 	case <-writerDone:
@@ -288,8 +289,9 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 	g.m.connected.WithLabelValues(strconv.Itoa(conn + 1)).Set(v)
 }
 
-// handle runs on paho's delivery goroutine: decode, then hand over.
-func (g *Gateway) handle(msg app.Message, f app.Format, ack func()) {
+// handle runs on the connection's read loop: decode, then hand over
+// (msg.Payload is not kept: the mapper copies what it needs).
+func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 	g.m.received.WithLabelValues(string(f)).Inc()
 	// One allocation sized for the usual line instead of several growths.
 	data, n, err := g.mapper.Append(make([]byte, 0, len(msg.Topic)+len(msg.Payload)+64), msg, f)
@@ -304,7 +306,7 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack func()) {
 			g.log.Error("dead-letter write failed", "err", derr)
 		}
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
-		ack() // nothing would ever make it valid; the broker must not resend it
+		ack.Ack() // nothing would ever make it valid; the broker must not resend it
 		g.m.acked.Inc()
 		return
 	}
@@ -360,7 +362,7 @@ func (g *Gateway) appendLoop() {
 			continue // shutting down with a full spool: not acknowledged, the broker keeps them
 		}
 		for _, p := range group {
-			p.ack()
+			p.ack.Ack()
 		}
 		g.m.acked.Add(float64(len(group)))
 		g.m.pointsSpooled.Add(float64(points))

@@ -14,17 +14,17 @@ import (
 	"golang.org/x/net/proxy"
 )
 
-// Buffering the broker connection. paho reads each packet with several
-// small reads and writes each acknowledgement with its own write: at tens
-// of thousands of messages per second those system calls were the largest
-// cost in the gateway's profile. bufferedConn reads through a bufio.Reader
-// and hands writes to a flusher goroutine that sends whatever has
-// accumulated in one system call, so a burst of PUBACKs costs one write.
+// Buffering the broker connection. At tens of thousands of messages per
+// second, one read per packet and one write per acknowledgement were the
+// largest cost in the gateway's profile. bufferedConn reads through a
+// bufio.Reader (the session parses PUBLISH packets in its buffer) and hands
+// writes to a flusher goroutine that sends whatever has accumulated in one
+// system call, so a burst of PUBACKs costs one write.
 //
 // The price: a Write returns before its bytes reach the socket, so a write
-// error surfaces on a later Write (or Close), which paho treats as a lost
-// connection like any other. An unacknowledged message is redelivered by
-// the broker in that case, so nothing is lost.
+// error surfaces on a later Write (or Close), and the session ends like on
+// any lost connection. An unacknowledged message is redelivered by the
+// broker in that case, so nothing is lost.
 
 const (
 	readBufferSize = 64 << 10
@@ -32,47 +32,49 @@ const (
 	maxPending = 1 << 20
 )
 
-// dialBuffered replaces paho's dialer for tcp:// and ssl:// and wraps the
-// connection; WebSocket URLs use paho's own implementation unchanged. Like
-// paho's dialer it honours ALL_PROXY and NO_PROXY.
-func dialBuffered(tc *tls.Config, timeout time.Duration) paho.OpenConnectionFunc {
-	return func(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
-		switch u.Scheme {
-		case "tcp", "mqtt", "ssl", "tls", "mqtts":
-		case "ws", "wss":
-			wsURL := *u
-			wsURL.User = nil
-			var wtc *tls.Config
-			if u.Scheme == "wss" {
-				wtc = tc
-			}
-			return paho.NewWebsocket(wsURL.String(), wtc, timeout, o.HTTPHeaders, o.WebsocketOptions)
-		default:
-			return nil, errors.New("mqtt: unknown scheme " + u.Scheme)
+// dial connects to the broker at u (tcp://, mqtt://, ssl://, tls://,
+// mqtts://, ws://, wss://) and wraps the connection. Like paho's own
+// dialer it honours ALL_PROXY and NO_PROXY for TCP; WebSockets use paho's
+// implementation.
+func dial(u *url.URL, tc *tls.Config, timeout time.Duration) (*bufferedConn, error) {
+	var conn net.Conn
+	var err error
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts":
+		conn, err = proxy.FromEnvironmentUsing(&net.Dialer{Timeout: timeout}).Dial("tcp", u.Host)
+	case "ws", "wss":
+		wsURL := *u
+		wsURL.User = nil
+		var wtc *tls.Config
+		if u.Scheme == "wss" {
+			wtc = tc
 		}
-		conn, err := proxy.FromEnvironmentUsing(&net.Dialer{Timeout: timeout}).Dial("tcp", u.Host)
-		if err != nil {
+		conn, err = paho.NewWebsocket(wsURL.String(), wtc, timeout, nil, nil)
+	default:
+		return nil, errors.New("mqtt: unknown scheme " + u.Scheme)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch u.Scheme {
+	case "ssl", "tls", "mqtts":
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if tc != nil {
+			cfg = tc.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		tconn := tls.Client(conn, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := tconn.HandshakeContext(ctx); err != nil {
+			conn.Close()
 			return nil, err
 		}
-		if u.Scheme != "tcp" && u.Scheme != "mqtt" {
-			cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-			if tc != nil {
-				cfg = tc.Clone()
-			}
-			if cfg.ServerName == "" {
-				cfg.ServerName = u.Hostname()
-			}
-			tconn := tls.Client(conn, cfg)
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			if err := tconn.HandshakeContext(ctx); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			conn = tconn
-		}
-		return newBufferedConn(conn), nil
+		conn = tconn
 	}
+	return newBufferedConn(conn), nil
 }
 
 type bufferedConn struct {
@@ -127,6 +129,7 @@ func (b *bufferedConn) flusher() {
 			out := b.pending
 			b.pending = b.spare[:0]
 			b.mu.Unlock()
+			_ = b.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 			_, err := b.Conn.Write(out)
 			b.mu.Lock()
 			b.spare = out[:0]

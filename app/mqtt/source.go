@@ -1,7 +1,9 @@
-// Package mqtt subscribes to the broker with paho.mqtt.golang and hands
-// every message to the pipeline together with a function that acknowledges
-// it. Acknowledgement is manual: the broker keeps a message until the
-// pipeline says it is safe on disk.
+// Package mqtt subscribes to the broker (MQTT 3.1.1, persistent session)
+// and hands every message to the pipeline together with its Ack.
+// Acknowledgement is manual: the broker keeps a message until the pipeline
+// says it is safe on disk. Control packets are encoded and decoded with
+// paho.mqtt.golang's packet codec; see session.go for why the session
+// itself is not paho's client.
 package mqtt
 
 import (
@@ -10,12 +12,11 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"time"
-
-	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iot-gateway/iot-gateway/app"
 )
@@ -29,6 +30,7 @@ type Config struct {
 	Topics               []string // JSON payloads
 	LineTopics           []string // line-protocol payloads
 	Connections          int      // >1: one client per connection, ids suffixed -1, -2, ...
+	MaxPayload           int      // largest payload the handler accepts; 0: app.DefaultMaxPayload
 	KeepAlive            time.Duration
 	ConnectTimeout       time.Duration
 	MaxReconnectInterval time.Duration
@@ -37,20 +39,20 @@ type Config struct {
 	InsecureSkipVerify   bool
 }
 
-// Handler receives each message. It runs on paho's delivery goroutine, so
-// it must return quickly; ack may be called later from any goroutine, once.
-type Handler func(msg app.Message, format app.Format, ack func())
+// Handler receives each message on the connection's read loop, so it must
+// return quickly and must not keep msg.Payload after it returns (it points
+// into the read buffer); ack may be called later from any goroutine, once.
+type Handler func(msg app.Message, format app.Format, ack Ack)
 
-// StateFunc is told when a connection goes up or down.
+// StateFunc is told when a connection goes up (subscribed) or down.
 type StateFunc func(conn int, connected bool, err error)
 
 // Source is the set of broker connections.
 type Source struct {
-	clients   []paho.Client
-	lost      []chan struct{} // one per client: its connection dropped
+	clients   []*client
 	closed    chan struct{}
 	closeOnce sync.Once
-	log       *slog.Logger
+	wg        sync.WaitGroup
 }
 
 // TLSConfig builds the client TLS settings from files (TLS 1.2 or later,
@@ -80,9 +82,8 @@ func TLSConfig(cfg Config) (*tls.Config, error) {
 
 // Start begins connecting every configured connection in the background
 // and returns at once; connection state is reported through state.
-// Disconnections are retried
-// forever with backoff, and the subscriptions are made again on each
-// reconnect.
+// Disconnections are retried forever with backoff, and the subscriptions
+// are made again on each reconnect.
 func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slog.Logger) (*Source, error) {
 	if log == nil {
 		log = slog.Default()
@@ -94,119 +95,49 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 	if err != nil {
 		return nil, err
 	}
-	formats := map[string]app.Format{}
+	raw := cfg.URL
+	// Accept paho's spellings of TLS too.
+	if rest, ok := strings.CutPrefix(raw, "ssl://"); ok {
+		raw = "mqtts://" + rest
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("broker URL: %w", err)
+	}
+	var filters, lines []string
+	var qos []byte
 	for _, t := range cfg.Topics {
-		formats[t] = app.FormatJSON
+		filters, qos = append(filters, t), append(qos, cfg.QoS)
 	}
 	for _, t := range cfg.LineTopics {
-		formats[t] = app.FormatLine
+		filters, qos, lines = append(filters, t), append(qos, cfg.QoS), append(lines, t)
 	}
-	s := &Source{log: log, closed: make(chan struct{})}
+	s := &Source{closed: make(chan struct{})}
 	for i := 0; i < cfg.Connections; i++ {
-		lost := make(chan struct{}, 1)
-		s.lost = append(s.lost, lost)
-		s.clients = append(s.clients, newClient(cfg, i, tc, formats, h, func(conn int, up bool, err error) {
-			if !up {
-				select {
-				case lost <- struct{}{}:
-				default:
-				}
-			}
-			if state != nil {
-				state(conn, up, err)
-			}
-		}, log))
+		id := cfg.ClientID
+		if cfg.Connections > 1 {
+			id = fmt.Sprintf("%s-%d", cfg.ClientID, i+1)
+		}
+		s.clients = append(s.clients, &client{idx: i, id: id, url: u, cfg: cfg, tc: tc,
+			filters: filters, qos: qos, lines: lines, h: h, state: state, log: log,
+			topics: map[string]topicInfo{}})
 	}
-	for i, c := range s.clients {
-		go s.keepConnected(ctx, i, c, cfg)
+	for _, c := range s.clients {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			c.run(ctx, s.closed)
+		}()
 	}
 	return s, nil
 }
 
-func newClient(cfg Config, idx int, tc *tls.Config, formats map[string]app.Format, h Handler, state StateFunc, log *slog.Logger) paho.Client {
-	id := cfg.ClientID
-	if cfg.Connections > 1 {
-		id = fmt.Sprintf("%s-%d", cfg.ClientID, idx+1)
-	}
-	url := cfg.URL
-	// paho spells TLS "ssl://" or "tls://"; accept the common mqtt(s):// too.
-	if rest, ok := strings.CutPrefix(url, "mqtts://"); ok {
-		url = "ssl://" + rest
-	} else if rest, ok := strings.CutPrefix(url, "mqtt://"); ok {
-		url = "tcp://" + rest
-	}
-	o := paho.NewClientOptions().
-		AddBroker(url).
-		SetClientID(id).
-		SetUsername(cfg.Username).
-		SetPassword(cfg.Password).
-		SetTLSConfig(tc).
-		// A persistent session: the broker queues QoS 1/2 messages while
-		// the gateway is away and redelivers unacknowledged ones.
-		SetCleanSession(false).
-		SetAutoAckDisabled(true).
-		SetOrderMatters(true).
-		SetKeepAlive(nonZero(cfg.KeepAlive, 30*time.Second)).
-		SetConnectTimeout(nonZero(cfg.ConnectTimeout, 10*time.Second)).
-		SetAutoReconnect(false). // keepConnected reconnects sooner
-		SetWriteTimeout(10 * time.Second).
-		SetCustomOpenConnectionFn(dialBuffered(tc, nonZero(cfg.ConnectTimeout, 10*time.Second)))
-	filters := map[string]byte{}
-	for t := range formats {
-		filters[t] = cfg.QoS
-	}
-	o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
-		// Messages of a persistent session can arrive before the
-		// subscriptions are renewed; route them by matching the filters.
-		deliver(m, routeFormat(formats, m.Topic()), h)
-	})
-	o.SetOnConnectHandler(func(c paho.Client) {
-		log.Info("mqtt connected", "broker", cfg.URL, "client_id", id)
-		tok := c.SubscribeMultiple(filters, nil)
-		tok.Wait()
-		if err := tok.Error(); err != nil {
-			if !c.IsConnectionOpen() {
-				// The connection dropped while subscribing: the
-				// connection-lost handler has reported it already.
-				log.Warn("mqtt subscribe interrupted by a lost connection", "client_id", id, "err", err)
-				return
-			}
-			log.Error("mqtt subscribe failed; dropping the connection to try again", "client_id", id, "err", err)
-			c.Disconnect(0)
-			if state != nil {
-				state(idx, false, err)
-			}
-			return
-		}
-		if st, ok := tok.(*paho.SubscribeToken); ok {
-			for topic, code := range st.Result() {
-				if code >= 0x80 {
-					log.Error("mqtt subscription refused", "client_id", id, "topic", topic, "code", code)
-				}
-			}
-		}
-		if state != nil {
-			state(idx, true, nil)
-		}
-	})
-	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
-		log.Warn("mqtt connection lost", "client_id", id, "err", err)
-		if state != nil {
-			state(idx, false, err)
-		}
-	})
-	return paho.NewClient(o)
-}
-
-func deliver(m paho.Message, f app.Format, h Handler) {
-	h(app.Message{Topic: m.Topic(), Payload: m.Payload(), Received: time.Now()}, f, m.Ack)
-}
-
-// routeFormat picks the payload format of the first filter matching topic.
-func routeFormat(formats map[string]app.Format, topic string) app.Format {
-	for filter, f := range formats {
-		if f == app.FormatLine && Match(filter, topic) {
-			return f
+// routeFormat picks the payload format of a topic: line protocol if it
+// matches a line-protocol filter, JSON otherwise.
+func routeFormat(lineFilters []string, topic string) app.Format {
+	for _, filter := range lineFilters {
+		if Match(filter, topic) {
+			return app.FormatLine
 		}
 	}
 	return app.FormatJSON
@@ -240,74 +171,22 @@ func nonZero(d, def time.Duration) time.Duration {
 	return def
 }
 
-// keepConnected connects and, whenever the connection drops, connects
-// again: first after 50 ms, then backing off to MaxReconnectInterval.
-// paho's own auto-reconnect waits a fixed second first, long enough for a
-// busy broker to overflow this session's queue (mosquitto keeps 1000
-// messages per client by default) while the gateway is away.
-func (s *Source) keepConnected(ctx context.Context, idx int, c paho.Client, cfg Config) {
-	lost := s.lost[idx]
-	maxWait := nonZero(cfg.MaxReconnectInterval, 30*time.Second)
-	for {
-		wait := 50 * time.Millisecond
-		for {
-			tok := c.Connect()
-			select {
-			case <-tok.Done():
-			case <-ctx.Done():
-				return
-			case <-s.closed:
-				return
-			}
-			if tok.Error() == nil || c.IsConnectionOpen() {
-				break // connected ("already connected" counts)
-			}
-			s.log.Warn("mqtt connect failed", "broker", cfg.URL, "connection", idx+1, "retry_in", wait, "err", tok.Error())
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return
-			case <-s.closed:
-				return
-			}
-			wait = min(wait*2, maxWait)
-		}
-		for {
-			select {
-			case <-lost:
-			case <-ctx.Done():
-				return
-			case <-s.closed:
-				return
-			}
-			// A signal can be stale: a drop during the subscribe after a
-			// connect is reported twice. Reconnect only when really down.
-			if !c.IsConnectionOpen() {
-				break
-			}
-		}
-	}
-}
-
-// Close disconnects every connection, waiting up to quiesce for work in
-// progress. Unacknowledged messages stay with the broker.
-func (s *Source) Close(quiesce time.Duration) {
+// Close disconnects every connection (acknowledgements already given are
+// sent first) and waits for the read loops to end; a handler blocked at
+// that moment must return for Close to return. Unacknowledged messages
+// stay with the broker.
+func (s *Source) Close() {
 	s.closeOnce.Do(func() { close(s.closed) })
-	var wg sync.WaitGroup
 	for _, c := range s.clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Disconnect(uint(quiesce / time.Millisecond))
-		}()
+		c.disconnect()
 	}
-	wg.Wait()
+	s.wg.Wait()
 }
 
-// Connected reports whether every connection is up.
+// Connected reports whether every connection is up and subscribed.
 func (s *Source) Connected() bool {
 	for _, c := range s.clients {
-		if !c.IsConnectionOpen() {
+		if !c.up.Load() {
 			return false
 		}
 	}

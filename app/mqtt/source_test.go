@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -42,12 +43,13 @@ type received struct {
 	got  chan struct{}
 }
 
-func (r *received) handle(m app.Message, f app.Format, ack func()) {
+func (r *received) handle(m app.Message, f app.Format, ack Ack) {
+	m.Payload = bytes.Clone(m.Payload) // it points into the read buffer
 	r.mu.Lock()
 	r.msgs = append(r.msgs, m)
 	r.fmts = append(r.fmts, f)
 	r.mu.Unlock()
-	ack()
+	ack.Ack()
 	r.got <- struct{}{}
 }
 
@@ -87,7 +89,7 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close(0)
+	defer src.Close()
 	select {
 	case ok := <-up:
 		if !ok {
@@ -131,11 +133,11 @@ func TestTLSRefused(t *testing.T) {
 			up := make(chan bool, 10)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			src, err := Start(ctx, cfg, func(app.Message, app.Format, func()) {}, func(_ int, c bool, _ error) { up <- c }, nil)
+			src, err := Start(ctx, cfg, func(app.Message, app.Format, Ack) {}, func(_ int, c bool, _ error) { up <- c }, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer src.Close(0)
+			defer src.Close()
 			select {
 			case ok := <-up:
 				if ok {

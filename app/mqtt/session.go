@@ -1,0 +1,426 @@
+package mqtt
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/iot-gateway/iot-gateway/app"
+)
+
+// Why a session of our own rather than paho's client: the gateway only
+// subscribes, and at tens of thousands of messages per second paho's client
+// cost more than everything else in the gateway together. Every message
+// crossed three goroutines over channels (reader, router, writer), was
+// copied into a fresh packet, topic string and payload, and was put into and
+// taken out of an inbound store keyed by fmt.Sprintf, although a
+// subscriber with a persistent session needs no client-side store: the
+// broker redelivers whatever was not acknowledged. Here the read loop
+// parses each PUBLISH in the read buffer and calls the handler directly;
+// control packets use paho's packet codec. Publishing (the simulator) still
+// uses paho's client.
+
+const (
+	firstRetry = 50 * time.Millisecond
+	// writeTimeout bounds one flush to the broker; a broker that stops
+	// reading ends the session.
+	writeTimeout = 10 * time.Second
+	// maxTopics bounds the cache of topic names (interned strings and
+	// their payload format); topics beyond it are allocated per message.
+	maxTopics = 4096
+)
+
+// Ack acknowledges one message to the broker. The zero Ack (a QoS 0
+// message) does nothing.
+type Ack struct {
+	conn *bufferedConn
+	id   uint16
+	kind byte // packets.Puback for QoS 1, packets.Pubrec for QoS 2
+}
+
+// Ack sends the acknowledgement on the connection the message arrived on.
+// If that connection is gone, the broker redelivers the message on the next
+// one, where it comes with a new Ack: an acknowledgement must never go to a
+// later connection, where the same packet id may name another message.
+// Safe to call from any goroutine; call it once.
+func (a Ack) Ack() {
+	if a.conn != nil {
+		_, _ = a.conn.Write([]byte{a.kind << 4, 2, byte(a.id >> 8), byte(a.id)})
+	}
+}
+
+// client is one broker connection, reconnected for as long as the Source
+// is open.
+type client struct {
+	idx     int
+	id      string
+	url     *url.URL
+	cfg     Config
+	tc      *tls.Config
+	filters []string
+	qos     []byte
+	lines   []string // filters whose payloads are line protocol
+	h       Handler
+	state   StateFunc
+	log     *slog.Logger
+
+	up     atomic.Bool
+	reads  atomic.Uint64 // packets read, for the keep-alive check
+	inCall atomic.Bool   // the read loop is inside the handler
+
+	mu     sync.Mutex
+	conn   *bufferedConn // the current connection; nil between sessions
+	closed bool
+
+	// read loop only
+	topics  map[string]topicInfo
+	scratch []byte
+}
+
+type topicInfo struct {
+	name   string
+	format app.Format
+}
+
+// run holds a session open, reconnecting after a drop: first after 50 ms,
+// then backing off to MaxReconnectInterval. (paho's auto-reconnect waited
+// a fixed second first, long enough for a busy broker to overflow this
+// session's queue: mosquitto keeps 1000 messages per client by default.)
+func (c *client) run(ctx context.Context, closed <-chan struct{}) {
+	maxWait := nonZero(c.cfg.MaxReconnectInterval, 30*time.Second)
+	wait := firstRetry
+	for {
+		err := c.session()
+		if c.up.Swap(false) {
+			wait = firstRetry
+			if c.state != nil {
+				c.state(c.idx, false, err)
+			}
+			if !c.isClosed() {
+				c.log.Warn("mqtt connection lost", "client_id", c.id, "err", err, "retry_in", wait)
+			}
+		} else if !c.isClosed() {
+			c.log.Warn("mqtt connect failed", "broker", c.cfg.URL, "client_id", c.id, "retry_in", wait, "err", err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		case <-closed:
+			return
+		}
+		wait = min(wait*2, maxWait)
+	}
+}
+
+func (c *client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// session connects, subscribes and reads until the connection ends.
+func (c *client) session() error {
+	timeout := nonZero(c.cfg.ConnectTimeout, 10*time.Second)
+	conn, err := dial(c.url, c.tc, timeout)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		conn.Close()
+		return net.ErrClosed
+	}
+	c.conn = conn
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.conn = nil
+		c.mu.Unlock()
+		conn.Close()
+	}()
+
+	keepAlive := nonZero(c.cfg.KeepAlive, 30*time.Second)
+	if err := c.connect(conn, keepAlive, timeout); err != nil {
+		return err
+	}
+	sub := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+	sub.MessageID = 1
+	sub.Topics, sub.Qoss = c.filters, c.qos
+	if err := sub.Write(conn); err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go c.keepAlive(conn, keepAlive, stop)
+	return c.readLoop(conn)
+}
+
+// connect sends CONNECT (MQTT 3.1.1, persistent session) and waits for
+// CONNACK.
+func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) error {
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion = "MQTT", 4
+	// A persistent session: the broker queues QoS 1/2 messages while the
+	// gateway is away and redelivers unacknowledged ones.
+	cp.CleanSession = false
+	cp.Keepalive = uint16(min(keepAlive/time.Second, 65535))
+	cp.ClientIdentifier = c.id
+	if c.cfg.Username != "" {
+		cp.UsernameFlag, cp.Username = true, c.cfg.Username
+	}
+	if c.cfg.Password != "" {
+		cp.PasswordFlag, cp.Password = true, []byte(c.cfg.Password)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	if err := cp.Write(conn); err != nil {
+		return err
+	}
+	typ, n, err := readHeader(conn.r)
+	if err != nil {
+		return fmt.Errorf("waiting for CONNACK: %w", err)
+	}
+	if typ>>4 != packets.Connack {
+		return fmt.Errorf("mqtt: expected CONNACK, the broker sent %s", packetName(typ))
+	}
+	pk, err := packets.NewControlPacketWithHeader(packets.FixedHeader{MessageType: packets.Connack, RemainingLength: n})
+	if err != nil {
+		return err
+	}
+	if err := pk.Unpack(io.LimitReader(conn.r, int64(n))); err != nil {
+		return fmt.Errorf("mqtt: bad CONNACK: %w", err)
+	}
+	ack := pk.(*packets.ConnackPacket)
+	if ack.ReturnCode != packets.Accepted {
+		if e, ok := packets.ConnErrors[ack.ReturnCode]; ok {
+			return fmt.Errorf("mqtt: connection refused: %w", e)
+		}
+		return fmt.Errorf("mqtt: connection refused with code %d", ack.ReturnCode)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	c.log.Info("mqtt connected", "broker", c.cfg.URL, "client_id", c.id, "session_present", ack.SessionPresent)
+	return nil
+}
+
+// readLoop reads packets until the connection fails.
+func (c *client) readLoop(conn *bufferedConn) error {
+	for {
+		typ, n, err := readHeader(conn.r)
+		if err != nil {
+			return err
+		}
+		c.reads.Add(1)
+		switch typ >> 4 {
+		case packets.Publish:
+			err = c.publish(conn, typ, n)
+		case packets.Suback:
+			err = c.suback(conn, n)
+		case packets.Pubrel:
+			// QoS 2: the broker released a message we acknowledged with
+			// PUBREC; complete it.
+			var b []byte
+			if b, err = conn.r.Peek(n); err == nil && n >= 2 {
+				_, err = conn.Write([]byte{packets.Pubcomp << 4, 2, b[0], b[1]})
+				_, _ = conn.r.Discard(n)
+			} else if err == nil {
+				err = errors.New("mqtt: malformed PUBREL")
+			}
+		case packets.Pingresp:
+			_, err = conn.r.Discard(n)
+		default:
+			err = fmt.Errorf("mqtt: unexpected %s packet from the broker", packetName(typ))
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (c *client) suback(conn *bufferedConn, n int) error {
+	pk, _ := packets.NewControlPacketWithHeader(packets.FixedHeader{MessageType: packets.Suback, RemainingLength: n})
+	if err := pk.Unpack(io.LimitReader(conn.r, int64(n))); err != nil {
+		return fmt.Errorf("mqtt: bad SUBACK: %w", err)
+	}
+	for i, code := range pk.(*packets.SubackPacket).ReturnCodes {
+		if code >= 0x80 && i < len(c.filters) {
+			c.log.Error("mqtt subscription refused", "client_id", c.id, "topic", c.filters[i], "code", code)
+		}
+	}
+	c.up.Store(true)
+	if c.state != nil {
+		c.state(c.idx, true, nil)
+	}
+	return nil
+}
+
+// publish parses a PUBLISH in the read buffer (or, when larger than the
+// buffer, in a reused scratch buffer) and hands it to the handler, which
+// must not keep the payload after it returns.
+func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
+	qos := typ >> 1 & 3
+	if qos == 3 {
+		return errors.New("mqtt: PUBLISH with QoS 3")
+	}
+	var body []byte
+	var err error
+	if n <= conn.r.Size() {
+		if body, err = conn.r.Peek(n); err != nil {
+			return err
+		}
+		defer conn.r.Discard(n) //nolint:errcheck // peeked, so it cannot fail
+	} else if body, err = c.readLarge(conn.r, n); err != nil {
+		return err
+	}
+	if len(body) < 2 {
+		return errors.New("mqtt: malformed PUBLISH")
+	}
+	tl := int(body[0])<<8 | int(body[1])
+	rest := body[2:]
+	if tl > len(rest) {
+		return errors.New("mqtt: malformed PUBLISH topic")
+	}
+	topic, rest := rest[:tl], rest[tl:]
+	var ack Ack
+	if qos > 0 {
+		if len(rest) < 2 {
+			return errors.New("mqtt: malformed PUBLISH packet id")
+		}
+		ack = Ack{conn: conn, id: uint16(rest[0])<<8 | uint16(rest[1]), kind: packets.Puback}
+		if qos == 2 {
+			ack.kind = packets.Pubrec
+		}
+		rest = rest[2:]
+	}
+	t := c.topic(topic)
+	c.inCall.Store(true)
+	c.h(app.Message{Topic: t.name, Payload: rest, Received: time.Now()}, t.format, ack)
+	c.inCall.Store(false)
+	return nil
+}
+
+// readLarge reads a packet bigger than the read buffer. Beyond the largest
+// payload the gateway accepts, the rest is discarded: the handler sees a
+// payload one byte over the limit and rejects it as too large, and the
+// connection stays in step.
+func (c *client) readLarge(r *bufio.Reader, n int) ([]byte, error) {
+	limit := 2 + 65535 + 2 + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
+	keep := min(n, limit)
+	if cap(c.scratch) < keep {
+		c.scratch = make([]byte, keep)
+	}
+	b := c.scratch[:keep]
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	if _, err := r.Discard(n - keep); err != nil {
+		return nil, err
+	}
+	if keep < n {
+		// Shrink back later: one huge message must not pin its buffer.
+		defer func() { c.scratch = nil }()
+	}
+	return b, nil
+}
+
+// topic returns the interned name and payload format of a topic; sensors
+// publish on a bounded set of topics, so most messages allocate nothing.
+func (c *client) topic(b []byte) topicInfo {
+	if t, ok := c.topics[string(b)]; ok {
+		return t
+	}
+	name := string(b)
+	t := topicInfo{name: name, format: routeFormat(c.lines, name)}
+	if len(c.topics) < maxTopics {
+		c.topics[name] = t
+	}
+	return t
+}
+
+// keepAlive sends PINGREQ every interval and ends the session when a whole
+// interval passed without any packet from the broker although one was
+// asked for. A handler that holds the read loop (the spool refusing
+// appends) is not a dead broker.
+func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last, asked := c.reads.Load(), false
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := c.reads.Load()
+		if asked && now == last && !c.inCall.Load() {
+			c.log.Warn("mqtt broker silent for a keep-alive interval; reconnecting", "client_id", c.id, "keepalive", every)
+			_ = conn.Conn.Close() // the read loop fails and the session ends
+			return
+		}
+		last = now
+		if _, err := conn.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+			return
+		}
+		asked = true
+	}
+}
+
+// disconnect says goodbye politely and closes the connection, flushing
+// acknowledgements still waiting to be written.
+func (c *client) disconnect() {
+	c.mu.Lock()
+	c.closed = true
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		_, _ = conn.Write([]byte{packets.Disconnect << 4, 0})
+		conn.Close()
+	}
+}
+
+// readHeader reads a fixed header: the type-and-flags byte and the
+// remaining length.
+func readHeader(r *bufio.Reader) (byte, int, error) {
+	typ, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, err
+	}
+	n, mul := 0, 1
+	for i := 0; i < 4; i++ {
+		d, err := r.ReadByte()
+		if err != nil {
+			return 0, 0, err
+		}
+		n += int(d&0x7f) * mul
+		if d&0x80 == 0 {
+			return typ, n, nil
+		}
+		mul <<= 7
+	}
+	return 0, 0, errors.New("mqtt: malformed remaining length")
+}
+
+func packetName(typ byte) string {
+	if s, ok := packets.PacketNames[typ>>4]; ok {
+		return s
+	}
+	return fmt.Sprintf("type %d", typ>>4)
+}
+
+func nonZeroInt(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
