@@ -44,6 +44,20 @@ func envInt(name string, def int) int {
 // (IOTGW_PPROF_ADDR) and a CPU profile of the first
 // IOTGW_BENCH_PROFILE_SECONDS (default 5) of the drain is saved to
 // path.<sub-benchmark>.
+//
+// Knobs (environment):
+//   - IOTGW_BENCH_SPOOL_TMPFS=1 puts the gateway's spool directory on
+//     /dev/shm (tmpfs, where fsync costs next to nothing), to compare with
+//     the disk-backed spool of the default run; skipped without /dev/shm.
+//   - IOTGW_BENCH_CONNECTIONS=N (N > 1) makes the gateway use N broker
+//     connections (IOTGW_MQTT_CONNECTIONS) in one shared subscription,
+//     $share/iotgw/sensors/#. The persistent sessions are created with the
+//     same count, so every member of the group exists (offline) when the
+//     backlog is published. mosquitto 2.0 hands a group's messages to its
+//     members in turn whether they are connected or not, and queues an
+//     offline member's share for it: the backlog is split evenly over the
+//     connections' queues and each drains its own. Each connection has its
+//     own window of max_inflight_messages.
 func BenchmarkBacklogDrain(b *testing.B) {
 	backlog := envInt("IOTGW_BENCH_BACKLOG", 200000)
 	b.Run("inflight-1000", func(b *testing.B) {
@@ -58,10 +72,22 @@ func BenchmarkBacklogDrain(b *testing.B) {
 }
 
 func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
+	var extra []string
+	spoolOn := "disk"
+	if os.Getenv("IOTGW_BENCH_SPOOL_TMPFS") == "1" {
+		dir := tmpfsDir(b)
+		extra = append(extra, "IOTGW_SPOOL_DIR="+dir) // the last value of a variable wins
+		spoolOn = "tmpfs " + dir
+	}
+	conns := envInt("IOTGW_BENCH_CONNECTIONS", 1)
+	if conns > 1 {
+		// Config requires $share/ filters with more than one connection.
+		extra = append(extra, "IOTGW_MQTT_CONNECTIONS="+strconv.Itoa(conns), "IOTGW_MQTT_TOPICS=$share/iotgw/sensors/#")
+	}
+	b.Logf("gateway: %d broker connection(s), spool on %s", conns, spoolOn)
 	in := testsvc.StartInflux(b)
 	mq := testsvc.StartMosquitto(b, opts)
 	profile := os.Getenv("IOTGW_BENCH_CPUPROFILE")
-	var extra []string
 	pprofAddr := ""
 	if profile != "" {
 		pprofAddr = fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(b))
@@ -75,7 +101,7 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		}
 	}
 	g := newGateway(b, mq.URL(), in.URL(), extra...)
-	g.start() // creates the persistent session
+	g.start() // creates the persistent session(s), one per connection
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
 	g.stop(syscall.SIGTERM)
 	pub := newPublisher(b, mq.URL())
@@ -149,6 +175,23 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		b.ReportMetric(perMsg(mqCPU, int(want)), "mosquitto_cpu_us/msg")
 		b.ReportMetric(perMsg(inCPU, int(want)), "influxd_cpu_us/msg")
 	}
+}
+
+// tmpfsDir makes a directory on /dev/shm, removed when the benchmark ends,
+// or skips the benchmark when there is no /dev/shm.
+func tmpfsDir(b *testing.B) string {
+	b.Helper()
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		b.Skip("IOTGW_BENCH_SPOOL_TMPFS: no /dev/shm on this machine")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "iotgw-bench-spool-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Registered before the gateway's own cleanup, so it runs after the
+	// gateway is stopped.
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // clockTicks is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
