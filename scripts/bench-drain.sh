@@ -2,6 +2,8 @@
 # Backlog-drain benchmark: the gateway empties a backlog of QoS 1 readings
 # that mosquitto holds for it into InfluxDB (app/e2e BenchmarkBacklogDrain),
 # with max_inflight_messages 1000 and with mosquitto's default of 20.
+# Reports msg/s, the gateway's peak RSS, and the CPU time per message of the
+# gateway, mosquitto and influxd (they share the machine's cores).
 #
 # Usage: scripts/bench-drain.sh [-p] [-l]
 #   -p  also save a CPU profile of the gateway during the drain and print
@@ -11,6 +13,15 @@
 # Environment:
 #   IOTGW_BENCH_BACKLOG   readings in the backlog (default 200000; the
 #                         inflight-20 variant uses a quarter of it)
+#   IOTGW_BENCH_SPOOL_TMPFS=1
+#                         the gateway's spool on /dev/shm (tmpfs: no fsync
+#                         cost), to compare with the disk-backed default
+#   IOTGW_BENCH_CONNECTIONS=N
+#                         N > 1: the gateway drains through N broker
+#                         connections in one $share/iotgw/ subscription
+#   IOTGW_BENCH_GATEWAY_ENV
+#                         comma list of K=V for the gateway process only
+#                         (e.g. GOGC=50)
 #   IOTGW_INFLUXD         influxd 1.8 binary (default .tools/bin/influxd)
 #   IOTGW_MOSQUITTO       mosquitto binary (default: found on PATH/sbin)
 #   OUT                   where profiles go (default ./bench-out)
@@ -24,7 +35,7 @@ while getopts "pl" opt; do
 	p) profile=1 ;;
 	l) latency=1 ;;
 	*)
-		sed -n '2,17p' "$0"
+		sed -n '2,27p' "$0"
 		exit 2
 		;;
 	esac
@@ -51,7 +62,9 @@ if [[ $profile == 1 ]]; then
 	export IOTGW_BENCH_CPUPROFILE="$out/drain.cpu"
 fi
 
-echo "backlog ${IOTGW_BENCH_BACKLOG:-200000}, influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
+echo "backlog ${IOTGW_BENCH_BACKLOG:-200000}, connections ${IOTGW_BENCH_CONNECTIONS:-1}," \
+	"spool on $([[ ${IOTGW_BENCH_SPOOL_TMPFS:-} == 1 ]] && echo tmpfs || echo disk)," \
+	"influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
 go test ./app/e2e -run '^$' -bench "$pattern" -benchtime 1x -count 1 -timeout 30m -v |
 	tee "$out/bench.txt" |
 	grep -E '^(Benchmark|    bench_test)|ok|FAIL' || true

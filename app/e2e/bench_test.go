@@ -31,10 +31,33 @@ func envInt(name string, def int) int {
 // InfluxDB has accepted every point. Reports msg/s and the gateway's peak
 // RSS (VmHWM). Run with -benchtime 1x (scripts/bench-drain.sh).
 //
+// It also reports the CPU time per message of each process, since on a
+// small machine the three compete for the same cores and msg/s depends on
+// the broker's and the database's CPU as much as on the gateway's:
+// gw_cpu_us/msg is the gateway process's whole CPU time (it is started for
+// the drain, so this includes its start), mosquitto_cpu_us/msg and
+// influxd_cpu_us/msg what the broker and influxd used from just before the
+// gateway started until the drain completed. Read from /proc/<pid>/stat
+// (see cpuTime); without /proc they are not reported.
+//
 // With IOTGW_BENCH_CPUPROFILE=path the gateway serves pprof
 // (IOTGW_PPROF_ADDR) and a CPU profile of the first
 // IOTGW_BENCH_PROFILE_SECONDS (default 5) of the drain is saved to
 // path.<sub-benchmark>.
+//
+// Knobs (environment):
+//   - IOTGW_BENCH_SPOOL_TMPFS=1 puts the gateway's spool directory on
+//     /dev/shm (tmpfs, where fsync costs next to nothing), to compare with
+//     the disk-backed spool of the default run; skipped without /dev/shm.
+//   - IOTGW_BENCH_CONNECTIONS=N (N > 1) makes the gateway use N broker
+//     connections (IOTGW_MQTT_CONNECTIONS) in one shared subscription,
+//     $share/iotgw/sensors/#. The persistent sessions are created with the
+//     same count, so every member of the group exists (offline) when the
+//     backlog is published. mosquitto 2.0 hands a group's messages to its
+//     members in turn whether they are connected or not, and queues an
+//     offline member's share for it: the backlog is split evenly over the
+//     connections' queues and each drains its own. Each connection has its
+//     own window of max_inflight_messages.
 func BenchmarkBacklogDrain(b *testing.B) {
 	backlog := envInt("IOTGW_BENCH_BACKLOG", 200000)
 	b.Run("inflight-1000", func(b *testing.B) {
@@ -49,10 +72,22 @@ func BenchmarkBacklogDrain(b *testing.B) {
 }
 
 func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
+	var extra []string
+	spoolOn := "disk"
+	if os.Getenv("IOTGW_BENCH_SPOOL_TMPFS") == "1" {
+		dir := tmpfsDir(b)
+		extra = append(extra, "IOTGW_SPOOL_DIR="+dir) // the last value of a variable wins
+		spoolOn = "tmpfs " + dir
+	}
+	conns := envInt("IOTGW_BENCH_CONNECTIONS", 1)
+	if conns > 1 {
+		// Config requires $share/ filters with more than one connection.
+		extra = append(extra, "IOTGW_MQTT_CONNECTIONS="+strconv.Itoa(conns), "IOTGW_MQTT_TOPICS=$share/iotgw/sensors/#")
+	}
+	b.Logf("gateway: %d broker connection(s), spool on %s", conns, spoolOn)
 	in := testsvc.StartInflux(b)
 	mq := testsvc.StartMosquitto(b, opts)
 	profile := os.Getenv("IOTGW_BENCH_CPUPROFILE")
-	var extra []string
 	pprofAddr := ""
 	if profile != "" {
 		pprofAddr = fmt.Sprintf("127.0.0.1:%d", testsvc.FreePort(b))
@@ -66,7 +101,7 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		}
 	}
 	g := newGateway(b, mq.URL(), in.URL(), extra...)
-	g.start() // creates the persistent session
+	g.start() // creates the persistent session(s), one per connection
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
 	g.stop(syscall.SIGTERM)
 	pub := newPublisher(b, mq.URL())
@@ -74,6 +109,10 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 
 	var elapsed time.Duration
 	var peak int64
+	// CPU time of each process over the drains; reported only if every
+	// reading succeeded.
+	var gwCPU, mqCPU, inCPU time.Duration
+	cpuOK := true
 	b.StopTimer()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -87,6 +126,8 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		cancel()
 		b.Logf("backlog of %d published in %s", backlog, time.Since(pubStart).Round(time.Millisecond))
 
+		mq0, ok1 := cpuTime(mq.Pid())
+		in0, ok2 := cpuTime(in.Pid())
 		b.StartTimer()
 		start := time.Now()
 		g.startAgain()
@@ -100,15 +141,27 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		})
 		d := time.Since(start)
 		b.StopTimer()
+		gw1, ok3 := cpuTime(g.pid()) // a new process: all of it is this drain's
+		mq1, ok4 := cpuTime(mq.Pid())
+		in1, ok5 := cpuTime(in.Pid())
 		elapsed += d
 		peak = max(peak, vmHWM(g.pid()))
+		cpu := ""
+		if ok1 && ok2 && ok3 && ok4 && ok5 {
+			gwCPU, mqCPU, inCPU = gwCPU+gw1, mqCPU+mq1-mq0, inCPU+in1-in0
+			cpu = fmt.Sprintf("; CPU per msg: gateway %.1f µs, mosquitto %.1f µs, influxd %.1f µs (in all %s, %s, %s)",
+				perMsg(gw1, backlog), perMsg(mq1-mq0, backlog), perMsg(in1-in0, backlog),
+				gw1, mq1-mq0, in1-in0)
+		} else {
+			cpuOK = false
+		}
 		if profDone != nil {
 			if err := <-profDone; err != nil {
 				b.Errorf("cpu profile: %v", err)
 			}
 		}
-		b.Logf("drained %d in %s (%.0f msg/s), peak RSS %.1f MB", backlog, d.Round(time.Millisecond),
-			float64(backlog)/d.Seconds(), float64(peak)/1e6)
+		b.Logf("drained %d in %s (%.0f msg/s), peak RSS %.1f MB%s", backlog, d.Round(time.Millisecond),
+			float64(backlog)/d.Seconds(), float64(peak)/1e6, cpu)
 		g.stop(syscall.SIGTERM)
 	}
 	want := int64(b.N * backlog)
@@ -117,6 +170,69 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 	}
 	b.ReportMetric(float64(want)/elapsed.Seconds(), "msg/s")
 	b.ReportMetric(float64(peak)/1e6, "peakRSS_MB")
+	if cpuOK {
+		b.ReportMetric(perMsg(gwCPU, int(want)), "gw_cpu_us/msg")
+		b.ReportMetric(perMsg(mqCPU, int(want)), "mosquitto_cpu_us/msg")
+		b.ReportMetric(perMsg(inCPU, int(want)), "influxd_cpu_us/msg")
+	}
+}
+
+// tmpfsDir makes a directory on /dev/shm, removed when the benchmark ends,
+// or skips the benchmark when there is no /dev/shm.
+func tmpfsDir(b *testing.B) string {
+	b.Helper()
+	if st, err := os.Stat("/dev/shm"); err != nil || !st.IsDir() {
+		b.Skip("IOTGW_BENCH_SPOOL_TMPFS: no /dev/shm on this machine")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "iotgw-bench-spool-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Registered before the gateway's own cleanup, so it runs after the
+	// gateway is stopped.
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// clockTicks is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
+// what sysconf(_SC_CLK_TCK) returns, which Linux fixes at 100 on every
+// architecture whatever the kernel's own tick rate (CONFIG_HZ) is.
+const clockTicks = 100
+
+// cpuTime returns the CPU time a process has used so far, user plus
+// system over all its threads (utime + stime, fields 14 and 15 of
+// /proc/<pid>/stat; children are not included). ok is false without /proc
+// (not Linux) or when the process is gone. The resolution is one tick,
+// 10 ms.
+func cpuTime(pid int) (d time.Duration, ok bool) {
+	if pid <= 0 {
+		return 0, false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// Field 2, the command name, is in parentheses and may hold spaces or
+	// parentheses: the fields from 3 (state) on follow the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	utime, err1 := strconv.ParseInt(f[14-3], 10, 64)
+	stime, err2 := strconv.ParseInt(f[15-3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks, true
+}
+
+// perMsg is d in microseconds per message.
+func perMsg(d time.Duration, msgs int) float64 {
+	return float64(d.Microseconds()) / float64(msgs)
 }
 
 // fetchProfile saves a CPU profile of the gateway taken over

@@ -93,6 +93,9 @@ func (in *Influx) Start() {
 	in.p = launch(in.t, "influxd", filepath.Join(in.dir, "influxd.log"), 2*readyTimeout, healthy, in.bin, "-config", in.conf)
 }
 
+// Pid is the process id of the running influxd (it changes on Start).
+func (in *Influx) Pid() int { return in.p.pid() }
+
 // Stop shuts influxd down gracefully; Kill does not let it finish anything.
 func (in *Influx) Stop() { in.p.stop(syscall.SIGTERM) }
 

@@ -87,6 +87,9 @@ func (m *Mosquitto) Start() {
 		acceptsTCP(m.Addr()), m.bin, "-c", m.conf)
 }
 
+// Pid is the process id of the running broker (it changes on Start).
+func (m *Mosquitto) Pid() int { return m.p.pid() }
+
 // Stop shuts the broker down gracefully (it saves its persistence file).
 func (m *Mosquitto) Stop() { m.p.stop(syscall.SIGTERM) }
 

@@ -142,6 +142,14 @@ func startProc(t testing.TB, logPath string, name string, args ...string) (*proc
 	return p, nil
 }
 
+// pid is the process id (0 when there is no process).
+func (p *proc) pid() int {
+	if p == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // stop sends sig (nil = SIGKILL) and waits for the process to exit.
 func (p *proc) stop(sig os.Signal) {
 	if p == nil {
