@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -63,23 +64,27 @@ func TestMapperJSON(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			prefix := []byte("prev\n")
-			got, n, err := m.Append(prefix, Message{Topic: tt.topic, Payload: []byte(tt.payload), Received: recv}, FormatJSON)
-			if tt.reason != "" {
-				var de *DecodeError
-				if !errors.As(err, &de) || de.Reason != tt.reason {
-					t.Fatalf("err = %v, want reason %s", err, tt.reason)
+			// Twice: the second time the topic's line prefix comes from
+			// the mapper's cache.
+			for round := 1; round <= 2; round++ {
+				prefix := []byte("prev\n")
+				got, n, err := m.Append(prefix, Message{Topic: tt.topic, Payload: []byte(tt.payload), Received: recv}, FormatJSON)
+				if tt.reason != "" {
+					var de *DecodeError
+					if !errors.As(err, &de) || de.Reason != tt.reason {
+						t.Fatalf("round %d: err = %v, want reason %s", round, err, tt.reason)
+					}
+					if string(got) != "prev\n" || n != 0 {
+						t.Fatalf("round %d: buffer changed on error: %q", round, got)
+					}
+					continue
 				}
-				if string(got) != "prev\n" || n != 0 {
-					t.Fatalf("buffer changed on error: %q", got)
+				if err != nil {
+					t.Fatal(err)
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n != 1 || string(got) != "prev\n"+tt.want {
-				t.Fatalf("got %d points %q\nwant %q", n, got, "prev\n"+tt.want)
+				if n != 1 || string(got) != "prev\n"+tt.want {
+					t.Fatalf("round %d: got %d points %q\nwant %q", round, n, got, "prev\n"+tt.want)
+				}
 			}
 		})
 	}
@@ -169,6 +174,11 @@ func FuzzMapper(f *testing.F) {
 				t.Fatalf("error without a reason: %v", err)
 			}
 			return
+		}
+		// The same message again (its topic's line prefix now cached)
+		// must encode to the same bytes.
+		if again, _, err := m.Append(nil, Message{Topic: topic, Payload: payload, Received: recv}, format); err != nil || !bytes.Equal(again, out) {
+			t.Fatalf("second encoding differs: %q (%v), first %q", again, err, out)
 		}
 		dec := lineprotocol.NewDecoderWithBytes(out)
 		lines := 0

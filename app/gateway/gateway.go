@@ -292,7 +292,11 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 // handle runs on the connection's read loop: decode, then hand over
 // (msg.Payload is not kept: the mapper copies what it needs).
 func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
-	g.m.received.WithLabelValues(string(f)).Inc()
+	if f == app.FormatLine {
+		g.m.receivedLine.Inc()
+	} else {
+		g.m.receivedJSON.Inc()
+	}
 	// One allocation sized for the usual line instead of several growths.
 	data, n, err := g.mapper.Append(make([]byte, 0, len(msg.Topic)+len(msg.Payload)+64), msg, f)
 	if err != nil {

@@ -6,12 +6,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
 // metrics are the gateway's Prometheus series, all prefixed iotgw_.
 type metrics struct {
 	received      *prometheus.CounterVec
+	receivedJSON  prometheus.Counter // received's children, looked up once:
+	receivedLine  prometheus.Counter // they count every message
 	rejected      *prometheus.CounterVec
 	acked         prometheus.Counter
 	pointsSpooled prometheus.Counter
@@ -53,6 +56,8 @@ func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotgw_mqtt_connected",
 			Help: "1 while the MQTT connection is up."}, []string{"connection"}),
 	}
+	m.receivedJSON = m.received.WithLabelValues(string(app.FormatJSON))
+	m.receivedLine = m.received.WithLabelValues(string(app.FormatLine))
 	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(sp.Stats()) } }
 	reg.MustRegister(m.received, m.rejected, m.acked, m.pointsSpooled, m.points, m.batches, m.writeLatency,
 		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected,
