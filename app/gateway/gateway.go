@@ -80,15 +80,7 @@ type Gateway struct {
 
 	body      []byte // writer loop only: the request body, reused
 	onWritten func(lines [][]byte, at time.Time)
-
-	// batchDropped is the spool's drop count when the writer read its
-	// current batch (writer goroutine only).
-	batchDropped int64
 }
-
-// errBatchDropped says the drop-oldest policy discarded (part of) the batch
-// being retried: it must be read again, not written.
-var errBatchDropped = errors.New("batch dropped from the spool while it was retried")
 
 // OnWritten registers f to be called with every group of lines InfluxDB
 // accepted (the demo measures latency with it). Call before Run; f must
@@ -448,7 +440,6 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 		if isDraining {
 			readCtx = ctx
 		}
-		g.batchDropped = g.spool.Stats().Dropped
 		batch, err := g.spool.Read(readCtx, batchSize, batchMaxBytes)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, spool.ErrClosed) {
@@ -477,13 +468,20 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 			}
 			continue
 		}
+		// The batch is written and committed even if drop-oldest discards
+		// its records from disk while the database is away: it is in
+		// memory, so they are not lost, and the spool counts a discarded
+		// record as dropped only once Rewind gives it up (see spool's
+		// dropFor). So nothing counted as dropped is ever written, and
+		// nothing is re-read because of a drop.
 		lines = splitLines(lines[:0], batch.Records)
 		if err := g.deliver(ctx, lines); err != nil {
+			// ctx ended; the batch stays spooled, and what drop-oldest
+			// discarded of it is counted now. (If a rejected batch was
+			// being split, halves already written are counted too if they
+			// were discarded: the spool commits whole batches only.)
 			g.spool.Rewind()
-			if errors.Is(err, errBatchDropped) {
-				continue // read again from past what was dropped
-			}
-			return // ctx ended; the batch stays spooled
+			return
 		}
 		if err := g.spool.Commit(batch.End); err != nil {
 			g.log.Error("spool commit", "err", err)
@@ -557,18 +555,12 @@ func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
 	return g.deliver(ctx, lines[half:])
 }
 
-// writeWithRetry returns nil, ctx's error, errBatchDropped, or a
-// *influx.WriteError the database will never accept as it is (rejected or
-// too large).
+// writeWithRetry returns nil, ctx's error, or a *influx.WriteError the
+// database will never accept as it is (rejected or too large).
 func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) error {
 	backoff := 100 * time.Millisecond
 	maxBackoff := g.cfg.Influx.MaxRetryInterval.Duration
 	for {
-		// drop-oldest may discard the batch while the database is away; a
-		// dropped record must not reach InfluxDB after it was counted lost.
-		if g.spool.Stats().Dropped != g.batchDropped {
-			return errBatchDropped
-		}
 		start := time.Now()
 		err := g.writer.Write(ctx, body)
 		g.m.writeLatency.Observe(time.Since(start).Seconds())

@@ -71,7 +71,10 @@ const (
 	// acknowledging, so the broker keeps the messages.
 	Block Policy = "block"
 	// DropOldest discards the oldest uncommitted records, whole records at a
-	// time, until the new batch fits.
+	// time, until the new batch fits. Records the reader holds (see Read)
+	// are discarded from disk like the others, but counted in
+	// Stats.Dropped only if the reader gives them up (Rewind): committed,
+	// they were delivered from its memory.
 	DropOldest Policy = "drop-oldest"
 )
 
@@ -115,7 +118,9 @@ func (p Position) String() string {
 }
 
 // Batch is what Read returns. The records are freshly allocated and belong
-// to the caller.
+// to the caller. From Read until Commit or Rewind the reader holds the
+// batch: DropOldest may discard its records from disk meanwhile, which
+// does not invalidate it. Deliver it and Commit, or Rewind.
 type Batch struct {
 	Records [][]byte
 	Oldest  time.Time // append time of the first record
@@ -127,10 +132,18 @@ type Stats struct {
 	Bytes          int64     // appended, not committed (headers included), damaged records still on disk included
 	Records        int64     // sequence numbers appended, not committed; includes damaged records not yet read past
 	Oldest         time.Time // append time of the oldest uncommitted record; zero if none
-	Dropped        int64     // records discarded by DropOldest since Open
+	Dropped        int64     // records discarded by DropOldest since Open that will never be delivered: see dropFor
 	CorruptRecords int64     // since Open: damaged records skipped, plus one per damaged stretch cut off
 	CorruptBytes   int64     // since Open: bytes of skipped records plus bytes cut off
 	Segments       int       // segment files on disk
+}
+
+// heldBatch is a batch the reader holds: the sequence numbers from the end
+// of the previous held batch (or the committed position) up to end, and how
+// many of its records DropOldest has discarded from disk.
+type heldBatch struct {
+	end     uint64
+	dropped int64
 }
 
 type segment struct {
@@ -163,6 +176,9 @@ type Spool struct {
 
 	readMu sync.Mutex // serialises Read; guards rbr
 	rbr    *bufio.Reader
+	// readHook, if set (tests only), runs each time Read has let go of mu
+	// to walk a segment.
+	readHook func()
 
 	commitMu sync.Mutex // orders checkpoint writes
 
@@ -186,6 +202,17 @@ type Spool struct {
 	// record counted and logged, so that reading it again after Rewind or
 	// after Open's scan does not count it twice.
 	damageSeen uint64
+	// held lists the batches Read handed out that were neither committed
+	// nor rewound, oldest first, with what DropOldest discarded of each:
+	// those records are counted in dropped only if Rewind gives them up.
+	// It holds one entry unless the reader reads ahead of its commits.
+	held []heldBatch
+	// reading is set while Read walks a segment without mu, from readFrom
+	// on; readDrops counts the records of that stretch DropOldest discarded
+	// meanwhile, which Read settles when it takes mu again.
+	reading   bool
+	readFrom  Position
+	readDrops int64
 	// rotate asks the next Append to start a new segment: the tail holds
 	// damage that the next Open would take for a torn tail and cut,
 	// together with everything appended after it.
@@ -639,7 +666,33 @@ func (s *Spool) Append(records [][]byte) error {
 
 // dropFor discards the oldest uncommitted records until need more bytes
 // fit under MaxBytes. Called with mu held. The committed position moves
-// past them; the reader, if it is behind, jumps there on its next Read.
+// past them and their bytes leave Stats.Bytes at once, so Append never
+// takes the spool over MaxBytes; the reader, if it is behind, jumps there
+// on its next Read.
+//
+// Stats.Dropped counts exactly the discarded records that are never
+// delivered, and a record is never counted before the reader has let go
+// of it, so a caller that writes out what Read returned never writes a
+// record counted as dropped. A discarded record falls in one of three
+// cases (see discard):
+//
+//   - Not read yet: counted at once. The reader cannot get it any more.
+//   - Held: Read returned it in a batch that was neither committed nor
+//     rewound. The batch in the reader's memory stays complete and valid
+//     (it does not need to be checked or read again); the record is noted
+//     against its batch. Commit of the batch means it was delivered and the
+//     note is forgotten; Rewind means it will not be, and counts it.
+//   - Being read: in the segment a Read is walking without mu, at or past
+//     where that walk began. Read settles these when it takes mu again:
+//     those it put in the batch become held, the rest are counted.
+//
+// Deferring the count, rather than taking the batch away from the reader,
+// keeps readings that are already in memory (they cost no disk space) and
+// spares the reader a check before every attempt and a re-read whenever
+// anything was dropped. The price is that Stats.Dropped lags while a
+// reader holds discarded records, and that a delivered batch can be older
+// than records discarded after it was read. Records still held at Close
+// are not counted: the reader neither delivered nor gave them up.
 func (s *Spool) dropFor(need int64) error {
 	var n int64
 	for s.bytes+need > s.maxBytes && s.records > 0 {
@@ -654,6 +707,7 @@ func (s *Spool) dropFor(need int64) error {
 			end := Position{seg: c.seg, off: s.segs[i].size, seq: s.endSeq(i)}
 			s.bytes -= end.off - c.off
 			n += int64(end.seq - c.seq)
+			s.discard(c.seg, c.seq, end.seq)
 			s.committed = end
 			s.records = int64(s.next - end.seq)
 			if i == len(s.segs)-1 {
@@ -667,15 +721,46 @@ func (s *Spool) dropFor(need int64) error {
 		s.committed = Position{seg: c.seg, off: c.off + h.size(), seq: c.seq + 1}
 		s.bytes -= h.size()
 		s.records = int64(s.next - s.committed.seq)
+		s.discard(c.seg, c.seq, c.seq+1)
 		n++
 	}
-	s.dropped += n
 	if !s.dropping {
 		s.dropping = true
 		s.log.Warn("spool: MaxBytes reached, dropping the oldest records", "max_bytes", s.maxBytes, "dropped", n)
 	}
 	s.settle()
 	return nil
+}
+
+// discard accounts for the records with sequence numbers from to to-1, all
+// in segment seg, that dropFor has just removed (see dropFor for the three
+// cases). Within a segment every record takes one sequence number, damaged
+// ones included, so counting by sequence numbers is exact. Called with mu
+// held, before settle moves the reader.
+func (s *Spool) discard(seg, from, to uint64) {
+	// Held: everything before readPos that is not committed.
+	for i := range s.held {
+		if from >= to || from >= s.readPos.seq {
+			break
+		}
+		h := &s.held[i]
+		if from >= h.end {
+			continue
+		}
+		k := min(to, h.end, s.readPos.seq) - from
+		h.dropped += int64(k)
+		from += k
+	}
+	if from >= to {
+		return
+	}
+	// Being read. readPos only moves forward from readFrom during the walk,
+	// so the held case above has taken everything before it.
+	if s.reading && seg == s.readFrom.seg && from >= s.readFrom.seq {
+		s.readDrops += int64(to - from)
+		return
+	}
+	s.dropped += int64(to - from)
 }
 
 // settle runs after the committed position moved: catch the reader up,
@@ -826,6 +911,11 @@ func (s *Spool) distance(a, b Position) int64 {
 // what was skipped, so committing it releases the damaged bytes too. If
 // the damaged length is in the segment being appended to, the next Append
 // starts a new segment, so that a restart does not cut off what follows.
+//
+// The returned batch is held until Commit or Rewind; DropOldest discarding
+// its records from disk meanwhile changes nothing for the caller, which
+// delivers and commits it as usual (see dropFor for how that is counted).
+// Reading again before either continues after the batch.
 func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, error) {
 	if maxRecords <= 0 {
 		maxRecords = 1000
@@ -839,6 +929,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 	b := Batch{Records: make([][]byte, 0, min(maxRecords, 1024))}
 	var arena []byte
 	payload := 0
+	holding := false // this call has added its entry to s.held
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -883,7 +974,11 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			s.rf, s.rfSeg = f, pos.seg
 		}
 		f := s.rf
+		s.reading, s.readFrom, s.readDrops = true, pos, 0
 		s.mu.Unlock()
+		if s.readHook != nil {
+			s.readHook()
+		}
 
 		s.rbr.Reset(io.NewSectionReader(f, pos.off, end-pos.off))
 		r := recordReader{br: s.rbr, off: pos.off, end: end}
@@ -943,6 +1038,27 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		}
 		pos.off, pos.seq = r.off, seq
 		s.mu.Lock()
+		// Records DropOldest discarded from start on while this walk ran:
+		// those before pos are in the batch and now held like the rest of
+		// it; the others were never read and count as dropped. They run
+		// from start without a gap up to the committed position or the end
+		// of the segment, whichever comes first.
+		s.reading = false
+		var got int64
+		if reach := min(s.committed.seq, pos.seq); s.readDrops > 0 && reach > start.seq {
+			got = min(s.readDrops, int64(reach-start.seq))
+		}
+		s.dropped += s.readDrops - got
+		s.readDrops = 0
+		if pos.seq > start.seq {
+			if !holding {
+				s.held = append(s.held, heldBatch{})
+				holding = true
+			}
+			h := &s.held[len(s.held)-1]
+			h.end = pos.seq
+			h.dropped += got
+		}
 		// Only DropOldest moves readPos meanwhile, and only forwards.
 		if s.readPos == start || pos.seq > s.readPos.seq {
 			s.readPos = pos
@@ -975,8 +1091,16 @@ func (s *Spool) isClosed() bool {
 
 // Rewind makes the next Read start again at the committed position. The
 // writer calls it after a failed delivery, from the goroutine that reads.
+//
+// Rewind gives up the batches read since the last Commit: records of them
+// that DropOldest discarded meanwhile will not be read again and are
+// counted in Stats.Dropped now.
 func (s *Spool) Rewind() {
 	s.mu.Lock()
+	for _, h := range s.held {
+		s.dropped += h.dropped
+	}
+	s.held = s.held[:0]
 	s.readPos = s.committed
 	s.mu.Unlock()
 }
@@ -984,10 +1108,12 @@ func (s *Spool) Rewind() {
 // Commit records that everything up to end has been delivered: it releases
 // those bytes from the cap, deletes segment files that are fully consumed
 // and saves the position in the checkpoint file. A position at or before
-// the committed one (for instance because DropOldest moved past it) is
-// ignored. If the checkpoint cannot be saved the error is returned, but the
-// spool has still advanced in memory; a restart then replays from the last
-// saved checkpoint, which is harmless.
+// the committed one (for instance because DropOldest moved past it) does
+// not move the spool, but the batches up to it still count as delivered:
+// what DropOldest discarded of them is not counted as dropped. If the
+// checkpoint cannot be saved the error is returned, but the spool has
+// still advanced in memory; a restart then replays from the last saved
+// checkpoint, which is harmless.
 func (s *Spool) Commit(end Position) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
@@ -997,6 +1123,7 @@ func (s *Spool) Commit(end Position) error {
 		return ErrClosed
 	}
 	if end.seq <= s.committed.seq {
+		s.delivered(end.seq)
 		s.mu.Unlock()
 		return nil
 	}
@@ -1004,6 +1131,7 @@ func (s *Spool) Commit(end Position) error {
 		s.mu.Unlock()
 		return fmt.Errorf("spool: commit %s: position is not in the spool", end)
 	}
+	s.delivered(end.seq)
 	s.bytes -= s.distance(s.committed, end)
 	s.records -= int64(end.seq - s.committed.seq)
 	s.committed = end
@@ -1014,6 +1142,17 @@ func (s *Spool) Commit(end Position) error {
 		return fmt.Errorf("spool: save checkpoint: %w", err)
 	}
 	return nil
+}
+
+// delivered forgets the held batches that end at or before the sequence
+// number end: they were delivered, including the records DropOldest
+// discarded from disk meanwhile. Called with mu held.
+func (s *Spool) delivered(end uint64) {
+	i := 0
+	for i < len(s.held) && s.held[i].end <= end {
+		i++
+	}
+	s.held = slices.Delete(s.held, 0, i)
 }
 
 // Stats returns a snapshot of the counters. Safe from any goroutine.
