@@ -85,7 +85,7 @@ type Influx struct {
 	FlushInterval    Duration `toml:"flush_interval"`
 	Timeout          Duration `toml:"timeout"`
 	MaxRetryInterval Duration `toml:"max_retry_interval"`
-	Gzip             bool     `toml:"gzip"`
+	Gzip             Gzip     `toml:"gzip"`
 }
 
 // Spool is the durable queue between MQTT and InfluxDB.
@@ -129,6 +129,57 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the duration back.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
+// Gzip says whether write requests are compressed: true, false, or
+// "auto", which compresses unless InfluxDB is on this host (loopback):
+// there compression only costs CPU on both ends and memory in the gateway.
+type Gzip string
+
+// Gzip settings.
+const (
+	GzipAuto Gzip = "auto"
+	GzipOn   Gzip = "true"
+	GzipOff  Gzip = "false"
+)
+
+// UnmarshalTOML accepts a boolean or "auto".
+func (g *Gzip) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case bool:
+		*g = GzipOff
+		if v {
+			*g = GzipOn
+		}
+		return nil
+	case string:
+		switch Gzip(v) {
+		case GzipAuto, GzipOn, GzipOff:
+			*g = Gzip(v)
+			return nil
+		}
+	}
+	return fmt.Errorf("%v is not true, false or \"auto\"", v)
+}
+
+// Enabled resolves the setting for an InfluxDB URL.
+func (g Gzip) Enabled(influxURL string) bool {
+	switch g {
+	case GzipOn:
+		return true
+	case GzipOff:
+		return false
+	}
+	u, err := url.Parse(influxURL)
+	if err != nil {
+		return true
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
+}
+
 // Default returns the defaults, the same values sample.toml documents.
 func Default() Config {
 	return Config{
@@ -155,7 +206,7 @@ func Default() Config {
 			FlushInterval:    Duration{100 * time.Millisecond},
 			Timeout:          Duration{10 * time.Second},
 			MaxRetryInterval: Duration{30 * time.Second},
-			Gzip:             true,
+			Gzip:             GzipAuto,
 		},
 		Spool: Spool{
 			Dir:          "/var/lib/iotgw",

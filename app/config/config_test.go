@@ -65,6 +65,7 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown table", "[mqttt]\nurl = \"x\"\n", nil, "unknown key mqttt"},
 		{"bad type", "[mqtt]\nqos = \"one\"\n", nil, "qos"},
 		{"bad duration", "[influx]\ntimeout = \"soon\"\n", nil, "not a duration"},
+		{"bad gzip", "[influx]\ngzip = \"maybe\"\n", nil, `maybe is not true, false or "auto"`},
 		{"syntax", "[mqtt\n", nil, "gw.toml"},
 		{"bad env int", "", map[string]string{"IOTGW_MQTT_QOS": "high"}, "environment IOTGW_MQTT_QOS"},
 	}
@@ -115,5 +116,36 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestGzip(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want Gzip
+	}{
+		{"gzip = true", GzipOn}, {"gzip = false", GzipOff}, {`gzip = "auto"`, GzipAuto}, {"", GzipAuto},
+	} {
+		c, err := Load(write(t, "[influx]\n"+tt.body+"\n"), noEnv)
+		if err != nil || c.Influx.Gzip != tt.want {
+			t.Errorf("%q: %q, %v; want %q", tt.body, c.Influx.Gzip, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		g    Gzip
+		url  string
+		want bool
+	}{
+		{GzipAuto, "http://127.0.0.1:8086", false},
+		{GzipAuto, "http://localhost:8086", false},
+		{GzipAuto, "http://[::1]:8086", false},
+		{GzipAuto, "https://influx.example.com", true},
+		{GzipAuto, "http://10.0.0.5:8086", true},
+		{GzipOn, "http://127.0.0.1:8086", true},
+		{GzipOff, "https://influx.example.com", false},
+	} {
+		if got := tt.g.Enabled(tt.url); got != tt.want {
+			t.Errorf("%s.Enabled(%s) = %v", tt.g, tt.url, got)
+		}
 	}
 }

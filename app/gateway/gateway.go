@@ -116,7 +116,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		return nil, err
 	}
 	w, err := influx.New(influx.Config{URL: cfg.Influx.URL, Token: cfg.Influx.Token, Org: cfg.Influx.Org,
-		Bucket: cfg.Influx.Bucket, Timeout: cfg.Influx.Timeout.Duration, Gzip: cfg.Influx.Gzip})
+		Bucket: cfg.Influx.Bucket, Timeout: cfg.Influx.Timeout.Duration, Gzip: cfg.Influx.Gzip.Enabled(cfg.Influx.URL)})
 	if err != nil {
 		sp.Close()
 		dead.Close()

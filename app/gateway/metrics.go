@@ -72,7 +72,7 @@ func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
 				}
 				return time.Since(s.Oldest).Seconds()
 			})),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages dropped by the drop-oldest policy."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages the drop-oldest policy discarded before InfluxDB had them (never written)."},
 			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_corrupt_records_total", Help: "Damaged records cut off the spool at start."},
 			stat(func(s spool.Stats) float64 { return float64(s.CorruptRecords) })),

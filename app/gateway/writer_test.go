@@ -118,7 +118,7 @@ func writerGateway(t *testing.T, url string, capReadings, batch int) *Gateway {
 	cfg.Spool.SegmentBytes = 8 * readingSize
 	cfg.Spool.Policy = string(spool.DropOldest)
 	cfg.Influx.URL = url
-	cfg.Influx.Gzip = false
+	cfg.Influx.Gzip = config.GzipOff
 	cfg.Influx.BatchSize = batch
 	cfg.Influx.FlushInterval = config.Duration{Duration: time.Millisecond}
 	cfg.Influx.MaxRetryInterval = config.Duration{Duration: 20 * time.Millisecond}

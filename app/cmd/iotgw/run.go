@@ -116,7 +116,7 @@ for profiling; it is off by default.`,
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			log.Info("iotgw starting", "version", version, "mqtt", cfg.MQTT.URL, "influx", cfg.Influx.URL,
-				"bucket", cfg.Influx.Bucket, "spool", cfg.Spool.Dir)
+				"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir)
 			return g.Run(ctx)
 		},
 	}
