@@ -91,7 +91,8 @@ func TestRunResolvesSSMReferences(t *testing.T) {
 	client := ssm.New(ssm.Options{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")})
 	if _, err := client.PutParameter(context.Background(), &ssm.PutParameterInput{
-		Name: aws.String("/iot-gateway/dev/influx-token"), Value: aws.String("tok"), Type: types.ParameterTypeSecureString}); err != nil {
+		Name: aws.String("/iot-gateway/dev/influx-token"), Value: aws.String("tok"), Type: types.ParameterTypeSecureString,
+		Overwrite: aws.Bool(true)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("IOTGW_INFLUX_TOKEN", "ssm:/iot-gateway/dev/influx-token")

@@ -2,6 +2,8 @@ package testsvc
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -102,17 +104,52 @@ func (in *Influx) Stop() { in.p.stop(syscall.SIGTERM) }
 // Kill stops influxd with SIGKILL.
 func (in *Influx) Kill() { in.p.stop(nil) }
 
-// exec runs an InfluxQL statement (1.8's /query) for setup only.
+// exec runs an InfluxQL statement (1.8's /query) for setup only. 1.8
+// answers 200 with the error in the body when a statement fails (right
+// after start its meta store may not be open yet), so the body is checked
+// and the statement retried until it succeeds or 10 s pass.
 func (in *Influx) exec(q string) {
 	in.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := in.tryExec(q)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			in.t.Fatalf("testsvc: influx %q: %v", q, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a readiness condition
+	}
+}
+
+func (in *Influx) tryExec(q string) error {
 	resp, err := http.PostForm(in.URL()+"/query", url.Values{"q": {q}})
 	if err != nil {
-		in.t.Fatalf("testsvc: influx %q: %v", q, err)
+		return err
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
+	var body struct {
+		Error   string `json:"error"`
+		Results []struct {
+			Error string `json:"error"`
+		} `json:"results"`
+	}
 	if resp.StatusCode != http.StatusOK {
-		in.t.Fatalf("testsvc: influx %q: %s", q, resp.Status)
+		return fmt.Errorf("%s", resp.Status)
 	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return fmt.Errorf("response: %w", err)
+	}
+	if body.Error != "" {
+		return errors.New(body.Error)
+	}
+	for _, r := range body.Results {
+		if r.Error != "" {
+			return errors.New(r.Error)
+		}
+	}
+	return nil
 }
 
 // Query runs a Flux query through the v2 API (/api/v2/query) and returns
