@@ -46,6 +46,9 @@ type Config struct {
 // Gateway identifies this gateway.
 type Gateway struct {
 	ID string `toml:"id"` // tag "gateway" on every point; empty = host name
+	// MemoryLimit is the Go runtime's soft memory limit in bytes (what
+	// GOMEMLIMIT sets, which overrides it); 0 turns it off.
+	MemoryLimit int64 `toml:"memory_limit"`
 }
 
 // MQTT is the broker connection and subscriptions.
@@ -183,6 +186,7 @@ func (g Gzip) Enabled(influxURL string) bool {
 // Default returns the defaults, the same values sample.toml documents.
 func Default() Config {
 	return Config{
+		Gateway: Gateway{MemoryLimit: 16 << 20},
 		MQTT: MQTT{
 			URL:                  "tcp://127.0.0.1:1883",
 			ClientID:             "iotgw",
@@ -404,6 +408,9 @@ func (c *Config) Validate() error {
 	positive("influx.max_retry_interval", c.Influx.MaxRetryInterval)
 	if c.Spool.Dir == "" {
 		bad("spool.dir", "must be set")
+	}
+	if l := c.Gateway.MemoryLimit; l != 0 && (l < 8<<20 || l > 1<<40) {
+		bad("gateway.memory_limit", "%d is not 0 (off) or between 8 MiB and 1 TiB", l)
 	}
 	if c.Spool.MaxBytes < 1<<20 {
 		bad("spool.max_bytes", "%d is below 1 MiB", c.Spool.MaxBytes)

@@ -91,6 +91,7 @@ func TestValidate(t *testing.T) {
 		{"mqtt url", func(c *Config) { c.MQTT.URL = "localhost" }, "mqtt.url"},
 		{"mqtt scheme", func(c *Config) { c.MQTT.URL = "http://x:1" }, "mqtt.url: scheme"},
 		{"qos", func(c *Config) { c.MQTT.QoS = 3 }, "mqtt.qos"},
+		{"memory limit too low", func(c *Config) { c.Gateway.MemoryLimit = 1 << 20 }, "gateway.memory_limit"},
 		{"no topics", func(c *Config) { c.MQTT.Topics = nil }, "mqtt.topics"},
 		{"bad filter", func(c *Config) { c.MQTT.Topics = []string{"a/#/b"} }, "mqtt.topics"},
 		{"bad share", func(c *Config) { c.MQTT.Topics = []string{"$share/g"} }, "mqtt.topics"},

@@ -8,6 +8,7 @@ import (
 	_ "net/http/pprof" // served only when IOTGW_PPROF_ADDR is set
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -100,6 +101,9 @@ for profiling; it is off by default.`,
 				return nil
 			}
 			log := newLogger(cfg.Log)
+			if _, set := os.LookupEnv("GOMEMLIMIT"); !set && cfg.Gateway.MemoryLimit > 0 {
+				debug.SetMemoryLimit(cfg.Gateway.MemoryLimit)
+			}
 			if addr := os.Getenv("IOTGW_PPROF_ADDR"); addr != "" {
 				// Opt-in profiling for benchmarks; keep it on loopback.
 				go func() {
@@ -116,7 +120,8 @@ for profiling; it is off by default.`,
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			log.Info("iotgw starting", "version", version, "mqtt", cfg.MQTT.URL, "influx", cfg.Influx.URL,
-				"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir)
+				"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir,
+				"memory_limit", debug.SetMemoryLimit(-1))
 			return g.Run(ctx)
 		},
 	}
