@@ -47,8 +47,25 @@ const (
 
 type pending struct {
 	data   []byte
+	buf    *[]byte // where data lives, from lineBufs; recycled once spooled
 	points int
 	ack    mqtt.Ack
+}
+
+// lineBufs recycles the buffers messages are decoded into: the spool
+// copies them, so each can be reused as soon as its group is appended.
+// One fresh buffer per message was most of the gateway's garbage.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// maxPooledBuf keeps buffers grown by an unusually large message out of
+// the pool.
+const maxPooledBuf = 64 << 10
+
+func recycle(buf *[]byte, data []byte) {
+	if cap(data) <= maxPooledBuf {
+		*buf = data[:0]
+		lineBufs.Put(buf)
+	}
 }
 
 // Gateway is one running pipeline.
@@ -289,9 +306,10 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 	} else {
 		g.m.receivedJSON.Inc()
 	}
-	// One allocation sized for the usual line instead of several growths.
-	data, n, err := g.mapper.Append(make([]byte, 0, len(msg.Topic)+len(msg.Payload)+64), msg, f)
+	buf := lineBufs.Get().(*[]byte)
+	data, n, err := g.mapper.Append((*buf)[:0], msg, f)
 	if err != nil {
+		recycle(buf, data)
 		reason := app.ReasonBadField
 		var de *app.DecodeError
 		if errors.As(err, &de) {
@@ -312,7 +330,7 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 		return // shutting down: not acknowledged, so the broker delivers it again
 	}
 	select {
-	case g.inbox <- pending{data: data, points: n, ack: ack}:
+	case g.inbox <- pending{data: data, buf: buf, points: n, ack: ack}:
 	case <-g.stopping:
 	}
 }
@@ -359,6 +377,7 @@ func (g *Gateway) appendLoop() {
 		}
 		for _, p := range group {
 			p.ack.Ack()
+			recycle(p.buf, p.data)
 		}
 		g.m.acked.Add(float64(len(group)))
 		g.m.pointsSpooled.Add(float64(points))
