@@ -207,6 +207,13 @@ type Spool struct {
 	// those records are counted in dropped only if Rewind gives them up.
 	// It holds one entry unless the reader reads ahead of its commits.
 	held []heldBatch
+	// Memory of the records Read hands out, recycled once no batch is held
+	// (see recycle): freeArenas are ready to carve records from, lent are
+	// the arenas and record lists of the held batches.
+	freeArenas [][]byte
+	lentArenas [][]byte
+	freeLists  [][][]byte
+	lentLists  [][][]byte
 	// reading is set while Read walks a segment without mu, from readFrom
 	// on; readDrops counts the records of that stretch DropOldest discarded
 	// meanwhile, which Read settles when it takes mu again.
@@ -904,6 +911,11 @@ func (s *Spool) distance(a, b Position) int64 {
 // record is readable or ctx is done. maxRecords <= 0 means 1000 and
 // maxBytes <= 0 means 1 MiB. Memory use is the batch plus a 64 KiB buffer.
 //
+// The records stay valid until the batch is given up: by a Commit at or
+// past its end, or by Rewind. Once no batch is held, Read reuses their
+// memory for the next batches (recycling it took most of the garbage out
+// of the gateway's writer).
+//
 // Damage met here (the disk changed a record after Open) is skipped and
 // counted in Stats, with a warning: a record whose checksum fails is passed
 // over, and after a damaged length, which leaves the following records
@@ -926,8 +938,9 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 
-	b := Batch{Records: make([][]byte, 0, min(maxRecords, 1024))}
+	b := Batch{Records: s.takeList(min(maxRecords, 1024))}
 	var arena []byte
+	var arenas [][]byte // taken by this call, lent with the batch
 	payload := 0
 	holding := false // this call has added its entry to s.held
 	for {
@@ -939,6 +952,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		s.readPos = s.normalize(s.readPos)
 		if s.readPos.seq >= s.next {
 			if len(b.Records) > 0 {
+				s.lend(b.Records, arenas)
 				s.mu.Unlock()
 				return b, nil
 			}
@@ -1005,11 +1019,14 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 				break
 			}
 			if len(arena) < h.length {
-				// Carve records out of chunks rather than allocating each;
-				// size the chunk by what this batch can still take.
-				chunk := min(int64(maxBytes-payload), r.end-r.off-headerSize, 256<<10,
-					int64(maxRecords-len(b.Records))*int64(max(h.length, 64)))
-				arena = make([]byte, max(int64(h.length), chunk))
+				// Carve records out of arenas rather than allocating each;
+				// arenas come back for reuse once the batch is given up.
+				if h.length > arenaSize {
+					arena = make([]byte, h.length)
+				} else {
+					arena = s.takeArena()
+				}
+				arenas = append(arenas, arena)
 			}
 			rec := arena[:h.length:h.length]
 			if err := r.read(h, rec); err != nil {
@@ -1070,6 +1087,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		b.End = pos
 		if rerr != nil {
 			if len(b.Records) > 0 {
+				s.lendLocked(b.Records, arenas)
 				return b, nil
 			}
 			if s.isClosed() {
@@ -1078,9 +1096,79 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			return Batch{}, fmt.Errorf("spool: read %s: %w", f.Name(), rerr)
 		}
 		if full || len(b.Records) >= maxRecords {
+			s.lendLocked(b.Records, arenas)
 			return b, nil
 		}
 	}
+}
+
+// arenaSize is the chunk Read carves records out of; larger records get
+// memory of their own, which is not recycled.
+const arenaSize = 64 << 10
+
+// maxFreeArenas bounds the arenas kept for reuse (8 MiB, the gateway's
+// largest batch).
+const maxFreeArenas = 128
+
+// takeArena returns a free arena or a new one.
+func (s *Spool) takeArena() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.freeArenas); n > 0 {
+		a := s.freeArenas[n-1]
+		s.freeArenas = s.freeArenas[:n-1]
+		return a[:arenaSize]
+	}
+	return make([]byte, arenaSize)
+}
+
+// takeList returns an empty record list, reused if one is free.
+func (s *Spool) takeList(size int) [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.freeLists); n > 0 {
+		l := s.freeLists[n-1]
+		s.freeLists = s.freeLists[:n-1]
+		return l[:0]
+	}
+	return make([][]byte, 0, size)
+}
+
+// lend records the memory of a batch handed out. Called with mu held.
+func (s *Spool) lend(records [][]byte, arenas [][]byte) {
+	s.lentLists = append(s.lentLists, records)
+	s.lentArenas = append(s.lentArenas, arenas...)
+}
+
+func (s *Spool) lendLocked(records [][]byte, arenas [][]byte) {
+	s.mu.Lock()
+	s.lend(records, arenas)
+	s.mu.Unlock()
+}
+
+// recycle takes back the memory of the batches handed out once none is
+// held any more (after Commit of the last one, or Rewind): the caller has
+// given up their records, so the next Read may overwrite them. Called with
+// mu held.
+func (s *Spool) recycle() {
+	if len(s.held) > 0 {
+		return
+	}
+	for _, a := range s.lentArenas {
+		if cap(a) == arenaSize && len(s.freeArenas) < maxFreeArenas {
+			s.freeArenas = append(s.freeArenas, a)
+		}
+	}
+	clear(s.lentArenas)
+	s.lentArenas = s.lentArenas[:0]
+	for _, l := range s.lentLists {
+		if len(s.freeLists) < 2 {
+			clear(l[:cap(l)]) // let go of the records it points to
+			s.freeLists = append(s.freeLists, l)
+		}
+	}
+	clear(s.lentLists)
+	s.lentLists = s.lentLists[:0]
 }
 
 func (s *Spool) isClosed() bool {
@@ -1101,6 +1189,7 @@ func (s *Spool) Rewind() {
 		s.dropped += h.dropped
 	}
 	s.held = s.held[:0]
+	s.recycle()
 	s.readPos = s.committed
 	s.mu.Unlock()
 }
@@ -1153,6 +1242,7 @@ func (s *Spool) delivered(end uint64) {
 		i++
 	}
 	s.held = slices.Delete(s.held, 0, i)
+	s.recycle()
 }
 
 // Stats returns a snapshot of the counters. Safe from any goroutine.

@@ -923,3 +923,56 @@ func TestOldest(t *testing.T) {
 		t.Fatalf("after reopening: %+v", st)
 	}
 }
+
+// Read recycles the memory of batches once they are given up, and only
+// then: a batch still held keeps its records when the reader reads ahead.
+func TestReadRecyclesGivenUpBatches(t *testing.T) {
+	s := open(t, Options{Dir: t.TempDir()})
+	appendRange(t, s, 0, 300, 50)
+	ctx := context.Background()
+	read := func(from, n int) Batch {
+		t.Helper()
+		b, err := s.Read(ctx, n, 0)
+		if err != nil || len(b.Records) != n {
+			t.Fatalf("Read: %d records, %v", len(b.Records), err)
+		}
+		for i, r := range b.Records {
+			if !bytes.Equal(r, payload(from+i)) {
+				t.Fatalf("record %d = %q", from+i, r)
+			}
+		}
+		return b
+	}
+	check := func(b Batch, from int, what string) {
+		t.Helper()
+		for i, r := range b.Records {
+			if !bytes.Equal(r, payload(from+i)) {
+				t.Fatalf("%s: record %d changed to %q", what, from+i, r)
+			}
+		}
+	}
+	first := read(0, 100)
+	if err := s.Commit(first.End); err != nil {
+		t.Fatal(err)
+	}
+	second := read(100, 100)
+	if &second.Records[0][0] != &first.Records[0][0] {
+		t.Fatal("the memory of a committed batch was not reused")
+	}
+	// Read ahead: second is held while third is read, so third must not
+	// take second's memory; committing second alone, with third still
+	// held, must not recycle either.
+	third := read(200, 50)
+	check(second, 100, "second while third was read")
+	if err := s.Commit(second.End); err != nil {
+		t.Fatal(err)
+	}
+	fourth := read(250, 50)
+	check(third, 200, "third while fourth was read")
+	// Rewind gives up both held batches: reading again reuses memory and
+	// returns the same records.
+	s.Rewind()
+	again := read(200, 50)
+	_ = fourth
+	check(again, 200, "after Rewind")
+}
