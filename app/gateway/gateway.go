@@ -46,26 +46,53 @@ const (
 )
 
 type pending struct {
-	data   []byte
-	buf    *[]byte // where data lives, from lineBufs; recycled once spooled
+	data   []byte // from lineBufs, given back once spooled
 	points int
 	ack    mqtt.Ack
 }
 
 // lineBufs recycles the buffers messages are decoded into: the spool
 // copies them, so each can be reused as soon as its group is appended.
-// One fresh buffer per message was most of the gateway's garbage.
-var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+// One fresh buffer per message was most of the gateway's garbage. (A
+// sync.Pool lost its buffers at every collection, which under the memory
+// limit come often.)
+var lineBufs bufStack
 
-// maxPooledBuf keeps buffers grown by an unusually large message out of
-// the pool.
-const maxPooledBuf = 64 << 10
+// bufStack is a bounded free list of buffers.
+type bufStack struct {
+	mu   sync.Mutex
+	free [][]byte
+}
 
-func recycle(buf *[]byte, data []byte) {
-	if cap(data) <= maxPooledBuf {
-		*buf = data[:0]
-		lineBufs.Put(buf)
+const (
+	// maxFreeBufs bounds the buffers kept: about what one broker window
+	// and a group commit hold in flight.
+	maxFreeBufs = 2048
+	// maxPooledBuf keeps buffers grown by an unusually large message out.
+	maxPooledBuf = 64 << 10
+)
+
+func (p *bufStack) get() []byte {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		p.mu.Unlock()
+		return b
 	}
+	p.mu.Unlock()
+	return make([]byte, 0, 256)
+}
+
+// put gives back the buffers of a spooled group, under one lock.
+func (p *bufStack) put(group []pending) {
+	p.mu.Lock()
+	for _, g := range group {
+		if cap(g.data) <= maxPooledBuf && len(p.free) < maxFreeBufs {
+			p.free = append(p.free, g.data[:0])
+		}
+	}
+	p.mu.Unlock()
 }
 
 // Gateway is one running pipeline.
@@ -306,10 +333,9 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 	} else {
 		g.m.receivedJSON.Inc()
 	}
-	buf := lineBufs.Get().(*[]byte)
-	data, n, err := g.mapper.Append((*buf)[:0], msg, f)
+	data, n, err := g.mapper.Append(lineBufs.get(), msg, f)
 	if err != nil {
-		recycle(buf, data)
+		lineBufs.put([]pending{{data: data}})
 		reason := app.ReasonBadField
 		var de *app.DecodeError
 		if errors.As(err, &de) {
@@ -330,7 +356,7 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 		return // shutting down: not acknowledged, so the broker delivers it again
 	}
 	select {
-	case g.inbox <- pending{data: data, buf: buf, points: n, ack: ack}:
+	case g.inbox <- pending{data: data, points: n, ack: ack}:
 	case <-g.stopping:
 	}
 }
@@ -377,8 +403,8 @@ func (g *Gateway) appendLoop() {
 		}
 		for _, p := range group {
 			p.ack.Ack()
-			recycle(p.buf, p.data)
 		}
+		lineBufs.put(group)
 		g.m.acked.Add(float64(len(group)))
 		g.m.pointsSpooled.Add(float64(points))
 	}
