@@ -76,7 +76,7 @@ type client struct {
 	log     *slog.Logger
 
 	up     atomic.Bool
-	reads  atomic.Uint64 // packets read, for the keep-alive check
+	reads  atomic.Uint64 // packets read and handler returns, for the keep-alive check
 	inCall atomic.Bool   // the read loop is inside the handler
 
 	mu     sync.Mutex
@@ -280,7 +280,7 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 			return err
 		}
 		defer conn.r.Discard(n) //nolint:errcheck // peeked, so it cannot fail
-	} else if body, err = c.readLarge(conn.r, n); err != nil {
+	} else if body, err = c.readLarge(conn.r, qos, n); err != nil {
 		return err
 	}
 	if len(body) < 2 {
@@ -306,6 +306,11 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 	t := c.topic(topic)
 	c.inCall.Store(true)
 	c.h(app.Message{Topic: t.name, Payload: rest, Received: time.Now()}, t.format, ack)
+	// Packets that arrived while the handler held the read loop are read
+	// only after it returns. Count the return as progress, before clearing
+	// inCall: keepAlive loads inCall first, so it sees either the call or
+	// the count moved, never a loop that looks idle but was just busy.
+	c.reads.Add(1)
 	c.inCall.Store(false)
 	return nil
 }
@@ -314,8 +319,17 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 // payload the gateway accepts, the rest is discarded: the handler sees a
 // payload one byte over the limit and rejects it as too large, and the
 // connection stays in step.
-func (c *client) readLarge(r *bufio.Reader, n int) ([]byte, error) {
-	limit := 2 + 65535 + 2 + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
+func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
+	// The limit counts this packet's own topic and packet id, so what is
+	// kept of the payload is exactly one byte over the largest accepted.
+	tl, err := r.Peek(2)
+	if err != nil {
+		return nil, err
+	}
+	limit := 2 + (int(tl[0])<<8 | int(tl[1])) + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
+	if qos > 0 {
+		limit += 2
+	}
 	keep := min(n, limit)
 	if cap(c.scratch) < keep {
 		c.scratch = make([]byte, keep)
@@ -362,8 +376,9 @@ func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan 
 			return
 		case <-t.C:
 		}
+		busy := c.inCall.Load() // before reads: see publish
 		now := c.reads.Load()
-		if asked && now == last && !c.inCall.Load() {
+		if asked && now == last && !busy {
 			c.log.Warn("mqtt broker silent for a keep-alive interval; reconnecting", "client_id", c.id, "keepalive", every)
 			_ = conn.Conn.Close() // the read loop fails and the session ends
 			return
