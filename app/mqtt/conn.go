@@ -86,6 +86,7 @@ type bufferedConn struct {
 	pending []byte
 	spare   []byte
 	err     error // first write error; every later Write returns it
+	writing bool  // the flusher is writing a swapped-out buffer
 	closed  bool
 	wake    chan struct{}
 	done    chan struct{}
@@ -128,10 +129,12 @@ func (b *bufferedConn) flusher() {
 		for len(b.pending) > 0 && b.err == nil {
 			out := b.pending
 			b.pending = b.spare[:0]
+			b.writing = true
 			b.mu.Unlock()
 			_ = b.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 			_, err := b.Conn.Write(out)
 			b.mu.Lock()
+			b.writing = false
 			b.spare = out[:0]
 			if err != nil {
 				b.err = err
@@ -144,6 +147,28 @@ func (b *bufferedConn) flusher() {
 			return
 		}
 	}
+}
+
+// closeWrite waits until everything written so far is sent, then shuts
+// down the sending side (for TLS: close_notify), so that the peer reads
+// all of it and sees the end. Closing a socket with unread data in it
+// resets the connection instead, and the peer may then lose what was sent
+// last. Connections without a half close (WebSockets) report
+// errors.ErrUnsupported.
+func (b *bufferedConn) closeWrite() error {
+	b.mu.Lock()
+	for (len(b.pending) > 0 || b.writing) && b.err == nil && !b.closed {
+		b.cond.Wait()
+	}
+	err := b.err
+	b.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // Close sends what is pending (bounded by the connection's write deadline

@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -81,6 +82,7 @@ type client struct {
 
 	mu     sync.Mutex
 	conn   *bufferedConn // the current connection; nil between sessions
+	ended  chan struct{} // closed when the current session has ended
 	closed bool
 
 	// read loop only
@@ -143,13 +145,15 @@ func (c *client) session() error {
 		conn.Close()
 		return net.ErrClosed
 	}
-	c.conn = conn
+	ended := make(chan struct{})
+	c.conn, c.ended = conn, ended
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		c.conn = nil
 		c.mu.Unlock()
 		conn.Close()
+		close(ended)
 	}()
 
 	keepAlive := nonZero(c.cfg.KeepAlive, 30*time.Second)
@@ -195,11 +199,8 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 	if typ>>4 != packets.Connack {
 		return fmt.Errorf("mqtt: expected CONNACK, the broker sent %s", packetName(typ))
 	}
-	pk, err := packets.NewControlPacketWithHeader(packets.FixedHeader{MessageType: packets.Connack, RemainingLength: n})
+	pk, err := readControl(conn.r, packets.Connack, n)
 	if err != nil {
-		return err
-	}
-	if err := pk.Unpack(io.LimitReader(conn.r, int64(n))); err != nil {
 		return fmt.Errorf("mqtt: bad CONNACK: %w", err)
 	}
 	ack := pk.(*packets.ConnackPacket)
@@ -249,14 +250,22 @@ func (c *client) readLoop(conn *bufferedConn) error {
 }
 
 func (c *client) suback(conn *bufferedConn, n int) error {
-	pk, _ := packets.NewControlPacketWithHeader(packets.FixedHeader{MessageType: packets.Suback, RemainingLength: n})
-	if err := pk.Unpack(io.LimitReader(conn.r, int64(n))); err != nil {
+	pk, err := readControl(conn.r, packets.Suback, n)
+	if err != nil {
 		return fmt.Errorf("mqtt: bad SUBACK: %w", err)
 	}
+	granted := 0
 	for i, code := range pk.(*packets.SubackPacket).ReturnCodes {
 		if code >= 0x80 && i < len(c.filters) {
 			c.log.Error("mqtt subscription refused", "client_id", c.id, "topic", c.filters[i], "code", code)
+		} else if code < 0x80 {
+			granted++
 		}
+	}
+	if granted == 0 {
+		// Connected but receiving nothing is not up: end the session and
+		// try again with backoff (the broker's ACL may be fixed meanwhile).
+		return errors.New("mqtt: the broker refused every subscription")
 	}
 	c.up.Store(true)
 	if c.state != nil {
@@ -396,12 +405,41 @@ func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan 
 func (c *client) disconnect() {
 	c.mu.Lock()
 	c.closed = true
-	conn := c.conn
+	conn, ended := c.conn, c.ended
 	c.mu.Unlock()
-	if conn != nil {
-		_, _ = conn.Write([]byte{packets.Disconnect << 4, 0})
-		conn.Close()
+	if conn == nil {
+		return
 	}
+	_, _ = conn.Write([]byte{packets.Disconnect << 4, 0})
+	if conn.closeWrite() == nil {
+		// The broker closes its side on DISCONNECT; the read loop ends at
+		// that EOF, passing over (not acknowledging) what the broker sent
+		// meanwhile. Closing first would reset the connection, and the
+		// acknowledgements just sent could be lost.
+		select {
+		case <-ended:
+		case <-time.After(2 * time.Second):
+		}
+	}
+	conn.Close()
+}
+
+// readControl reads a whole control packet's body and decodes it with
+// paho's codec: reading exactly n bytes keeps the stream in step whatever
+// the packet carries beyond what the codec reads.
+func readControl(r *bufio.Reader, typ byte, n int) (packets.ControlPacket, error) {
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	pk, err := packets.NewControlPacketWithHeader(packets.FixedHeader{MessageType: typ, RemainingLength: n})
+	if err != nil {
+		return nil, err
+	}
+	if err := pk.Unpack(bytes.NewReader(body)); err != nil {
+		return nil, err
+	}
+	return pk, nil
 }
 
 // readHeader reads a fixed header: the type-and-flags byte and the

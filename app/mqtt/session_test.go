@@ -1074,3 +1074,104 @@ func TestStaleAckDropped(t *testing.T) {
 		t.Fatalf("PUBACKs on the second connection %v, want one for id %d", ids, old.ack.id)
 	}
 }
+
+// A broker that refuses every subscription leaves the gateway receiving
+// nothing: that is not "up". The session ends with the reason and is
+// tried again.
+func TestEverySubscriptionRefused(t *testing.T) {
+	p := startPeer(t)
+	st := &stateLog{}
+	log, logs := testLogger()
+	startSource(t, Config{URL: p.URL(), ClientID: "gw-acl", QoS: 1, Topics: []string{"sensors/#", "more/#"}},
+		func(app.Message, app.Format, Ack) {}, st, log)
+	for attempt := 1; attempt <= 2; attempt++ {
+		c := p.accept(t, waitLong)
+		if _, ok := readPacket(t, c).(*packets.ConnectPacket); !ok {
+			t.Fatal("first packet is not CONNECT")
+		}
+		write(t, c, []byte{packets.Connack << 4, 2, 0, packets.Accepted})
+		sp, ok := readPacket(t, c).(*packets.SubscribePacket)
+		if !ok {
+			t.Fatal("second packet is not SUBSCRIBE")
+		}
+		write(t, c, []byte{packets.Suback << 4, 4, byte(sp.MessageID >> 8), byte(sp.MessageID), 0x80, 0x80})
+		waitClosed(t, c, waitLong)
+	}
+	if n := st.count(true); n != 0 {
+		t.Fatalf("reported up %d times with every subscription refused", n)
+	}
+	if !strings.Contains(logs.String(), "refused every subscription") {
+		t.Fatalf("log does not give the reason:\n%s", logs)
+	}
+}
+
+// A CONNACK longer than MQTT 3.1.1's two bytes is read whole: the next
+// packet is still parsed from its first byte.
+func TestLongConnackKeepsStep(t *testing.T) {
+	p := startPeer(t)
+	st := &stateLog{}
+	c := &collector{}
+	startSource(t, Config{URL: p.URL(), ClientID: "gw-long", QoS: 0, Topics: []string{"sensors/#"}}, c.handle, st, nil)
+	conn := p.accept(t, waitLong)
+	if _, ok := readPacket(t, conn).(*packets.ConnectPacket); !ok {
+		t.Fatal("first packet is not CONNECT")
+	}
+	write(t, conn, []byte{packets.Connack << 4, 4, 0, packets.Accepted, 0xaa, 0xbb})
+	sp, ok := readPacket(t, conn).(*packets.SubscribePacket)
+	if !ok {
+		t.Fatal("second packet is not SUBSCRIBE")
+	}
+	write(t, conn, []byte{packets.Suback << 4, 3, byte(sp.MessageID >> 8), byte(sp.MessageID), 0})
+	st.waitUp(t, 1)
+	write(t, conn, []byte{packets.Publish << 4, 7, 0, 3, 's', '/', 'x', 'h', 'i'})
+	if d := c.waitCount(t, 1); d[0].msg.Topic != "s/x" || string(d[0].msg.Payload) != "hi" {
+		t.Fatalf("got %+v", d[0])
+	}
+}
+
+// Close half-closes: the broker reads the acknowledgements and the
+// DISCONNECT, then the end of the stream, and the client waits for the
+// broker to close its side rather than resetting the connection.
+func TestCloseHalfCloses(t *testing.T) {
+	p := startPeer(t)
+	st := &stateLog{}
+	c := &collector{ackIf: func(app.Message) bool { return false }}
+	src := startSource(t, Config{URL: p.URL(), ClientID: "gw-fin", QoS: 1, Topics: []string{"sensors/#"}}, c.handle, st, nil)
+	conn := p.accept(t, waitLong)
+	handshake(t, conn)
+	st.waitUp(t, 1)
+	write(t, conn, []byte{packets.Publish<<4 | 1<<1, 9, 0, 3, 's', '/', 'x', 0, 7, 'h', 'i'})
+	d := c.waitCount(t, 1)
+	d[0].ack.Ack()
+	closed := make(chan struct{})
+	go func() { src.Close(); close(closed) }()
+	r := bufio.NewReader(conn)
+	_ = conn.SetReadDeadline(time.Now().Add(waitLong))
+	var got []byte
+	for {
+		pk, err := readRawPacket(r)
+		if err != nil {
+			if err != io.EOF {
+				t.Fatalf("broker side: %v after %x (want a clean end of stream)", err, got)
+			}
+			break
+		}
+		got = append(got, pk.typ>>4)
+	}
+	if !bytes.Equal(got, []byte{packets.Puback, packets.Disconnect}) {
+		t.Fatalf("broker read packet types %v, want PUBACK then DISCONNECT", got)
+	}
+	select {
+	case <-closed:
+		t.Fatal("Close returned before the broker closed its side")
+	default:
+	}
+	// A message sent after the DISCONNECT is passed over, not acknowledged.
+	write(t, conn, []byte{packets.Publish<<4 | 1<<1, 9, 0, 3, 's', '/', 'x', 0, 8, 'l', 'a'})
+	conn.Close()
+	select {
+	case <-closed:
+	case <-time.After(waitLong):
+		t.Fatal("Close did not return after the broker closed")
+	}
+}
