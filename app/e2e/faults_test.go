@@ -193,7 +193,7 @@ func TestSustainableRate(t *testing.T) {
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
 	pub := newPublisher(t, mq.URL())
 	from := 0
-	for _, rate := range []int{2000, 4000, 6000, 8000, 10000, 12000} {
+	for _, rate := range []int{2000, 4000, 8000, 12000, 16000, 20000, 25000} {
 		n := rate * 5
 		before := g.metric(`iotgw_messages_received_total{format="json"}`)
 		start := time.Now()

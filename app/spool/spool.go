@@ -486,13 +486,14 @@ func (s *Spool) scanSegment(first uint64, from int64) (valid, n int64, oldest ti
 	}
 	r := recordReader{br: bufio.NewReaderSize(io.NewSectionReader(f, from, size-from), 64<<10), off: from, end: size}
 	bad, badN := int64(-1), int64(0) // start and length of a run of records with bad checksums
+	var ce *corruptError             // outside the loop: errors.As makes it escape
 	for {
 		off := r.off
 		h, err := r.peek()
 		if err == nil {
 			err = r.skip(h)
 		}
-		var ce *corruptError
+		ce = nil
 		switch {
 		case err == nil:
 			if bad >= 0 {
@@ -999,12 +1000,14 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		full, broken := false, false
 		seq := pos.seq
 		var rerr error
+		// Declared once: errors.As takes its address, so inside the loop
+		// it cost an allocation per record.
+		var ce *corruptError
 		for len(b.Records) < maxRecords {
 			h, err := r.peek()
 			if err == io.EOF {
 				break
 			}
-			var ce *corruptError
 			if errors.As(err, &ce) {
 				s.damaged(f.Name(), seq, ce, end-ce.off, "damaged record length, skipped the rest of the segment")
 				r.off, broken = end, true
