@@ -176,7 +176,7 @@ func (g Gzip) Enabled(influxURL string) bool {
 		return true
 	}
 	host := u.Hostname()
-	if host == "localhost" {
+	if strings.EqualFold(host, "localhost") {
 		return false
 	}
 	ip := net.ParseIP(host)

@@ -34,7 +34,7 @@ import (
 const (
 	// inboxSize bounds messages decoded but not yet spooled. It must exceed
 	// the broker's in-flight window (mosquitto: 20 by default, often raised
-	// to 1000) so the paho delivery goroutine never waits on the spool.
+	// to 1000) so the connection's read loop never waits on the spool.
 	inboxSize = 8192
 	// maxGroup bounds messages per fsync.
 	maxGroup = 4096
@@ -68,8 +68,9 @@ const (
 	// maxFreeBufs bounds the buffers kept: about what one broker window
 	// and a group commit hold in flight.
 	maxFreeBufs = 2048
-	// maxPooledBuf keeps buffers grown by an unusually large message out.
-	maxPooledBuf = 64 << 10
+	// maxPooledBuf keeps buffers grown by an unusually large message out:
+	// pooled, they would carry small lines and pin the memory.
+	maxPooledBuf = 4 << 10
 )
 
 func (p *bufStack) get() []byte {

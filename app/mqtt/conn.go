@@ -138,6 +138,9 @@ func (b *bufferedConn) flusher() {
 			b.spare = out[:0]
 			if err != nil {
 				b.err = err
+				// Acknowledgements can no longer be sent: end the session
+				// (the read loop fails) instead of reading on unacked.
+				_ = b.Conn.Close()
 			}
 			b.cond.Broadcast()
 		}

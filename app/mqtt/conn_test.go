@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -68,4 +69,35 @@ func TestBufferedConnReportsWriteErrors(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	c.Close()
+}
+
+// writeFails is a connection whose writes fail (as after a write deadline)
+// while reads would wait for data that never comes.
+type writeFails struct{ net.Conn }
+
+func (writeFails) Write([]byte) (int, error) { return 0, errors.New("write deadline exceeded") }
+
+// A failed write closes the connection, so the read loop on it ends
+// instead of taking messages it can no longer acknowledge.
+func TestBufferedConnClosesOnWriteError(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close() // the peer stays: only our own close can end the read
+	c := newBufferedConn(writeFails{a})
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		done <- err
+	}()
+	if _, err := c.Write([]byte{0x40, 2, 0, 1}); err != nil {
+		t.Fatal(err) // the first write only queues
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read succeeded on a connection whose writes fail")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("read still blocked after a write error")
+	}
 }

@@ -113,7 +113,7 @@ func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 				c.log.Warn("mqtt connection lost", "client_id", c.id, "err", err, "retry_in", wait)
 			}
 		} else if !c.isClosed() {
-			c.log.Warn("mqtt connect failed", "broker", c.cfg.URL, "client_id", c.id, "retry_in", wait, "err", err)
+			c.log.Warn("mqtt connect failed", "broker", c.url.Redacted(), "client_id", c.id, "retry_in", wait, "err", err)
 		}
 		select {
 		case <-time.After(wait):
@@ -156,7 +156,8 @@ func (c *client) session() error {
 		close(ended)
 	}()
 
-	keepAlive := nonZero(c.cfg.KeepAlive, 30*time.Second)
+	// CONNECT carries whole seconds; tick at what the broker is told.
+	keepAlive := max(nonZero(c.cfg.KeepAlive, 30*time.Second).Round(time.Second), time.Second)
 	if err := c.connect(conn, keepAlive, timeout); err != nil {
 		return err
 	}
@@ -166,6 +167,15 @@ func (c *client) session() error {
 	if err := sub.Write(conn); err != nil {
 		return err
 	}
+	// A broker that never answers the subscription would leave the
+	// session connected but not up, forever: give it the connect timeout.
+	subTimer := time.AfterFunc(timeout, func() {
+		if !c.up.Load() {
+			c.log.Warn("mqtt SUBACK not received in time; reconnecting", "client_id", c.id, "timeout", timeout)
+			_ = conn.Conn.Close()
+		}
+	})
+	defer subTimer.Stop()
 	stop := make(chan struct{})
 	defer close(stop)
 	go c.keepAlive(conn, keepAlive, stop)
@@ -182,11 +192,18 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 	cp.CleanSession = false
 	cp.Keepalive = uint16(min(keepAlive/time.Second, 65535))
 	cp.ClientIdentifier = c.id
-	if c.cfg.Username != "" {
-		cp.UsernameFlag, cp.Username = true, c.cfg.Username
+	user, pass := c.cfg.Username, c.cfg.Password
+	if u := c.url.User; u != nil {
+		// Credentials in the URL win, as they did with paho's client.
+		user = u.Username()
+		pass, _ = u.Password()
 	}
-	if c.cfg.Password != "" {
-		cp.PasswordFlag, cp.Password = true, []byte(c.cfg.Password)
+	// MQTT 3.1.1 allows a password only together with a user name.
+	if user != "" {
+		cp.UsernameFlag, cp.Username = true, user
+		if pass != "" {
+			cp.PasswordFlag, cp.Password = true, []byte(pass)
+		}
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(timeout))
 	if err := cp.Write(conn); err != nil {
@@ -211,7 +228,7 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 		return fmt.Errorf("mqtt: connection refused with code %d", ack.ReturnCode)
 	}
 	_ = conn.SetReadDeadline(time.Time{})
-	c.log.Info("mqtt connected", "broker", c.cfg.URL, "client_id", c.id, "session_present", ack.SessionPresent)
+	c.log.Info("mqtt connected", "broker", c.url.Redacted(), "client_id", c.id, "session_present", ack.SessionPresent)
 	return nil
 }
 
@@ -260,6 +277,11 @@ func (c *client) suback(conn *bufferedConn, n int) error {
 			c.log.Error("mqtt subscription refused", "client_id", c.id, "topic", c.filters[i], "code", code)
 		} else if code < 0x80 {
 			granted++
+			if i < len(c.qos) && code < c.qos[i] {
+				// Below QoS 1 nothing is acknowledged or redelivered.
+				c.log.Warn("mqtt subscription granted a lower QoS than asked", "client_id", c.id,
+					"topic", c.filters[i], "asked", c.qos[i], "granted", code)
+			}
 		}
 	}
 	if granted == 0 {
@@ -314,7 +336,9 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 	}
 	t := c.topic(topic)
 	c.inCall.Store(true)
-	c.h(app.Message{Topic: t.name, Payload: rest, Received: time.Now()}, t.format, ack)
+	// Capacity cut to the payload: it points into the read buffer, and an
+	// append by the handler must not write over the packets after it.
+	c.h(app.Message{Topic: t.name, Payload: rest[:len(rest):len(rest)], Received: time.Now()}, t.format, ack)
 	// Packets that arrived while the handler held the read loop are read
 	// only after it returns. Count the return as progress, before clearing
 	// inCall: keepAlive loads inCall first, so it sees either the call or
@@ -350,8 +374,9 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 	if _, err := r.Discard(n - keep); err != nil {
 		return nil, err
 	}
-	if keep < n {
-		// Shrink back later: one huge message must not pin its buffer.
+	if keep > 1<<20 {
+		// Let it go after this message: one huge message must not pin
+		// its buffer for the life of the connection.
 		defer func() { c.scratch = nil }()
 	}
 	return b, nil
@@ -394,6 +419,7 @@ func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan 
 		}
 		last = now
 		if _, err := conn.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+			_ = conn.Conn.Close() // the read loop ends with the session
 			return
 		}
 		asked = true

@@ -727,18 +727,27 @@ func TestConnectRefused(t *testing.T) {
 
 	tests := []struct {
 		name, user, pass string
+		url              string // "" = the broker's plain URL
 		refused          bool
 	}{
-		{"wrong password", "gateway", "not-the-password", true},
-		{"unknown user", "intruder", "gw-secret", true},
-		{"anonymous", "", "", true},
-		{"valid credentials", "gateway", "gw-secret", false},
+		{"wrong password", "gateway", "not-the-password", "", true},
+		{"unknown user", "intruder", "gw-secret", "", true},
+		{"anonymous", "", "", "", true},
+		{"password without user name", "", "gw-secret", "", true},
+		{"valid credentials", "gateway", "gw-secret", "", false},
+		// Credentials in the URL win over the configured ones.
+		{"valid credentials in the URL", "intruder", "nope", "tcp://gateway:gw-secret@" + b.Addr("plain"), false},
+		{"wrong password in the URL", "gateway", "gw-secret", "tcp://gateway:nope@" + b.Addr("plain"), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			log, buf := testLogger()
 			st := &stateLog{}
-			cfg := Config{URL: url, ClientID: "gw-auth", Username: tt.user, Password: tt.pass, QoS: 1,
+			u := url
+			if tt.url != "" {
+				u = tt.url
+			}
+			cfg := Config{URL: u, ClientID: "gw-auth", Username: tt.user, Password: tt.pass, QoS: 1,
 				Topics: []string{"sensors/#"}, MaxReconnectInterval: 200 * time.Millisecond}
 			src := startSource(t, cfg, (&collector{}).handle, st, log)
 			if !tt.refused {
@@ -763,6 +772,9 @@ func TestConnectRefused(t *testing.T) {
 			}
 			if !strings.Contains(buf.String(), "mqtt connect failed") {
 				t.Fatalf("log does not say the connect failed:\n%s", buf)
+			}
+			if strings.Contains(buf.String(), ":nope@") || strings.Contains(buf.String(), "gw-secret") {
+				t.Fatalf("a password reached the log:\n%s", buf)
 			}
 		})
 	}

@@ -177,9 +177,15 @@ func nonZero(d, def time.Duration) time.Duration {
 // stay with the broker.
 func (s *Source) Close() {
 	s.closeOnce.Do(func() { close(s.closed) })
+	var wg sync.WaitGroup
 	for _, c := range s.clients {
-		c.disconnect()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.disconnect()
+		}()
 	}
+	wg.Wait()
 	s.wg.Wait()
 }
 

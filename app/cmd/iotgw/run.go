@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	_ "net/http/pprof" // served only when IOTGW_PPROF_ADDR is set
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -101,7 +103,7 @@ for profiling; it is off by default.`,
 				return nil
 			}
 			log := newLogger(cfg.Log)
-			if _, set := os.LookupEnv("GOMEMLIMIT"); !set && cfg.Gateway.MemoryLimit > 0 {
+			if os.Getenv("GOMEMLIMIT") == "" && cfg.Gateway.MemoryLimit > 0 {
 				debug.SetMemoryLimit(cfg.Gateway.MemoryLimit)
 			}
 			if addr := os.Getenv("IOTGW_PPROF_ADDR"); addr != "" {
@@ -119,9 +121,9 @@ for profiling; it is off by default.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			log.Info("iotgw starting", "version", version, "mqtt", cfg.MQTT.URL, "influx", cfg.Influx.URL,
+			log.Info("iotgw starting", "version", version, "mqtt", redacted(cfg.MQTT.URL), "influx", cfg.Influx.URL,
 				"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir,
-				"memory_limit", debug.SetMemoryLimit(-1))
+				"memory_limit", memoryLimit())
 			return g.Run(ctx)
 		},
 	}
@@ -141,4 +143,20 @@ func newConfigCmd() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// memoryLimit is the runtime's soft memory limit for the log; 0 when none.
+func memoryLimit() int64 {
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		return l
+	}
+	return 0
+}
+
+// redacted hides a password in a URL for the log.
+func redacted(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return raw
 }
