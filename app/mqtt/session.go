@@ -454,6 +454,11 @@ func (c *client) disconnect() {
 // paho's codec: reading exactly n bytes keeps the stream in step whatever
 // the packet carries beyond what the codec reads.
 func readControl(r *bufio.Reader, typ byte, n int) (packets.ControlPacket, error) {
+	// CONNACK is 2 bytes and a SUBACK one per filter: a length beyond this
+	// is a broken stream, not a reason to allocate what it claims.
+	if n > 64<<10 {
+		return nil, fmt.Errorf("mqtt: %s of %d bytes", packets.PacketNames[typ], n)
+	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return nil, err
