@@ -6,24 +6,13 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
-	"github.com/sivchari/kumo"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
-// kumo is an SSM-compatible server run in process: the real aws-sdk-go-v2
-// client talks to it over HTTP with signed requests.
-func newClient(t *testing.T) *ssm.Client {
-	t.Helper()
-	srv := kumo.NewServer()
-	t.Cleanup(srv.Close)
-	return ssm.New(ssm.Options{
-		Region:       "eu-west-1",
-		BaseEndpoint: aws.String(srv.URL),
-		Credentials:  credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", ""),
-	})
-}
+func newClient(t *testing.T) *ssm.Client { return testsvc.StartSSM(t).Client }
 
 func TestResolve(t *testing.T) {
 	ctx := context.Background()

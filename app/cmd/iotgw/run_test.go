@@ -10,10 +10,10 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
-	"github.com/sivchari/kumo"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
 // execute runs the root command as main would and returns the exit code.
@@ -81,16 +81,13 @@ func TestRunCheck(t *testing.T) {
 // Secrets named as ssm:/path are read from SSM at start (kumo serves the
 // SSM API in process); a missing one is a configuration error naming the key.
 func TestRunResolvesSSMReferences(t *testing.T) {
-	srv := kumo.NewServer()
-	t.Cleanup(srv.Close)
+	srv := testsvc.StartSSM(t)
 	t.Setenv("IOTGW_SSM_ENDPOINT", srv.URL)
-	t.Setenv("AWS_REGION", "eu-west-1")
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_REGION", testsvc.SSMRegion)
+	t.Setenv("AWS_ACCESS_KEY_ID", testsvc.SSMAccessKeyID)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", testsvc.SSMSecretKey)
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	client := ssm.New(ssm.Options{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
-		Credentials: credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret", "")})
-	if _, err := client.PutParameter(context.Background(), &ssm.PutParameterInput{
+	if _, err := srv.Client.PutParameter(context.Background(), &ssm.PutParameterInput{
 		Name: aws.String("/iot-gateway/dev/influx-token"), Value: aws.String("tok"), Type: types.ParameterTypeSecureString,
 		Overwrite: aws.Bool(true)}); err != nil {
 		t.Fatal(err)
