@@ -953,8 +953,8 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		s.readPos = s.normalize(s.readPos)
 		if s.readPos.seq >= s.next {
 			if len(b.Records) > 0 {
-				s.lend(b.Records, arenas)
 				s.mu.Unlock()
+				s.lend(b.Records, arenas)
 				return b, nil
 			}
 			wake := s.wake
@@ -1090,7 +1090,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 		b.End = pos
 		if rerr != nil {
 			if len(b.Records) > 0 {
-				s.lendLocked(b.Records, arenas)
+				s.lend(b.Records, arenas)
 				return b, nil
 			}
 			if s.isClosed() {
@@ -1099,7 +1099,7 @@ func (s *Spool) Read(ctx context.Context, maxRecords, maxBytes int) (Batch, erro
 			return Batch{}, fmt.Errorf("spool: read %s: %w", f.Name(), rerr)
 		}
 		if full || len(b.Records) >= maxRecords {
-			s.lendLocked(b.Records, arenas)
+			s.lend(b.Records, arenas)
 			return b, nil
 		}
 	}
@@ -1137,15 +1137,12 @@ func (s *Spool) takeList(size int) [][]byte {
 	return make([][]byte, 0, size)
 }
 
-// lend records the memory of a batch handed out. Called with mu held.
+// lend records the memory of a batch handed out. The batch is already in
+// s.held, so recycle cannot take this memory back before lend runs.
 func (s *Spool) lend(records [][]byte, arenas [][]byte) {
+	s.mu.Lock()
 	s.lentLists = append(s.lentLists, records)
 	s.lentArenas = append(s.lentArenas, arenas...)
-}
-
-func (s *Spool) lendLocked(records [][]byte, arenas [][]byte) {
-	s.mu.Lock()
-	s.lend(records, arenas)
 	s.mu.Unlock()
 }
 
