@@ -87,6 +87,9 @@ type Options struct {
 	// queued or retained message, is kept. Default 7 days.
 	SessionExpiry time.Duration
 
+	// Throttle bounds password guessing; the zero value uses the defaults.
+	Throttle ThrottleOptions
+
 	// CloseTimeout bounds how long Close waits for clients to go away before
 	// closing the store. Default 5s.
 	CloseTimeout time.Duration
@@ -102,12 +105,16 @@ type Listener struct {
 	TLS  *tls.Config
 }
 
+// CertificateOnly as a User's PasswordHash means the user logs in only
+// with a client certificate naming it; passwords are always refused.
+const CertificateOnly = "!"
+
 // User is a client identity. Device users have Site and Device set and may
 // publish only under sensors/<Site>/<Device>/. Gateway users (listed in
 // Options.GatewayUsers) leave them empty.
 type User struct {
 	Username     string
-	PasswordHash string // bcrypt
+	PasswordHash string // bcrypt, or CertificateOnly
 	Site, Device string
 }
 
@@ -146,18 +153,18 @@ func New(o Options) (*Broker, error) {
 	listenersCopy := make([]Listener, len(o.Listeners))
 	for i, l := range o.Listeners {
 		if l.TLS != nil {
-			c := l.TLS.Clone()
-			if c.MinVersion < tls.VersionTLS12 {
-				c.MinVersion = tls.VersionTLS12
-			}
-			l.TLS = c
+			l.TLS = hardenTLS(l.TLS)
 		}
 		listenersCopy[i] = l
 	}
 	o.Listeners = listenersCopy
-	log := o.Logger.With("component", "broker")
+	log := slog.New(newSafeHandler(o.Logger.Handler())).With("component", "broker")
 	access, err := newAccessHook(o.Users, o.GatewayUsers, o.AllowAnonymous, log)
 	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	access.throttle = newThrottle(o.Throttle)
+	if err := access.setDummyHash(); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return &Broker{opts: o, log: log, access: access}, nil
@@ -202,7 +209,7 @@ func (o *Options) validate() error {
 	if o.CloseTimeout < 0 {
 		return fmt.Errorf("option CloseTimeout: must not be negative, got %s", o.CloseTimeout)
 	}
-	return nil
+	return o.Throttle.validate()
 }
 
 func optErr(name, msg string) error { return fmt.Errorf("option %s: %s", name, msg) }
@@ -233,6 +240,9 @@ func (b *Broker) Start() error {
 	expiry := int64(b.opts.SessionExpiry / time.Second)
 	caps.MaximumMessageExpiryInterval = expiry
 	caps.MaximumSessionExpiryInterval = uint32(min(expiry, int64(^uint32(0))))
+	// Acknowledgements must not echo the publisher's user properties back
+	// (MQTT 5 3.4.2.2: they are the server's, not the client's).
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
@@ -332,6 +342,18 @@ func (b *Broker) shutdown() {
 		b.log.Warn("clients still attached at close timeout", "timeout", b.opts.CloseTimeout)
 	}
 	_ = srv.Close()
+}
+
+// AccessStats counts the CONNECTs the access rules refused and the retain
+// flags they removed since Start.
+func (b *Broker) AccessStats() AccessStats {
+	s := &b.access.stats
+	return AccessStats{
+		Refused:        s.refused.Load(),
+		BadPassword:    s.badPassword.Load(),
+		Throttled:      s.throttled.Load(),
+		RetainStripped: s.retainStripped.Load(),
+	}
 }
 
 // HashPassword returns the bcrypt hash of password at bcrypt.DefaultCost.

@@ -37,6 +37,16 @@ type Config struct {
 	LogLevel         string        `toml:"log_level"`
 	Plain            PlainConfig   `toml:"plain"`
 	TLS              TLSConfig     `toml:"tls"`
+	Auth             AuthConfig    `toml:"auth"`
+}
+
+// AuthConfig is the [auth] table: the limits on password guessing.
+type AuthConfig struct {
+	FreeFailures        int           `toml:"free_failures"`
+	AddrLockoutMax      time.Duration `toml:"addr_lockout_max"`
+	UserLockoutMax      time.Duration `toml:"user_lockout_max"`
+	MaxConcurrentChecks int           `toml:"max_concurrent_checks"`
+	CheckQueueTimeout   time.Duration `toml:"check_queue_timeout"`
 }
 
 // UserConfig is one [[users]] table.
@@ -59,6 +69,10 @@ type TLSConfig struct {
 	KeyFile    string   `toml:"key_file"`
 	GenerateCA bool     `toml:"generate_ca"`
 	Hosts      []string `toml:"hosts"`
+	// ClientAuth is "none", "optional" (a client certificate, when given,
+	// must verify and names the user) or "require".
+	ClientAuth   string `toml:"client_auth"`
+	ClientCAFile string `toml:"client_ca_file"`
 }
 
 // DefaultConfig returns the values used for keys a broker.toml leaves out.
@@ -71,7 +85,14 @@ func DefaultConfig() Config {
 		CloseTimeout:  DefaultCloseTimeout,
 		LogLevel:      "info",
 		Plain:         PlainConfig{Addr: "127.0.0.1:1883"},
-		TLS:           TLSConfig{Addr: ":8883"},
+		TLS:           TLSConfig{Addr: ":8883", ClientAuth: "none"},
+		Auth: AuthConfig{
+			FreeFailures:        DefaultFreeFailures,
+			AddrLockoutMax:      DefaultAddrLockoutMax,
+			UserLockoutMax:      DefaultUserLockoutMax,
+			MaxConcurrentChecks: DefaultMaxConcurrentCheck,
+			CheckQueueTimeout:   DefaultCheckQueueTimeout,
+		},
 	}
 }
 
@@ -139,6 +160,18 @@ func (c *Config) validate() error {
 		case c.TLS.CertFile == "" && c.DataDir == "":
 			return keyErr("tls.generate_ca", "needs data_dir to keep the generated CA across restarts")
 		}
+		switch c.TLS.ClientAuth {
+		case "none":
+		case "optional", "require":
+			if c.TLS.ClientCAFile == "" && !c.TLS.GenerateCA {
+				return keyErr("tls.client_ca_file", "required with tls.client_auth = %q unless tls.generate_ca = true (client certificates are then issued by the generated CA)", c.TLS.ClientAuth)
+			}
+		default:
+			return keyErr("tls.client_auth", "%q is not one of none, optional, require", c.TLS.ClientAuth)
+		}
+	}
+	if err := c.Auth.validate(); err != nil {
+		return err
 	}
 	if c.MaxInflight < 1 {
 		return keyErr("max_inflight", "must be at least 1, got %d", c.MaxInflight)
@@ -165,6 +198,22 @@ func (c *Config) validate() error {
 		if u.PasswordHash == "" {
 			return keyErr(fmt.Sprintf("users[%d].password_hash", i), "empty (make one with `iotgw broker hash-password`)")
 		}
+	}
+	return nil
+}
+
+func (a AuthConfig) validate() error {
+	switch {
+	case a.FreeFailures < 1:
+		return keyErr("auth.free_failures", "must be at least 1, got %d", a.FreeFailures)
+	case a.AddrLockoutMax < time.Second:
+		return keyErr("auth.addr_lockout_max", "must be at least 1s, got %s", a.AddrLockoutMax)
+	case a.UserLockoutMax < time.Second:
+		return keyErr("auth.user_lockout_max", "must be at least 1s, got %s", a.UserLockoutMax)
+	case a.MaxConcurrentChecks < 1:
+		return keyErr("auth.max_concurrent_checks", "must be at least 1, got %d", a.MaxConcurrentChecks)
+	case a.CheckQueueTimeout < 10*time.Millisecond:
+		return keyErr("auth.check_queue_timeout", "must be at least 10ms, got %s", a.CheckQueueTimeout)
 	}
 	return nil
 }
@@ -203,6 +252,7 @@ func (c Config) Options(log *slog.Logger) (Options, error) {
 		MaxQueued:        c.MaxQueued,
 		SessionExpiry:    c.SessionExpiry,
 		CloseTimeout:     c.CloseTimeout,
+		Throttle:         ThrottleOptions(c.Auth),
 		Logger:           log,
 	}
 	if c.UsersFile != "" {
@@ -240,6 +290,15 @@ func (c Config) Options(log *slog.Logger) (Options, error) {
 		if err != nil {
 			return Options{}, keyErr(key, "%v", err)
 		}
+		if c.TLS.ClientAuth != "none" {
+			caFile, caKey := c.TLS.ClientCAFile, "tls.client_ca_file"
+			if caFile == "" {
+				caFile, caKey = filepath.Join(c.TLSDir(), "ca.pem"), "tls.generate_ca"
+			}
+			if err := requireClientCerts(tc, caFile, c.TLS.ClientAuth == "require"); err != nil {
+				return Options{}, keyErr(caKey, "%v", err)
+			}
+		}
 		o.Listeners = append(o.Listeners, Listener{ID: "tls", Addr: c.TLS.Addr, TLS: tc})
 	}
 	return o, nil
@@ -272,8 +331,8 @@ func ParseUsers(r io.Reader) ([]User, error) {
 		if (u.Site == "") != (u.Device == "") {
 			return nil, fmt.Errorf("line %d: user %q: site and device must both be set (device) or both empty (gateway)", line, u.Username)
 		}
-		if !strings.HasPrefix(u.PasswordHash, "$2") {
-			return nil, fmt.Errorf("line %d: user %q: hash is not bcrypt (make one with `iotgw broker hash-password`)", line, u.Username)
+		if !strings.HasPrefix(u.PasswordHash, "$2") && u.PasswordHash != CertificateOnly {
+			return nil, fmt.Errorf("line %d: user %q: hash is not bcrypt (make one with `iotgw broker hash-password`) nor %q (client certificate only)", line, u.Username, CertificateOnly)
 		}
 		users = append(users, u)
 	}

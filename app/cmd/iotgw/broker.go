@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/iot-gateway/iot-gateway/app/broker"
 	"github.com/spf13/cobra"
@@ -34,7 +35,7 @@ func newBrokerCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/iotgw/broker.toml", "broker configuration file (TOML)")
-	cmd.AddCommand(newBrokerHashPasswordCmd(), newBrokerSampleConfigCmd())
+	cmd.AddCommand(newBrokerHashPasswordCmd(), newBrokerSampleConfigCmd(), newBrokerIssueCertCmd())
 	return cmd
 }
 
@@ -71,4 +72,43 @@ func newBrokerSampleConfigCmd() *cobra.Command {
 			fmt.Fprint(cmd.OutOrStdout(), broker.SampleConfig)
 		},
 	}
+}
+
+func newBrokerIssueCertCmd() *cobra.Command {
+	var configPath, user, certOut, keyOut string
+	cmd := &cobra.Command{
+		Use:   "issue-cert",
+		Short: "Issue a device's client certificate from the broker's generated CA",
+		Long: "Issue a client certificate whose common name is --user, signed by the CA that\n" +
+			"tls.generate_ca keeps in <data_dir>/tls. With tls.client_auth = optional or require\n" +
+			"the broker takes the device's identity from it (no password needed: give the user\n" +
+			"the hash \"" + broker.CertificateOnly + "\" in the users file to refuse passwords altogether).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if user == "" {
+				return &exitError{code: 2, err: errors.New("issue-cert: --user is required")}
+			}
+			cfg, err := broker.LoadConfig(configPath)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			certPEM, keyPEM, err := broker.IssueClientCert(cfg.TLSDir(), user, time.Now())
+			if err != nil {
+				return fmt.Errorf("issue-cert: %w", err)
+			}
+			if err := os.WriteFile(keyOut, keyPEM, 0o600); err != nil {
+				return fmt.Errorf("issue-cert: %w", err)
+			}
+			if err := os.WriteFile(certOut, certPEM, 0o644); err != nil {
+				return fmt.Errorf("issue-cert: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "certificate %s and key %s for %q\n", certOut, keyOut, user)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "/etc/iotgw/broker.toml", "broker configuration file (TOML)")
+	cmd.Flags().StringVar(&user, "user", "", "the device's user name, as in the users file")
+	cmd.Flags().StringVar(&certOut, "cert-out", "client.pem", "where to write the certificate (PEM)")
+	cmd.Flags().StringVar(&keyOut, "key-out", "client.key", "where to write the private key (PEM, mode 0600)")
+	return cmd
 }
