@@ -35,7 +35,7 @@ type accessHook struct {
 	log       *slog.Logger
 	clients   *mqtt.Clients // set by Start; used to keep client ids bound to one user
 
-	throttle    *throttle
+	throttle *throttle
 	// dummyHash is compared against for unknown users, at the cost of the
 	// configured ones, so that refusing them takes as long.
 	dummyHash []byte
