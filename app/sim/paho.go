@@ -21,7 +21,7 @@ type PahoConfig struct {
 	// (mqtt://, mqtts:// and tls:// are accepted too).
 	URL                string
 	Username, Password string
-	ClientID           string // "" means iotgw-sim-<random hex>
+	ClientID           string // "" means the user name (what iotgw broker requires of a device), else iotgw-sim-<random hex>
 	// CAFile is a PEM bundle of CAs to trust for ssl:// and wss://; empty
 	// means the system roots.
 	CAFile         string
@@ -70,6 +70,9 @@ func NewPahoPublisher(cfg PahoConfig) (*PahoPublisher, error) {
 	opts.SetConnectTimeout(timeout)
 
 	id := cfg.ClientID
+	if id == "" {
+		id = cfg.Username
+	}
 	if id == "" {
 		var b [6]byte
 		_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail

@@ -120,7 +120,7 @@ or was not acknowledged, 2 for bad flags.`,
 	f.StringVar(&pc.URL, "mqtt-url", "tcp://127.0.0.1:1883", "broker URL: tcp://, ssl://, ws:// or wss:// (env IOTGW_MQTT_URL)")
 	f.StringVar(&pc.Username, "username", "", "MQTT user name (env IOTGW_MQTT_USERNAME)")
 	f.StringVar(&pc.Password, "password", "", "MQTT password; prefer the environment variable (env IOTGW_MQTT_PASSWORD)")
-	f.StringVar(&pc.ClientID, "client-id", "", "MQTT client ID (default iotgw-sim-<random>)")
+	f.StringVar(&pc.ClientID, "client-id", "", "MQTT client ID (default: the user name, else iotgw-sim-<random>)")
 	f.StringVar(&pc.CAFile, "ca-file", "", "PEM CA bundle to trust for ssl:// and wss:// (default system roots)")
 	f.DurationVar(&pc.ConnectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the broker to accept the connection")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
