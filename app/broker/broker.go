@@ -123,6 +123,8 @@ type Broker struct {
 	opts   Options
 	log    *slog.Logger
 	access *accessHook
+	// logLimiter is the log's rate limiter (its clock is replaced in tests).
+	logLimiter *logLimiter
 
 	mu      sync.Mutex
 	srv     *mqtt.Server
@@ -158,7 +160,8 @@ func New(o Options) (*Broker, error) {
 		listenersCopy[i] = l
 	}
 	o.Listeners = listenersCopy
-	log := slog.New(newSafeHandler(o.Logger.Handler())).With("component", "broker")
+	safe := newSafeHandler(o.Logger.Handler())
+	log := slog.New(safe).With("component", "broker")
 	access, err := newAccessHook(o.Users, o.GatewayUsers, o.AllowAnonymous, log)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
@@ -167,7 +170,7 @@ func New(o Options) (*Broker, error) {
 	if err := access.setDummyHash(); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	return &Broker{opts: o, log: log, access: access}, nil
+	return &Broker{opts: o, log: log, logLimiter: safe.limiter, access: access}, nil
 }
 
 func (o *Options) validate() error {
