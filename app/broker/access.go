@@ -18,14 +18,22 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// sensorsRoot is the first topic level all readings live under.
-const sensorsRoot = "sensors"
+// The first topic levels of the three trees: readings devices publish,
+// commands gateways send to devices, and the devices' replies.
+const (
+	sensorsRoot  = "sensors"
+	commandsRoot = "commands"
+	repliesRoot  = "replies"
+)
 
 // accessHook authenticates clients against bcrypt hashes and enforces the
 // ACL described in the package README:
-//   - devices publish only under sensors/<site>/<device>/ and subscribe to nothing;
-//   - gateways subscribe to sensors/... (also as $share/<group>/sensors/...)
-//     and publish anywhere except sensors/... and $-topics;
+//   - devices publish only under sensors/<site>/<device>/ and
+//     replies/<site>/<device>/, and subscribe only under
+//     commands/<site>/<device>/;
+//   - gateways subscribe to sensors/... and replies/... (also as
+//     $share/<group>/...) and publish anywhere except sensors/...,
+//     replies/... and $-topics;
 //   - anonymous clients, when allowed, may do anything.
 type accessHook struct {
 	mqtt.HookBase
@@ -429,22 +437,23 @@ func (h *accessHook) allowed(username, topic string, write bool) bool {
 	}
 	if h.gateways[username] {
 		if write {
-			return !underSensors(topic) && !strings.HasPrefix(topic, "$")
+			return !under(topic, sensorsRoot) && !under(topic, repliesRoot) && !strings.HasPrefix(topic, "$")
 		}
-		return underSensors(stripShare(topic))
+		f := stripShare(topic)
+		return under(f, sensorsRoot) || under(f, repliesRoot)
 	}
-	if !write {
-		return false
+	tail := "/" + u.Site + "/" + u.Device
+	if write {
+		return under(topic, sensorsRoot+tail) || under(topic, repliesRoot+tail)
 	}
-	own := sensorsRoot + "/" + u.Site + "/" + u.Device
-	return topic == own || strings.HasPrefix(topic, own+"/")
+	return under(topic, commandsRoot+tail)
 }
 
-// underSensors reports whether a topic name or filter lies in the sensors/
-// tree. Filters starting with a wildcard ("#", "+/...") match topics outside
-// it too and are not under it.
-func underSensors(topic string) bool {
-	return topic == sensorsRoot || strings.HasPrefix(topic, sensorsRoot+"/")
+// under reports whether a topic name or filter lies in the tree rooted at
+// root (root itself included). Filters starting with a wildcard ("#",
+// "+/...") match topics outside it too and are not under it.
+func under(topic, root string) bool {
+	return topic == root || strings.HasPrefix(topic, root+"/")
 }
 
 // stripShare turns "$share/<group>/<filter>" into "<filter>"; anything else,

@@ -553,3 +553,39 @@ client_auth = "require"
 		t.Error("client_auth = require accepted a client without a certificate")
 	}
 }
+
+// TestCommandRoundTripConfined: a gateway's command reaches only the device
+// it names, and only that device's reply reaches the gateway.
+func TestCommandRoundTripConfined(t *testing.T) {
+	b := startBroker(t, plainOptions(t))
+	url := "tcp://" + b.Addr("plain")
+	replies := make(chan paho.Message, 10)
+	gw := mustConnect(t, clientConf{url: url, user: "gateway", pass: "gw-secret", onMessage: replies})
+	if code := subscribe(t, gw, "replies/#", 1); code != 1 {
+		t.Fatalf("gateway subscribe replies/#: %#x", code)
+	}
+	cmds1, cmds2 := make(chan paho.Message, 10), make(chan paho.Message, 10)
+	dev1 := mustConnect(t, clientConf{url: url, user: "dev1", pass: "dev1-secret", onMessage: cmds1})
+	dev2 := mustConnect(t, clientConf{url: url, user: "dev2", pass: "dev2-secret", onMessage: cmds2})
+	if code := subscribe(t, dev1, "commands/plant-a/dev1/#", 1); code != 1 {
+		t.Fatalf("dev1 subscribe to its commands: %#x", code)
+	}
+	if code := subscribe(t, dev2, "commands/plant-a/dev2/#", 1); code != 1 {
+		t.Fatalf("dev2 subscribe to its commands: %#x", code)
+	}
+	wait(t, gw.Publish("commands/plant-a/dev1/set_interval", 1, false, "c1"))
+	if m := recv(t, cmds1); string(m.Payload()) != "c1" {
+		t.Fatalf("dev1 got %q", m.Payload())
+	}
+	// dev2 forges a reply as dev1 (dropped), then answers its own.
+	wait(t, dev2.Publish("replies/plant-a/dev1/c1", 0, false, "forged"))
+	wait(t, dev2.Publish("replies/plant-a/dev2/c2", 1, false, "marker"))
+	expectOnly(t, replies, "marker")
+	wait(t, dev1.Publish("replies/plant-a/dev1/c1", 1, false, "done"))
+	expectOnly(t, replies, "done")
+	// dev2's first command is its own: dev1's never reached it.
+	wait(t, gw.Publish("commands/plant-a/dev2/set_interval", 1, false, "c2"))
+	if m := recv(t, cmds2); string(m.Payload()) != "c2" {
+		t.Fatalf("dev2 got %s %q first, want its own c2", m.Topic(), m.Payload())
+	}
+}

@@ -288,8 +288,9 @@ func TestDeviceConfinedToSubtree(t *testing.T) {
 		t.Fatalf("gateway got %s %q, want only the marker", m.Topic(), m.Payload())
 	}
 
-	// Subscriptions: refused everywhere, including its own subtree.
-	for _, filter := range []string{"sensors/plant-a/dev2/#", "sensors/#", "sensors/plant-a/dev1/#", "#"} {
+	// Subscriptions: refused everywhere but its own commands, including
+	// its own readings.
+	for _, filter := range []string{"sensors/plant-a/dev2/#", "sensors/#", "sensors/plant-a/dev1/#", "#", "commands/plant-a/dev2/#", "commands/#"} {
 		if code := subscribe(t, dev, filter, 1); code != 0x80 {
 			t.Errorf("device subscribe %s: return code %#x, want 0x80", filter, code)
 		}
@@ -447,6 +448,17 @@ func TestACL(t *testing.T) {
 		{"dev1", "other/topic", true, false},
 		{"dev1", "sensors/plant-a/dev1/#", false, false},
 		{"dev1", "sensors/plant-a/dev1/temp", false, false},
+		{"dev1", "commands/plant-a/dev1/#", false, true},
+		{"dev1", "commands/plant-a/dev1/set_interval", false, true},
+		{"dev1", "commands/plant-a/dev1/+", false, true},
+		{"dev1", "commands/plant-a/dev2/#", false, false},
+		{"dev1", "commands/plant-a/+/#", false, false},
+		{"dev1", "commands/#", false, false},
+		{"dev1", "commands/plant-a/dev1x/#", false, false},
+		{"dev1", "commands/plant-a/dev1/set_interval", true, false},
+		{"dev1", "replies/plant-a/dev1/c-123", true, true},
+		{"dev1", "replies/plant-a/dev2/c-123", true, false},
+		{"dev1", "replies/plant-a/dev1/#", false, false},
 		{"gateway", "sensors/#", false, true},
 		{"gateway", "sensors/plant-a/+/temp", false, true},
 		{"gateway", "sensors/plant-a/dev1/temp", false, true},
@@ -460,6 +472,11 @@ func TestACL(t *testing.T) {
 		{"gateway", "sensors/plant-a/dev1/temp", true, false},
 		{"gateway", "$SYS/x", true, false},
 		{"gateway", "gateways/gateway/status", true, true},
+		{"gateway", "commands/plant-a/dev1/set_interval", true, true},
+		{"gateway", "replies/plant-a/dev1/c-1", true, false},
+		{"gateway", "replies/#", false, true},
+		{"gateway", "$share/gw/replies/#", false, true},
+		{"gateway", "commands/#", false, false},
 		{"", "sensors/#", false, false},
 		{"nobody", "sensors/x/y/z", true, false},
 	}
