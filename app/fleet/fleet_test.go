@@ -1,0 +1,138 @@
+package fleet
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+)
+
+var t0 = time.Unix(1_800_000_000, 0)
+
+// every publishes n messages from id, one per interval, starting at start.
+func every(w *Watch, id string, start time.Time, interval time.Duration, n int) time.Time {
+	at := start
+	for range n {
+		w.Seen(id, at)
+		at = at.Add(interval)
+	}
+	return at.Add(-interval)
+}
+
+func TestSilentAfterItsOwnHabit(t *testing.T) {
+	w := New(Options{SilentFactor: 5, MinSilence: time.Second})
+	fastLast := every(w, "s/fast", t0, time.Second, 10)  // every second
+	slowLast := every(w, "s/slow", t0, time.Minute, 10)  // every minute
+	every(w, "s/new", t0, time.Second, 2)                // too few to know its habit
+	now := slowLast.Add(10 * time.Second)
+	if fastLast.After(now) {
+		t.Fatal("test clock wrong")
+	}
+	// Fast has been quiet for minutes (≫ 5 × 1 s): silent. Slow, 10 s
+	// into a 5 × 1 min allowance: not. New: unknown habit, not.
+	if got := w.Sweep(now); got != 1 {
+		t.Fatalf("Sweep = %d silent, want 1", got)
+	}
+	list := w.List("", 10)
+	if !list[0].Silent || list[0].ID != "s/fast" {
+		t.Fatalf("first listed %+v, want s/fast silent", list[0])
+	}
+	for _, d := range list[1:] {
+		if d.Silent {
+			t.Errorf("%s flagged silent", d.ID)
+		}
+	}
+	if list[0].PerMinute != 60 {
+		t.Errorf("fast rate %v/min, want 60", list[0].PerMinute)
+	}
+	// Slow passes its allowance too.
+	if got := w.Sweep(slowLast.Add(5*time.Minute + time.Second)); got != 2 {
+		t.Fatalf("Sweep = %d, want 2 (slow past 5 minutes)", got)
+	}
+	// A message brings a device back by itself.
+	w.Seen("s/fast", now)
+	if st := w.Stats(); st.Silent != 1 || st.Devices != 3 {
+		t.Fatalf("stats %+v, want 1 silent of 3", st)
+	}
+	if got := w.Sweep(now); got != 1 {
+		t.Fatalf("Sweep after fast returned: %d silent, want 1", got)
+	}
+}
+
+func TestMinSilence(t *testing.T) {
+	w := New(Options{SilentFactor: 5, MinSilence: time.Minute})
+	last := every(w, "s/d", t0, 100*time.Millisecond, 10)
+	if got := w.Sweep(last.Add(30 * time.Second)); got != 0 {
+		t.Fatalf("silent after 30 s with MinSilence 1m: %d", got)
+	}
+	if got := w.Sweep(last.Add(61 * time.Second)); got != 1 {
+		t.Fatalf("not silent after 61 s: %d", got)
+	}
+}
+
+func TestRejectedAndSearch(t *testing.T) {
+	w := New(Options{})
+	w.Seen("plant-a/d1", t0)
+	w.Rejected("plant-a/d1", t0.Add(time.Second))
+	w.Seen("plant-b/d2", t0.Add(2*time.Second))
+	got := w.List("plant-a", 10)
+	if len(got) != 1 || got[0].ID != "plant-a/d1" || got[0].Messages != 2 || got[0].Rejected != 1 {
+		t.Fatalf("List(plant-a) = %+v", got)
+	}
+	if got := w.List("", 1); len(got) != 1 || got[0].ID != "plant-a/d1" {
+		t.Fatalf("List limit 1 = %+v, want the one heard from longest ago", got)
+	}
+}
+
+func TestMaxDevices(t *testing.T) {
+	w := New(Options{MaxDevices: 2})
+	for i := range 5 {
+		w.Seen(fmt.Sprint("d", i), t0)
+	}
+	if st := w.Stats(); st.Devices != 2 || st.Untracked != 3 {
+		t.Fatalf("stats %+v, want 2 tracked and 3 untracked", st)
+	}
+}
+
+// TestIDCopied: the id passed to Seen may be a view of a reused buffer.
+func TestIDCopied(t *testing.T) {
+	w := New(Options{})
+	buf := []byte("site/dev-1")
+	w.Seen(string(buf[:]), t0) // a copy by conversion, as callers with strings do
+	view := buf[:]
+	w.Seen(unsafeString(view), t0)
+	copy(buf, "XXXX/XXX-X")
+	if got := w.List("", 10); len(got) != 1 || got[0].ID != "site/dev-1" {
+		t.Fatalf("List = %+v after the buffer was reused", got)
+	}
+}
+
+// BenchmarkMillionDevices reports the memory a million tracked devices
+// take (bytes/device) and the cost of recording a message and of a sweep.
+func BenchmarkMillionDevices(b *testing.B) {
+	const n = 1_000_000
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("site-%03d/dev-%06d", i%1000, i)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	w := New(Options{MaxDevices: n})
+	for i, id := range ids {
+		w.Seen(id, t0.Add(time.Duration(i)))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perDevice := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	b.ResetTimer()
+	for i := range b.N {
+		w.Seen(ids[i%n], t0.Add(time.Duration(n+i)))
+	}
+	b.StopTimer()
+	start := time.Now()
+	w.Sweep(t0.Add(time.Hour))
+	b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/sweep")
+	b.ReportMetric(perDevice, "bytes/device")
+	runtime.KeepAlive(w)
+}
