@@ -59,6 +59,7 @@ func baseParams() Params {
 		ExportBucket:        "iot-gateway-dev-0a1b2c3d",
 		MQTTQoS:             1,
 		InfluxRetentionDays: 0,
+		SigningPublicKey:    string(testSigner.pub),
 	}
 }
 
@@ -160,7 +161,7 @@ func TestRenderedValues(t *testing.T) {
 	checks := map[string][]string{
 		"/etc/iotgw/gateway.toml": {
 			`password = "ssm:/iot-gateway/prod-eu/mqtt-password"`,
-			`token = "ssm:/iot-gateway/prod-eu/influx-token"`,
+			`token = "ssm:/iot-gateway/prod-eu/influx-run-token"`,
 			`topics = ["sensors/#", "sensors/+/+/status"]`, `qos = 2`, `org = "acme"`, `bucket = "telemetry"`,
 			`addr = "127.0.0.1:9273"`, `prefix = "daily"`, `client_id = "iotgw-prod-eu"`,
 		},
@@ -397,15 +398,17 @@ func TestSetupTempRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(stubs.iotgw)
+	sig := testSigner.sign(stubs.iotgw)
 
-	run := func(sha string) (string, error) {
+	runArtifact := func(artifact, sha, sig string) (string, error) {
 		cmd := exec.Command("bash", filepath.Join(root, SetupScript))
 		cmd.Env = append(os.Environ(), "ROOT="+root, "DATA_DEVICE_PATH="+disk, "TLS_NAMES=localhost 127.0.0.1 gw.example.com",
-			"IOTGW_ARTIFACT_FILE="+bin, "IOTGW_ARTIFACT_SHA256="+sha,
+			"IOTGW_ARTIFACT_FILE="+artifact, "IOTGW_ARTIFACT_SHA256="+sha, "IOTGW_ARTIFACT_SIG="+sig,
 			"WITH_AWS=1", "PATH="+stubs.bin+":"+os.Getenv("PATH"))
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
+	run := func(sha string) (string, error) { return runArtifact(bin, sha, sig) }
 	out, err := run(hex.EncodeToString(sum[:]))
 	if err != nil {
 		t.Fatalf("first run: %v\n%s", err, out)
@@ -497,6 +500,32 @@ func TestSetupTempRoot(t *testing.T) {
 	out, err = run(strings.Repeat("0", 64))
 	if err == nil || !strings.Contains(out, "FAILURE: gateway artifact sha256") {
 		t.Errorf("bad checksum accepted: %v\n%s", err, out)
+	}
+
+	// Someone who can change the S3 object and the SSM parameter (address
+	// and sha256) but not the user-data: a tampered binary with its own
+	// sha256, or one signed by another key, is refused and not installed.
+	installed, _ := os.ReadFile(filepath.Join(root, "usr/local/bin/iotgw"))
+	tampered := append(bytes.Clone(stubs.iotgw), []byte("# tampered\n")...)
+	evil := filepath.Join(tmp, "iotgw-tampered")
+	if err := os.WriteFile(evil, tampered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tsum := sha256.Sum256(tampered)
+	for name, s := range map[string]string{
+		"tampered, old signature":  sig,
+		"signed by another key":    newTestSigner(t).sign(tampered),
+		"no signature":             "",
+		"truncated signature":      sig[:40],
+		"signature is not base64!": "!!" + sig[2:],
+	} {
+		out, err := runArtifact(evil, hex.EncodeToString(tsum[:]), s)
+		if err == nil || !strings.Contains(out, "FAILURE: gateway artifact signature does not verify") {
+			t.Errorf("%s: accepted: %v\n%s", name, err, out)
+		}
+		if now, _ := os.ReadFile(filepath.Join(root, "usr/local/bin/iotgw")); !bytes.Equal(now, installed) {
+			t.Fatalf("%s: the installed binary changed", name)
+		}
 	}
 }
 

@@ -69,7 +69,7 @@ func Deploy(ctx *pulumi.Context, c Config) (*Deployment, error) {
 	}
 	// Read the artifact before declaring anything: a missing build is a
 	// configuration error, not a half-created stack.
-	art, err := readArtifact(c.ArtifactPath)
+	art, err := readArtifact(c.ArtifactPath, c.SigningPublicKey)
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +136,7 @@ func UserData(e env, c Config, volumeID, bucket string) (string, error) {
 		MQTTPlaintextPublic: c.MQTTPlaintext,
 		ExportBucket:        bucket,
 		ExportPrefix:        c.ExportPrefix,
+		SigningPublicKey:    c.SigningPublicKey,
 	})
 	if err != nil {
 		return "", err
