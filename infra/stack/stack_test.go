@@ -748,3 +748,32 @@ func TestArtifactSignature(t *testing.T) {
 		}
 	}
 }
+
+// TestPreviewWarnsOnSignature: a preview of a binary signed by another key
+// (a pull request's build) goes ahead with a warning; up refuses it (above).
+func TestPreviewWarnsOnSignature(t *testing.T) {
+	c := testConfig(t)
+	other := newTestKey()
+	if err := os.WriteFile(c.ArtifactPath+".sig", signing.Sign(other.priv, []byte("not really a binary\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := &mocks{}
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := Deploy(ctx, c)
+		return err
+	}, pulumi.WithMocks(Project, "dev", m), func(info *pulumi.RunInfo) { info.DryRun = true })
+	if err != nil {
+		t.Fatalf("preview: %v", err)
+	}
+	if len(m.byType("aws:ec2/instance:Instance")) != 1 {
+		t.Error("preview declared no instance")
+	}
+	c.ArtifactPath += "-missing"
+	err = pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := Deploy(ctx, c)
+		return err
+	}, pulumi.WithMocks(Project, "dev", &mocks{}), func(info *pulumi.RunInfo) { info.DryRun = true })
+	if err == nil {
+		t.Error("preview without a binary went ahead")
+	}
+}

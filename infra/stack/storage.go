@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
@@ -38,12 +39,16 @@ func readArtifact(path, publicKey string) (artifact, error) {
 	if err != nil {
 		return artifact{}, fmt.Errorf("signingPublicKey: %w", err)
 	}
-	if err := signing.Verify(pub, data, sig); err != nil {
-		return artifact{}, fmt.Errorf("artifactPath: %s.sig: %w (signingPublicKey); was it built with another signing key?", path, err)
-	}
 	sum := sha256.Sum256(data)
-	return artifact{path: path, sha256: hex.EncodeToString(sum[:]), signature: base64.StdEncoding.EncodeToString(sig)}, nil
+	art := artifact{path: path, sha256: hex.EncodeToString(sum[:]), signature: base64.StdEncoding.EncodeToString(sig)}
+	if err := signing.Verify(pub, data, sig); err != nil {
+		return art, fmt.Errorf("artifactPath: %s.sig: %w (signingPublicKey); was it built with another signing key? %w", path, err, errBadSignature)
+	}
+	return art, nil
 }
+
+// errBadSignature marks a signature that does not verify with the stack's key.
+var errBadSignature = errors.New("the host would refuse this binary")
 
 // Storage is the stack's bucket (gateway artifacts and daily exports) and
 // the uploaded gateway binary.
