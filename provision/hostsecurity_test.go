@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/iot-gateway/iot-gateway/app/config"
+	"github.com/iot-gateway/iot-gateway/app/ssmref"
 	"github.com/iot-gateway/iot-gateway/provision/signing"
 )
 
@@ -200,7 +202,23 @@ func TestHostFileHardening(t *testing.T) {
 	if regexp.MustCompile(`(?m)^IPAddressAllow=`).Match(units["iotgw-broker.service"]) {
 		t.Error("iotgw-broker.service has IPAddressAllow=, which wins over IPAddressDeny=")
 	}
-	for _, u := range []string{"iotgw.service", "iotgw-export.service", "iotgw-broker.service"} {
+	// The gateway too: its secrets come resolved from iotgw-secrets.service.
+	gw := string(units["iotgw.service"])
+	if !strings.Contains(gw, "\nIPAddressDeny=169.254.169.254/32 fd00:ec2::254/128 link-local\n") || strings.Contains(gw, "IPAddressAllow=") {
+		t.Error("iotgw.service can reach the instance metadata service")
+	}
+	for _, want := range []string{"\nRequires=iotgw-secrets.service\n", " iotgw-secrets.service\n"} {
+		if !strings.Contains(gw, want) {
+			t.Errorf("iotgw.service lacks %q", want)
+		}
+	}
+	sec := string(units["iotgw-secrets.service"])
+	for _, want := range []string{"\nExecStart=" + SetupScript + " gateway-secrets\n", "\nRuntimeDirectory=iotgw-secrets\n", "\nRuntimeDirectoryMode=0700\n", "\nPartOf=iotgw.service\n", "\nRemainAfterExit=yes\n"} {
+		if !strings.Contains(sec, want) {
+			t.Errorf("iotgw-secrets.service lacks %q", want)
+		}
+	}
+	for _, u := range []string{"iotgw.service", "iotgw-export.service", "iotgw-broker.service", "iotgw-secrets.service"} {
 		if !strings.Contains(string(units[u]), "\nInaccessiblePaths=-/var/lib/influxdb -/data/influxdb\n") {
 			t.Errorf("%s can read InfluxDB's token store", u)
 		}
@@ -322,49 +340,12 @@ func TestInfluxTokensStep(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 
-	params := t.TempDir()
-	argv := filepath.Join(params, "argv")
-	bin := filepath.Join(params, "bin")
-	if err := os.Mkdir(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	aws := fmt.Sprintf(`#!/bin/bash
-# aws stand-in: SSM parameters under /iot-gateway/dev/ as files in %[1]s.
-echo "aws $*" >>%[2]q
-[[ $1 == ssm ]] || exit 255
-op=$2; shift 2
-while [[ $# -gt 0 ]]; do
-	case $1 in
-	--name) name=${2#/iot-gateway/dev/}; shift ;;
-	--value) value=$2; shift ;;
-	--type) type=$2; shift ;;
-	esac
-	shift
-done
-case $op in
-get-parameter) cat %[1]q/"$name" ;;
-put-parameter)
-	[[ $type == SecureString && $value == file://* ]] || { echo "put-parameter $name: type $type, value not from a file" >&2; exit 254; }
-	cp "${value#file://}" %[1]q/"$name" ;;
-*) exit 255 ;;
-esac
-`, params, argv)
-	if err := os.WriteFile(filepath.Join(bin, "aws"), []byte(aws), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	param := func(name string) string {
-		b, _ := os.ReadFile(filepath.Join(params, name))
-		return string(b)
-	}
-	setParam := func(name, v string) {
-		if err := os.WriteFile(filepath.Join(params, name), []byte(v), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ps := newParamStore(t)
+	param, setParam, argv := ps.get, ps.set, ps.argv
 	setParam("influx-token", fake.operator)
 	setParam("influx-run-token", TokenPlaceholder+" written by the host")
 	setParam("influx-export-token", TokenPlaceholder+" written by the host")
-	env = append(env, "INFLUX_URL="+srv.URL, "PATH="+bin+":"+os.Getenv("PATH"), "OFFLINE=1")
+	env = append(env, "INFLUX_URL="+srv.URL, "PATH="+ps.bin+":"+os.Getenv("PATH"), "OFFLINE=1")
 	step := func() string {
 		t.Helper()
 		out, err := runStep(env, `influx_tokens; echo "changed=$CHANGED restart_gateway=$RESTART_GATEWAY"`)
@@ -455,5 +436,130 @@ esac
 		if strings.Contains(string(log), s) {
 			t.Errorf("a token appeared on a command line:\n%s", log)
 		}
+	}
+}
+
+// paramStore is an aws stand-in on PATH that keeps the SSM parameters under
+// /iot-gateway/dev/ as files and logs every command line.
+type paramStore struct {
+	dir, bin, argv string
+	t              *testing.T
+}
+
+func newParamStore(t *testing.T) *paramStore {
+	t.Helper()
+	ps := &paramStore{dir: t.TempDir(), t: t}
+	ps.argv, ps.bin = filepath.Join(ps.dir, "argv"), filepath.Join(ps.dir, "bin")
+	if err := os.Mkdir(ps.bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	aws := fmt.Sprintf(`#!/bin/bash
+# aws stand-in: SSM parameters under /iot-gateway/dev/ as files in %[1]s.
+echo "aws $*" >>%[2]q
+[[ $1 == ssm ]] || exit 255
+op=$2; shift 2
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--name) name=${2#/iot-gateway/dev/}; shift ;;
+	--value) value=$2; shift ;;
+	--type) type=$2; shift ;;
+	esac
+	shift
+done
+case $op in
+get-parameter) cat %[1]q/"$name" ;;
+put-parameter)
+	[[ $type == SecureString && $value == file://* ]] || { echo "put-parameter $name: type $type, value not from a file" >&2; exit 254; }
+	cp "${value#file://}" %[1]q/"$name" ;;
+*) exit 255 ;;
+esac
+`, ps.dir, ps.argv)
+	if err := os.WriteFile(filepath.Join(ps.bin, "aws"), []byte(aws), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+func (ps *paramStore) get(name string) string {
+	b, _ := os.ReadFile(filepath.Join(ps.dir, name))
+	return string(b)
+}
+
+func (ps *paramStore) set(name, v string) {
+	if err := os.WriteFile(filepath.Join(ps.dir, name), []byte(v), 0o600); err != nil {
+		ps.t.Fatal(err)
+	}
+}
+
+// TestGatewaySecretsStep runs `iotgw-setup gateway-secrets` (the step
+// iotgw-secrets.service runs) against the aws stand-in: it writes the
+// gateway's password and run token where iotgw.service reads them, root
+// only, in a form the gateway's own config loader takes as the resolved
+// values (so `iotgw run` makes no SSM call and needs no metadata service),
+// and refuses a token not made yet and a password a systemd environment
+// file would mangle.
+func TestGatewaySecretsStep(t *testing.T) {
+	root, env := stepEnv(t, baseParams())
+	ps := newParamStore(t)
+	const pw, tok = "q1w+/Zx9Lk3=mqtt", "Zm9vYmFy-run_TOKEN=="
+	ps.set("mqtt-password", pw)
+	ps.set("influx-run-token", tok)
+	env = append(env, "PATH="+ps.bin+":"+os.Getenv("PATH"), "OFFLINE=1", "SECRETS_RETRY=0")
+	if out, err := runStep(env, "gateway_secrets"); err != nil {
+		t.Fatalf("gateway_secrets: %v\n%s", err, out)
+	}
+	units, _ := Units()
+	m := regexp.MustCompile(`(?m)^EnvironmentFile=(.*)$`).FindAllStringSubmatch(string(units["iotgw.service"]), -1)
+	envFile := m[len(m)-1][1]
+	if envFile != "/run/iotgw-secrets/gateway.env" {
+		t.Fatalf("iotgw.service's last EnvironmentFile= is %s", envFile)
+	}
+	fi, err := os.Stat(filepath.Join(root, envFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s mode %v, want 0600", envFile, fi.Mode().Perm())
+	}
+	b, _ := os.ReadFile(filepath.Join(root, envFile))
+	vars := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		vars[k] = v
+	}
+	cfg, err := config.Load(writeTemp(t, "gateway.toml", rendered(t, baseParams(), GatewayConfig)), func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MQTT.Password != pw || cfg.Influx.Token != tok {
+		t.Errorf("with %s the gateway has password %q and token %q", envFile, cfg.MQTT.Password, cfg.Influx.Token)
+	}
+	if ssmref.Any([]ssmref.Field{{Value: &cfg.MQTT.Username}, {Value: &cfg.MQTT.Password}, {Value: &cfg.Influx.Token}}) {
+		t.Error("iotgw run would still call SSM")
+	}
+	if log, _ := os.ReadFile(ps.argv); strings.Contains(string(log), pw) || strings.Contains(string(log), tok) {
+		t.Errorf("a secret on a command line:\n%s", log)
+	}
+
+	for name, c := range map[string]struct{ pw, tok, want string }{
+		"token not made yet": {pw, TokenPlaceholder + " written by the host", "is not made yet"},
+		"quote in password":  {`pw"with'quotes`, tok, "mqtt-password has characters"},
+		"dollar in password": {"pw$HOME", tok, "mqtt-password has characters"},
+		"newline in token":   {pw, tok + "\nIOTGW_X=1", "is not an InfluxDB token"},
+	} {
+		ps.set("mqtt-password", c.pw)
+		ps.set("influx-run-token", c.tok)
+		out, err := runStep(env, "gateway_secrets")
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("%s: %v\n%s", name, err, out)
+		}
+	}
+	ps.set("mqtt-password", "")
+	_ = os.Remove(filepath.Join(ps.dir, "mqtt-password"))
+	if out, err := runStep(env, "gateway_secrets"); err == nil || !strings.Contains(out, "cannot read") {
+		t.Errorf("no parameter: %v\n%s", err, out)
 	}
 }

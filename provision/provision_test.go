@@ -229,6 +229,7 @@ func unitDir(t *testing.T) string {
 	}
 	for name, b := range units {
 		b = bytes.ReplaceAll(b, []byte("/usr/local/bin/iotgw"), []byte(stub))
+		b = bytes.ReplaceAll(b, []byte(SetupScript), []byte(stub))
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -246,8 +247,8 @@ func unitNames(t *testing.T) []string {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	if len(names) != 4 {
-		t.Fatalf("units = %v, want 4", names)
+	if len(names) != 5 {
+		t.Fatalf("units = %v, want 5", names)
 	}
 	return names
 }
@@ -280,8 +281,14 @@ func TestUnitsExposure(t *testing.T) {
 		}
 		level, _ := strconv.ParseFloat(string(m[2]), 64)
 		t.Logf("%s exposure %.1f", name, level)
-		if level > 1.5 {
-			t.Errorf("%s exposure %.1f > 1.5:\n%s", name, level, out)
+		// iotgw-secrets.service runs as root (it reads root's files and
+		// writes /run) and needs the network for SSM.
+		limit := 1.5
+		if name == "iotgw-secrets.service" {
+			limit = 2.0
+		}
+		if level > limit {
+			t.Errorf("%s exposure %.1f > %.1f:\n%s", name, level, limit, out)
 		}
 	}
 }

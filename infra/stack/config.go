@@ -277,6 +277,7 @@ var (
 	hhmm           = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
 	safeName       = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	topicRe        = regexp.MustCompile(`^[A-Za-z0-9._/#+-]+$`)
+	hostEnvSafe    = regexp.MustCompile(`^[A-Za-z0-9+/=._~:@%,-]+$`)
 )
 
 // Validate checks the configuration; the error names every bad key.
@@ -300,6 +301,10 @@ func (c Config) Validate() error {
 		} else if len(s.value) < 8 {
 			bad(s.key, "is shorter than 8 characters (InfluxDB refuses shorter passwords)")
 		}
+	}
+	if c.MQTTPassword != "" && !hostEnvSafe.MatchString(c.MQTTPassword) {
+		// The host hands it to the gateway in a systemd environment file.
+		bad(KeyMQTTPassword, "may hold only letters, digits and +/=._~:@%%,- (for example: openssl rand -base64 24)")
 	}
 	if !instanceTypeRe.MatchString(c.InstanceType) {
 		bad("instanceType", "%q is not an EC2 instance type like t4g.small", c.InstanceType)

@@ -370,6 +370,8 @@ broker_users() {
 		gwline="$MQTT_USERNAME:::$(ssm_secret mqtt-password | "$iotgw" broker hash-password)" ||
 			die "cannot hash the gateway's broker password"
 		[[ $gwline == "$MQTT_USERNAME:::\$2"* ]] || die "iotgw broker hash-password printed no bcrypt hash"
+		# The gateway reads its password at start (iotgw-secrets.service).
+		RESTART_GATEWAY=1
 	fi
 	tmp=$(mktemp)
 	{
@@ -515,6 +517,32 @@ open(sys.argv[1], "w").write(a["token"])' "$tmp" "$idf.new"
 	if [[ $kind == run ]]; then RESTART_GATEWAY=1; fi
 }
 
+# `iotgw-setup gateway-secrets` (iotgw-secrets.service, before each start of
+# iotgw.service): the gateway's password and InfluxDB token from SSM into
+# /run/iotgw-secrets/gateway.env (memory, root only), which systemd reads
+# for iotgw.service, so the gateway runs without the instance metadata
+# service. Retries for 5 minutes, since it runs early in a boot.
+gateway_secrets() {
+	local dst=$ROOT/run/iotgw-secrets/gateway.env pw="" tok="" i
+	for ((i = 0; i < 60; i++)); do
+		pw=$(ssm_secret mqtt-password) && tok=$(ssm_secret influx-run-token) && break
+		pw="" tok=""
+		sleep "${SECRETS_RETRY:-5}"
+	done
+	[[ -n $pw && -n $tok ]] || die "cannot read $PARAM_PATH/mqtt-password and $PARAM_PATH/influx-run-token"
+	[[ $tok != pending:* ]] || die "$PARAM_PATH/influx-run-token is not made yet: run iotgw-setup"
+	# A systemd environment file quotes, escapes and expands: only values
+	# that need none of it.
+	[[ $pw =~ ^[A-Za-z0-9+/=._~:@%,-]+$ ]] || die "$PARAM_PATH/mqtt-password has characters other than letters, digits and +/=._~:@%,-"
+	[[ $tok =~ ^[A-Za-z0-9+/=_-]+$ ]] || die "$PARAM_PATH/influx-run-token is not an InfluxDB token"
+	mkdir -p "$(dirname "$dst")"
+	(
+		umask 077
+		printf 'IOTGW_MQTT_PASSWORD=%s\nIOTGW_INFLUX_TOKEN=%s\n' "$pw" "$tok" >"$dst.new"
+	)
+	mv -f "$dst.new" "$dst"
+}
+
 # healthy CMD...: retry CMD for up to 120 s.
 healthy() {
 	local i
@@ -568,6 +596,10 @@ start_and_check() {
 
 main() {
 	[[ $(id -u) == 0 ]] || die "must run as root"
+	if [[ ${1:-} == gateway-secrets ]]; then
+		gateway_secrets
+		return
+	fi
 	# cloud-init and the SSM rollout association may start it at the same
 	# time on first boot: one run at a time.
 	mkdir -p "$ROOT/run/lock"
