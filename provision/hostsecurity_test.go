@@ -207,7 +207,7 @@ func TestHostFileHardening(t *testing.T) {
 	if !strings.Contains(gw, "\nIPAddressDeny=169.254.169.254/32 fd00:ec2::254/128 link-local\n") || strings.Contains(gw, "IPAddressAllow=") {
 		t.Error("iotgw.service can reach the instance metadata service")
 	}
-	for _, want := range []string{"\nRequires=iotgw-secrets.service\n", " iotgw-secrets.service\n"} {
+	for _, want := range []string{"\nWants=iotgw-secrets.service\n", " iotgw-secrets.service\n"} {
 		if !strings.Contains(gw, want) {
 			t.Errorf("iotgw.service lacks %q", want)
 		}
