@@ -228,6 +228,12 @@ func TestHostFileHardening(t *testing.T) {
 	}
 
 	for name, p := range configs() {
+		// What cloud-init writes, byte for byte, for each stack shape.
+		for _, u := range []string{"iotgw-broker.service", "iotgw.service"} {
+			if got := rendered(t, p, "/etc/systemd/system/"+u); !strings.Contains(got, "\nIPAddressDeny=169.254.169.254/32 fd00:ec2::254/128 link-local\n") {
+				t.Errorf("%s: the %s the host gets can reach the instance metadata service", name, u)
+			}
+		}
 		gw := rendered(t, p, GatewayConfig)
 		if !strings.Contains(gw, `token = "ssm:`+p.ParamPath+`/influx-run-token"`) {
 			t.Errorf("%s: gateway.toml does not use the run token:\n%s", name, gw)
