@@ -315,10 +315,21 @@ func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) 
 				Resource: []string{bucketArn + "/" + artifactKey},
 			},
 			{
+				// iotgw export replaces a day's objects: the old manifest
+				// first, stale files last (app/export/s3.go).
 				Sid:      "WriteExports",
 				Effect:   "Allow",
-				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload"},
+				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
 				Resource: []string{bucketArn + "/" + c.ExportPrefix + "*"},
+			},
+			{
+				// HeadBucket (the export's first check) has no prefix; a
+				// listing with one stays under the export prefix.
+				Sid:       "ListExports",
+				Effect:    "Allow",
+				Action:    []string{"s3:ListBucket"},
+				Resource:  []string{bucketArn},
+				Condition: map[string]any{"StringLikeIfExists": map[string]any{"s3:prefix": []string{c.ExportPrefix + "*"}}},
 			},
 			{
 				Sid:      "ReadStackParameters",

@@ -232,7 +232,8 @@ func TestDeployDefaults(t *testing.T) {
 		actions, resources []string
 	}{
 		"ReadGatewayArtifact": {"Allow", []string{"s3:GetObject"}, []string{"arn:aws:s3:::" + mockBucket + "/artifacts/iotgw-linux-arm64/" + sha}},
-		"WriteExports":        {"Allow", []string{"s3:PutObject", "s3:AbortMultipartUpload"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
+		"WriteExports":        {"Allow", []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
+		"ListExports":         {"Allow", []string{"s3:ListBucket"}, []string{"arn:aws:s3:::" + mockBucket}},
 		"ReadStackParameters": {"Allow", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"}, []string{params, params + "/*"}},
 		"DenyParametersOutsideStack": {"Deny", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"},
 			[]string{params, params + "/*"}}, // NotResource
@@ -249,6 +250,11 @@ func TestDeployDefaults(t *testing.T) {
 		}
 		if !ok || s.Effect != w.effect || !slices.Equal(s.Action, w.actions) || !slices.Equal(res, w.resources) {
 			t.Errorf("host policy statement %+v, want %+v", s, w)
+		}
+		if s.Sid == "ListExports" {
+			if c, _ := s.Condition["StringLikeIfExists"].(map[string]any); c == nil || !slices.Equal(toStrings(c["s3:prefix"]), []string{"exports/*"}) {
+				t.Errorf("the export's listing is not held to its prefix: %+v", s.Condition)
+			}
 		}
 	}
 
