@@ -229,6 +229,7 @@ var payload = []struct {
 	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
 	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
 	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
+	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service"},
 	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
 }
 

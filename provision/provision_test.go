@@ -253,6 +253,30 @@ func unitNames(t *testing.T) []string {
 	return names
 }
 
+// TestEveryUnitShipped: each unit file in files/systemd reaches the host,
+// byte for byte, where systemd looks for it; a unit the others want but
+// the host never gets would leave them failing on first boot.
+func TestEveryUnitShipped(t *testing.T) {
+	units, err := Units()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := Files(baseParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := map[string]string{}
+	for _, f := range fl {
+		shipped[f.Path] = f.Content
+	}
+	for name, b := range units {
+		got, ok := shipped[PayloadDir+"/etc/systemd/system/"+name]
+		if !ok || got != string(b) {
+			t.Errorf("%s is not in the user-data as /etc/systemd/system/%s", name, name)
+		}
+	}
+}
+
 func TestUnitsVerify(t *testing.T) {
 	sa := requireTool(t, "systemd-analyze", "systemd")
 	dir := unitDir(t)
