@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"text/template"
 
 	"github.com/iot-gateway/iot-gateway/provision/dashboards"
+	"github.com/iot-gateway/iot-gateway/provision/signing"
 )
 
 //go:embed files
@@ -51,13 +53,25 @@ const (
 	BrokerDataDir   = "/var/lib/iotgw-broker" // data_dir; iotgw-broker.service StateDirectory=iotgw-broker
 	BrokerTLSDir    = BrokerDataDir + "/tls"  // written by iotgw-setup
 	BrokerUsersFile = "/etc/iotgw/broker-users"
+	SigningKeyFile  = "/etc/iotgw/signing.pub" // Params.SigningPublicKey; checks the artifact
+	ExportEnvFile   = "/etc/iotgw/export.env"  // iotgw-export.service: the export's own token
 	MQTTPlainPort   = "1883"
 	MQTTTLSPort     = "8883"
 )
 
 // GatewaySecrets are the SSM parameters, relative to Params.ParamPath, that
-// gateway.toml refers to as ssm:/path values. infra/stack creates each.
-var GatewaySecrets = []string{"mqtt-password", "influx-token"}
+// gateway.toml refers to as ssm:/path values, and ExportSecrets those that
+// export.env does. infra/stack creates each. The InfluxDB tokens are made by
+// iotgw-setup with the operator token (influx-token), which neither gets:
+// influx-run-token may only write the bucket, influx-export-token only read.
+var (
+	GatewaySecrets = []string{"mqtt-password", "influx-run-token"}
+	ExportSecrets  = []string{"influx-export-token"}
+)
+
+// TokenPlaceholder starts the value infra/stack gives the token parameters
+// until iotgw-setup writes the real token.
+const TokenPlaceholder = "pending:"
 
 // Params are the stack settings the host needs. None of them is secret:
 // secrets stay in SSM under ParamPath and are fetched by the host.
@@ -88,6 +102,10 @@ type Params struct {
 	HTTPAddr     string // gateway health and metrics listener
 	ExportBucket string // S3 bucket of the daily export
 	ExportPrefix string // key prefix of the daily export, ending in "/"
+
+	// SigningPublicKey is the Ed25519 public key (PEM) the host checks the
+	// gateway artifact's signature with (package provision/signing).
+	SigningPublicKey string
 }
 
 // File is one rendered file and where it goes on the host.
@@ -185,6 +203,12 @@ func (p Params) Validate() error {
 	if p.InfluxRetentionDays < 0 {
 		return fmt.Errorf("provision: InfluxRetentionDays %d is negative", p.InfluxRetentionDays)
 	}
+	if p.SigningPublicKey == "" {
+		return errors.New("provision: SigningPublicKey is required: the host refuses an unsigned gateway binary")
+	}
+	if _, err := signing.ParsePublicKey([]byte(p.SigningPublicKey)); err != nil {
+		return fmt.Errorf("provision: SigningPublicKey: %w", err)
+	}
 	return nil
 }
 
@@ -195,6 +219,8 @@ var payload = []struct {
 	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
 	{"files/gateway.toml.tmpl", GatewayConfig},
 	{"files/broker.toml.tmpl", BrokerConfig},
+	{"files/export.env.tmpl", ExportEnvFile},
+	{"signing-key", SigningKeyFile},
 	// The dashboard as code, the same file `iotgw export` round-trips.
 	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json"},
 	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
@@ -203,6 +229,7 @@ var payload = []struct {
 	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
 	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
 	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
+	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service"},
 	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
 }
 
@@ -229,6 +256,9 @@ func Files(p Params) ([]File, error) {
 }
 
 func render(name string, p Params) (string, error) {
+	if name == "signing-key" {
+		return strings.TrimSpace(p.SigningPublicKey) + "\n", nil
+	}
 	if rest, ok := strings.CutPrefix(name, "dashboards:"); ok {
 		b, err := dashboards.FS.ReadFile(rest)
 		return string(b), err

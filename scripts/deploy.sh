@@ -10,7 +10,9 @@ usage: scripts/deploy.sh [--yes] [--no-build] [--no-wait] STACK
 
 Deploys the Pulumi stack STACK (for example dev or prod) from this checkout:
 
-  1. scripts/build.sh               dist/iotgw-linux-{amd64,arm64} + .sha256
+  1. scripts/build.sh               dist/iotgw-linux-{amd64,arm64} + .sha256 + .sig
+                                    (signed with IOTGW_SIGNING_KEY or
+                                    IOTGW_SIGNING_KEY_FILE, else a development key)
   2. pulumi stack select STACK      and a check of the required config keys
   3. pulumi preview --diff
   4. confirmation                   skipped with --yes
@@ -140,6 +142,12 @@ for key in influxAdminPassword influxToken mqttPassword; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	refuse "stack $stack lacks required configuration; set it with" "${missing[@]}"
+fi
+# The host installs only a binary signed by the stack's key. Unpinned, the
+# program trusts whatever key signed dist/ (dist/iotgw-signing.pub).
+if ! pulumi config get --stack "$stack" signingPublicKey >/dev/null 2>&1; then
+	echo "deploy: warning: stack $stack does not pin signingPublicKey, so the key that signed dist/ is trusted;" \
+		"pin it: pulumi config set --stack $stack signingPublicKey \"\$(sed -n 2p dist/iotgw-signing.pub)\"" >&2
 fi
 region=$(pulumi config get --stack "$stack" aws:region)
 

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/iot-gateway/iot-gateway/provision/signing"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/config"
 )
@@ -28,7 +29,7 @@ type Config struct {
 	SubnetID string // default: the default VPC's default subnet in the first AZ
 
 	MQTTCidrs     []string // may reach MQTT over TLS (8883)
-	MQTTPlaintext bool     // also open plain MQTT 1883 to MQTTCidrs
+	MQTTPlaintext bool     // also open plain MQTT 1883 to MQTTCidrs; refused when one is the internet
 	AdminCidrs    []string // may reach InfluxDB 8086; default none
 	SSHCidrs      []string // may reach SSH 22; default none
 	SSHPublicKey  string   // imports a key pair when set
@@ -45,6 +46,7 @@ type Config struct {
 	RolloutWaitSeconds int    // how long pulumi up waits for the host to apply a new binary, default 1200
 
 	ArtifactPath        string // gateway binary for the architecture; default dist/iotgw-linux-<goarch>
+	SigningPublicKey    string // Ed25519 public key (PEM) the host checks the binary with; default dist/iotgw-signing.pub
 	ExportPrefix        string // default exports/
 	ExportRetentionDays int    // expire exports after N days, default 365
 	NoncurrentDays      int    // expire old object versions after N days, default 30
@@ -167,6 +169,7 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	boolean("elasticIp", &c.ElasticIP)
 	integer("rolloutWaitSeconds", &c.RolloutWaitSeconds)
 	str("artifactPath", &c.ArtifactPath)
+	str("signingPublicKey", &c.SigningPublicKey)
 	str("exportPrefix", &c.ExportPrefix)
 	integer("exportRetentionDays", &c.ExportRetentionDays)
 	integer("noncurrentVersionDays", &c.NoncurrentDays)
@@ -185,6 +188,21 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	if c.ArtifactPath != "" && !filepath.IsAbs(c.ArtifactPath) {
 		c.ArtifactPath = filepath.Join(root, c.ArtifactPath)
 	}
+	if k := strings.TrimSpace(c.SigningPublicKey); k != "" && !strings.HasPrefix(k, "-----") {
+		// The one base64 line of the PEM file, which reads better in
+		// Pulumi.<stack>.yaml.
+		c.SigningPublicKey = "-----BEGIN PUBLIC KEY-----\n" + k + "\n-----END PUBLIC KEY-----\n"
+	}
+	if c.SigningPublicKey == "" {
+		// The key scripts/build.sh signed with (a development key unless
+		// IOTGW_SIGNING_KEY was set). Pin it per stack so that a binary
+		// signed by any other key is refused.
+		if b, err := os.ReadFile(filepath.Join(root, DefaultSigningKeyFile)); err == nil {
+			c.SigningPublicKey = string(b)
+			_ = ctx.Log.Warn("signingPublicKey is not set: using "+DefaultSigningKeyFile+" from the build; "+
+				"pin it with: pulumi config set signingPublicKey \"$(cat "+DefaultSigningKeyFile+")\"", nil)
+		}
+	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -200,6 +218,10 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	}
 	return c, nil
 }
+
+// DefaultSigningKeyFile is where scripts/build.sh writes the public key of
+// the key it signed with, relative to the repository root.
+const DefaultSigningKeyFile = "dist/iotgw-signing.pub"
 
 // projectRoot is the directory of Pulumi.yaml, against which relative paths
 // in the configuration are resolved. The CLI says where it is; without it,
@@ -255,6 +277,7 @@ var (
 	hhmm           = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
 	safeName       = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	topicRe        = regexp.MustCompile(`^[A-Za-z0-9._/#+-]+$`)
+	hostEnvSafe    = regexp.MustCompile(`^[A-Za-z0-9+/=._~:@%,-]+$`)
 )
 
 // Validate checks the configuration; the error names every bad key.
@@ -278,6 +301,10 @@ func (c Config) Validate() error {
 		} else if len(s.value) < 8 {
 			bad(s.key, "is shorter than 8 characters (InfluxDB refuses shorter passwords)")
 		}
+	}
+	if c.MQTTPassword != "" && !hostEnvSafe.MatchString(c.MQTTPassword) {
+		// The host hands it to the gateway in a systemd environment file.
+		bad(KeyMQTTPassword, "may hold only letters, digits and +/=._~:@%%,- (for example: openssl rand -base64 24)")
 	}
 	if !instanceTypeRe.MatchString(c.InstanceType) {
 		bad("instanceType", "%q is not an EC2 instance type like t4g.small", c.InstanceType)
@@ -319,6 +346,14 @@ func (c Config) Validate() error {
 		}
 	}
 	cidrs("mqttCidrs", c.MQTTCidrs, true)
+	if c.MQTTPlaintext {
+		for _, s := range c.MQTTCidrs {
+			if p, err := netip.ParsePrefix(s); err == nil && tooBroad(p) {
+				bad("mqttPlaintext", "would open plain MQTT (1883, no TLS) to %s from mqttCidrs; plain MQTT is never opened to the internet (nor broader than /8, IPv6 /32): "+
+					"list the devices' networks in mqttCidrs, or leave mqttPlaintext false and use 8883", s)
+			}
+		}
+	}
 	cidrs("adminCidrs", c.AdminCidrs, false)
 	cidrs("sshCidrs", c.SSHCidrs, false)
 	if c.SSHPublicKey != "" && !strings.HasPrefix(c.SSHPublicKey, "ssh-") && !strings.HasPrefix(c.SSHPublicKey, "ecdsa-") {
@@ -352,6 +387,12 @@ func (c Config) Validate() error {
 	}
 	if c.NoncurrentDays < 1 {
 		bad("noncurrentVersionDays", "%d must be at least 1", c.NoncurrentDays)
+	}
+	if c.SigningPublicKey == "" {
+		bad("signingPublicKey", "required: the host installs only a gateway binary signed by this key; run scripts/build.sh (it writes %s), "+
+			"then: pulumi config set signingPublicKey \"$(cat %s)\"", DefaultSigningKeyFile, DefaultSigningKeyFile)
+	} else if _, err := signing.ParsePublicKey([]byte(c.SigningPublicKey)); err != nil {
+		bad("signingPublicKey", "%v", err)
 	}
 	if c.InfluxVersion != "" && !regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(c.InfluxVersion) {
 		bad("influxVersion", "%q is not a version like 2.7.12", c.InfluxVersion)

@@ -29,6 +29,7 @@ func TestValidate(t *testing.T) {
 		c := Defaults()
 		c.Owner = "team"
 		c.InfluxAdminPassword, c.InfluxToken, c.MQTTPassword = testAdminPassword, testToken, testMQTTPassword
+		c.SigningPublicKey = string(testSigner.pub)
 		return c
 	}
 	tests := []struct {
@@ -60,6 +61,10 @@ func TestValidate(t *testing.T) {
 		{"missing token", func(c *Config) { c.InfluxToken = "" }, KeyInfluxToken},
 		{"missing mqtt password", func(c *Config) { c.MQTTPassword = "" }, KeyMQTTPassword},
 		{"short password", func(c *Config) { c.InfluxAdminPassword = "short" }, KeyInfluxAdminPassword},
+		{"mqtt password from openssl rand -base64", func(c *Config) { c.MQTTPassword = "q1w+/Zx9Lk3=" }, ""},
+		{"mqtt password with a quote", func(c *Config) { c.MQTTPassword = `mqtt-"PASSWORD"` }, KeyMQTTPassword},
+		{"mqtt password with a dollar", func(c *Config) { c.MQTTPassword = "mqtt-$HOME-word" }, KeyMQTTPassword},
+		{"mqtt password with a space", func(c *Config) { c.MQTTPassword = "mqtt password" }, KeyMQTTPassword},
 		{"bad ssh key", func(c *Config) { c.SSHPublicKey = "-----BEGIN PRIVATE KEY-----" }, "sshPublicKey"},
 		{"tiny root", func(c *Config) { c.RootVolumeSize = 4 }, "rootVolumeSize"},
 		{"gp3 iops", func(c *Config) { c.DataVolumeIops = 100 }, "dataVolumeIops"},
@@ -70,6 +75,17 @@ func TestValidate(t *testing.T) {
 		{"topic", func(c *Config) { c.MQTTTopics = []string{"sensors/\"x"} }, "mqttTopics"},
 		{"influx version", func(c *Config) { c.InfluxVersion = "latest" }, "influxVersion"},
 		{"subnet id", func(c *Config) { c.SubnetID = "sn-1" }, "subnetId"},
+		{"plain MQTT from listed networks", func(c *Config) {
+			c.MQTTPlaintext, c.MQTTCidrs = true, []string{"203.0.113.0/24", "10.0.0.0/8", "2001:db8::/32"}
+		}, ""},
+		{"plain MQTT from anywhere", func(c *Config) { c.MQTTPlaintext, c.MQTTCidrs = true, []string{"0.0.0.0/0"} }, "mqttPlaintext"},
+		{"plain MQTT from anywhere v6", func(c *Config) { c.MQTTPlaintext, c.MQTTCidrs = true, []string{"2001:db8::/48", "::/0"} }, "mqttPlaintext"},
+		{"plain MQTT from half the internet", func(c *Config) { c.MQTTPlaintext, c.MQTTCidrs = true, []string{"0.0.0.0/1"} }, "mqttPlaintext"},
+		{"no signing key", func(c *Config) { c.SigningPublicKey = "" }, "signingPublicKey"},
+		{"signing key is the private key", func(c *Config) { c.SigningPublicKey = string(testSigner.key) }, "signingPublicKey"},
+		{"signing key not ed25519", func(c *Config) {
+			c.SigningPublicKey = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEBSXzgMQ4n0wFIxy01VBhlP+EeLqY\nsRNNN+vIFyFm3U2bpGn/2mxO9BJnTnzOeWMzCvTS8RKWUSUq1Pc61uzGGw==\n-----END PUBLIC KEY-----\n"
+		}, "signingPublicKey"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,11 +137,9 @@ func withConfig(t *testing.T, cfg map[string]any, secrets []string, body pulumi.
 }
 
 func TestLoadConfig(t *testing.T) {
-	art := filepath.Join(t.TempDir(), "iotgw-linux-arm64")
-	if err := os.WriteFile(art, []byte("x"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	art := signedArtifact(t, []byte("x"))
 	cfg := map[string]any{
+		"signingPublicKey":     string(testSigner.pub),
 		"owner":                "team",
 		"mqttCidrs":            []string{"203.0.113.0/24"},
 		"sshCidrs":             []string{"192.0.2.1/32"},
@@ -147,15 +161,26 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if got.Owner != "team" || got.InstanceType != "t4g.small" || !got.MQTTPlaintext || got.DataVolumeSize != 50 ||
 		len(got.SSHCidrs) != 1 || got.MQTTCidrs[0] != "203.0.113.0/24" || got.InfluxToken != testToken ||
-		got.ArtifactPath != art || !got.DataVolumeRetain || got.Arch() != "arm64" {
+		got.ArtifactPath != art || !got.DataVolumeRetain || got.Arch() != "arm64" || got.SigningPublicKey != string(testSigner.pub) {
 		t.Errorf("LoadConfig = %+v", got)
+	}
+
+	// The key's one base64 line does as well as the PEM file.
+	cfg["signingPublicKey"] = strings.Split(string(testSigner.pub), "\n")[1]
+	_, err = withConfig(t, cfg, []string{KeyInfluxAdminPassword, KeyInfluxToken, KeyMQTTPassword}, func(ctx *pulumi.Context) error {
+		var err error
+		got, err = LoadConfig(ctx)
+		return err
+	})
+	if err != nil || got.SigningPublicKey != string(testSigner.pub) {
+		t.Errorf("signingPublicKey from its base64 line: %q, %v", got.SigningPublicKey, err)
 	}
 }
 
 func TestArtifactPathDefault(t *testing.T) {
 	// Relative to the directory of Pulumi.yaml: the repository root, found
 	// upwards from the package directory when the CLI does not say.
-	cfg := map[string]any{"owner": "team", KeyInfluxAdminPassword: testAdminPassword, KeyInfluxToken: testToken, KeyMQTTPassword: testMQTTPassword}
+	cfg := map[string]any{"owner": "team", "signingPublicKey": string(testSigner.pub), KeyInfluxAdminPassword: testAdminPassword, KeyInfluxToken: testToken, KeyMQTTPassword: testMQTTPassword}
 	var got Config
 	_, err := withConfig(t, cfg, []string{KeyInfluxAdminPassword, KeyInfluxToken, KeyMQTTPassword}, func(ctx *pulumi.Context) error {
 		var err error
@@ -211,6 +236,11 @@ func TestIngressRulesRefuseInternet(t *testing.T) {
 			t.Errorf("IngressRules(%+v) accepted an internet-wide rule", c)
 		}
 	}
+	for _, cidr := range []string{"0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/1", "2000::/3"} {
+		if rules, err := IngressRules(Config{MQTTCidrs: []string{"203.0.113.0/24", cidr}, MQTTPlaintext: true}); err == nil {
+			t.Errorf("plain MQTT from %s: %v", cidr, rules)
+		}
+	}
 	rules, err := IngressRules(Config{MQTTCidrs: []string{"0.0.0.0/0"}})
 	if err != nil || len(rules) != 1 || rules[0].Port != PortMQTTTLS {
 		t.Errorf("MQTT over TLS from anywhere: %v, %v", rules, err)
@@ -218,11 +248,9 @@ func TestIngressRulesRefuseInternet(t *testing.T) {
 }
 
 func TestRunFromConfig(t *testing.T) {
-	art := filepath.Join(t.TempDir(), "iotgw-linux-arm64")
-	if err := os.WriteFile(art, []byte("x"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	art := signedArtifact(t, []byte("x"))
 	cfg := map[string]any{
+		"signingPublicKey":     string(testSigner.pub),
 		"owner":                "team-sensors",
 		"mqttCidrs":            []string{"203.0.113.0/24"},
 		"artifactPath":         art,

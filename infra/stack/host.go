@@ -227,10 +227,16 @@ func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *St
 	if err != nil {
 		return err
 	}
-	// Session Manager (shell and port forwarding) instead of SSH.
-	_, err = iam.NewRolePolicyAttachment(ctx, name+"-ssm-core", &iam.RolePolicyAttachmentArgs{
-		Role:      h.Role.Name,
-		PolicyArn: pulumi.Sprintf("arn:%s:iam::aws:policy/AmazonSSMManagedInstanceCore", e.partition),
+	// Session Manager (shell and port forwarding) and Run Command instead of
+	// SSH: what the SSM agent needs, in place of AmazonSSMManagedInstanceCore,
+	// which also allows ssm:GetParameter(s) on every parameter.
+	agent, err := SSMAgentPolicy()
+	if err != nil {
+		return err
+	}
+	_, err = iam.NewRolePolicy(ctx, name+"-ssm-agent", &iam.RolePolicyArgs{
+		Role:   h.Role.Name,
+		Policy: pulumi.String(agent),
 	}, parent)
 	if err != nil {
 		return err
@@ -252,10 +258,53 @@ func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *St
 	return err
 }
 
+// SSMAgentActions are what the SSM agent calls for Session Manager, Run
+// Command and associations: AmazonSSMManagedInstanceCore without
+// ssm:GetParameter and ssm:GetParameters. None reads a parameter, an object
+// or a secret; the ssm ones act on the calling instance, documents and
+// associations, the message ones on the agent's own channels.
+var SSMAgentActions = []string{
+	"ssm:DescribeAssociation", "ssm:GetDeployablePatchSnapshotForInstance", "ssm:GetDocument",
+	"ssm:DescribeDocument", "ssm:GetManifest", "ssm:ListAssociations", "ssm:ListInstanceAssociations",
+	"ssm:PutInventory", "ssm:PutComplianceItems", "ssm:PutConfigurePackageResult",
+	"ssm:UpdateAssociationStatus", "ssm:UpdateInstanceAssociationStatus", "ssm:UpdateInstanceInformation",
+	"ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+	"ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+	"ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+	"ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+}
+
+// SSMAgentPolicy is the host's policy for the SSM agent. The agent's
+// actions take no narrower resource than "*".
+func SSMAgentPolicy() (string, error) {
+	return policyDoc{
+		Version: "2012-10-17",
+		Statement: []statement{{
+			Sid:      "SSMAgent",
+			Effect:   "Allow",
+			Action:   SSMAgentActions,
+			Resource: []string{"*"},
+		}},
+	}.json()
+}
+
+// HostWritableParams are the parameters, under the stack's path, that the
+// host writes: the broker CA and the InfluxDB tokens iotgw-setup makes.
+var HostWritableParams = []string{"broker-ca", "influx-run-token", "influx-export-token"}
+
+// parameterReads are the SSM actions that return parameter values.
+var parameterReads = []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"}
+
 // HostPolicy is the host's inline policy: read its own gateway binary,
-// write the export prefix, read the stack's parameters and publish the
-// broker CA. Every resource is named; nothing is "*".
+// write the export prefix, read the stack's parameters and write the ones
+// the host makes. Every resource of an Allow is named; nothing is "*". An
+// explicit Deny keeps parameter reads inside the stack's path whatever
+// other policy is attached to the role later.
 func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) {
+	var writable []string
+	for _, p := range HostWritableParams {
+		writable = append(writable, e.paramArn("/"+p))
+	}
 	return policyDoc{
 		Version: "2012-10-17",
 		Statement: []statement{
@@ -266,10 +315,21 @@ func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) 
 				Resource: []string{bucketArn + "/" + artifactKey},
 			},
 			{
+				// iotgw export replaces a day's objects: the old manifest
+				// first, stale files last (app/export/s3.go).
 				Sid:      "WriteExports",
 				Effect:   "Allow",
-				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload"},
+				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
 				Resource: []string{bucketArn + "/" + c.ExportPrefix + "*"},
+			},
+			{
+				// HeadBucket (the export's first check) has no prefix; a
+				// listing with one stays under the export prefix.
+				Sid:       "ListExports",
+				Effect:    "Allow",
+				Action:    []string{"s3:ListBucket"},
+				Resource:  []string{bucketArn},
+				Condition: map[string]any{"StringLikeIfExists": map[string]any{"s3:prefix": []string{c.ExportPrefix + "*"}}},
 			},
 			{
 				Sid:      "ReadStackParameters",
@@ -278,10 +338,16 @@ func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) 
 				Resource: []string{e.paramArn(""), e.paramArn("/*")},
 			},
 			{
-				Sid:      "PublishBrokerCA",
+				Sid:         "DenyParametersOutsideStack",
+				Effect:      "Deny",
+				Action:      parameterReads,
+				NotResource: []string{e.paramArn(""), e.paramArn("/*")},
+			},
+			{
+				Sid:      "WriteHostParameters",
 				Effect:   "Allow",
 				Action:   []string{"ssm:PutParameter"},
-				Resource: []string{e.paramArn("/broker-ca")},
+				Resource: writable,
 			},
 		},
 	}.json()

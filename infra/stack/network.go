@@ -37,8 +37,10 @@ type IngressRule struct {
 
 // IngressRules lists what the security group lets in, from the config:
 // 8883 from mqttCidrs, 1883 too when mqttPlaintext, 8086 from adminCidrs,
-// 22 from sshCidrs. Validate has already refused /0 for 8086 and 22; the
-// check here makes that a property of this function as well.
+// 22 from sshCidrs. Validate has already refused the whole internet for
+// 1883, 8086 and 22; the check here makes that a property of this function
+// as well: plain MQTT, InfluxDB and SSH never go to /0 nor a block broader
+// than /8 (IPv6 /32), whatever the config.
 func IngressRules(c Config) ([]IngressRule, error) {
 	var rules []IngressRule
 	add := func(port int, cidrs []string, what string, anyOK bool) error {
@@ -47,7 +49,7 @@ func IngressRules(c Config) ([]IngressRule, error) {
 			if err != nil {
 				return fmt.Errorf("ingress %d: %w", port, err)
 			}
-			if p.Bits() == 0 && !anyOK {
+			if !anyOK && tooBroad(p) {
 				return fmt.Errorf("ingress %d from %s refused: never open %s to the internet", port, s, what)
 			}
 			rules = append(rules, IngressRule{Port: port, Cidr: p.String(), Description: what})
@@ -58,7 +60,7 @@ func IngressRules(c Config) ([]IngressRule, error) {
 		return nil, err
 	}
 	if c.MQTTPlaintext {
-		if err := add(PortMQTTPlain, c.MQTTCidrs, "plain MQTT", true); err != nil {
+		if err := add(PortMQTTPlain, c.MQTTCidrs, "plain MQTT", false); err != nil {
 			return nil, err
 		}
 	}
@@ -176,6 +178,15 @@ func (n *Network) locate(ctx *pulumi.Context, c Config) error {
 	}
 	n.VpcID, n.SubnetID, n.AvailabilityZone = vpcID, s.Id, s.AvailabilityZone
 	return nil
+}
+
+// tooBroad: /0, or broader than /8 (IPv6 /32), since 0.0.0.0/1 plus
+// 128.0.0.0/1 is the internet too.
+func tooBroad(p netip.Prefix) bool {
+	if p.Addr().Is4() {
+		return p.Bits() < 8
+	}
+	return p.Bits() < 32
 }
 
 func cidrIf(cidr string, v6 bool) pulumi.StringPtrInput {

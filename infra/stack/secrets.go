@@ -1,6 +1,9 @@
 package stack
 
 import (
+	"strings"
+
+	"github.com/iot-gateway/iot-gateway/provision"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ssm"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
@@ -20,7 +23,7 @@ type Secrets struct {
 // the stack's path.
 var SecretParams = []struct{ Key, Name, Description string }{
 	{KeyInfluxAdminPassword, "influx-admin-password", "InfluxDB admin password"},
-	{KeyInfluxToken, "influx-token", "InfluxDB operator API token"},
+	{KeyInfluxToken, "influx-token", "InfluxDB operator API token (iotgw-setup only)"},
 	{KeyMQTTPassword, "mqtt-password", "Gateway's password on the broker"},
 }
 
@@ -51,6 +54,21 @@ func NewSecrets(ctx *pulumi.Context, name string, e env, c Config, opts ...pulum
 			return nil, err
 		}
 		s.Parameters[sp.Name] = p
+	}
+	// The gateway's and the export's own InfluxDB tokens: iotgw-setup makes
+	// them with the operator token and overwrites these values.
+	for _, n := range []string{"influx-run-token", "influx-export-token"} {
+		p, err := ssm.NewParameter(ctx, name+"-"+n, &ssm.ParameterArgs{
+			Name:        pulumi.String(s.Path + "/" + n),
+			Description: pulumi.String("InfluxDB token of iotgw " + strings.TrimSuffix(strings.TrimPrefix(n, "influx-"), "-token") + ", written by the host"),
+			Type:        pulumi.String("SecureString"),
+			Value:       pulumi.ToSecret(pulumi.String(provision.TokenPlaceholder + " written by the host on first boot")).(pulumi.StringOutput),
+			Tags:        e.tagged(n),
+		}, pulumi.Parent(s), pulumi.IgnoreChanges([]string{"value"}), pulumi.AdditionalSecretOutputs([]string{"value"}))
+		if err != nil {
+			return nil, err
+		}
+		s.Parameters[n] = p
 	}
 	// The host overwrites the value with its CA certificate; declaring it
 	// here means destroy removes it too.

@@ -3,12 +3,14 @@ package stack
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -17,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/iot-gateway/iot-gateway/provision"
+	"github.com/iot-gateway/iot-gateway/provision/signing"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/internals"
@@ -39,11 +42,47 @@ func testConfig(t *testing.T) Config {
 	c.InfluxAdminPassword = testAdminPassword
 	c.InfluxToken = testToken
 	c.MQTTPassword = testMQTTPassword
-	c.ArtifactPath = filepath.Join(t.TempDir(), "iotgw")
-	if err := os.WriteFile(c.ArtifactPath, []byte("not really a binary\n"), 0o755); err != nil {
+	c.ArtifactPath = signedArtifact(t, []byte("not really a binary\n"))
+	c.SigningPublicKey = string(testSigner.pub)
+	return c
+}
+
+// testKey is a signing key pair as scripts/build.sh makes them.
+type testKey struct {
+	key, pub []byte
+	priv     ed25519.PrivateKey
+}
+
+var testSigner = newTestKey()
+
+func newTestKey() testKey {
+	k, err := signing.GenerateKey()
+	if err != nil {
+		panic(err)
+	}
+	priv, err := signing.ParsePrivateKey(k)
+	if err != nil {
+		panic(err)
+	}
+	pub, err := signing.PublicKeyPEM(priv)
+	if err != nil {
+		panic(err)
+	}
+	return testKey{key: k, pub: pub, priv: priv}
+}
+
+// signedArtifact writes data as an artifact with its signature by
+// testSigner beside it (<path>.sig), as scripts/build.sh does.
+func signedArtifact(t *testing.T, data []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "iotgw-linux-arm64")
+	if err := os.WriteFile(path, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return c
+	if err := os.WriteFile(path+".sig", signing.Sign(testSigner.priv, data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // deployResult is what a mocked deployment produced.
@@ -168,36 +207,54 @@ func TestDeployDefaults(t *testing.T) {
 		t.Errorf("artifactUri = %v", r.outputs["artifactUri"].Value)
 	}
 
-	// IAM: SSM core plus the scoped inline policy.
+	// IAM: the SSM agent's policy and the scoped inline policy.
 	role := findNamed(t, m.byType("aws:iam/role:Role"), "host-role")
 	var assume policyDoc
 	mustJSON(t, get(role, "assumeRolePolicy"), &assume)
 	if assume.Statement[0].Principal.(map[string]any)["Service"] != "ec2.amazonaws.com" {
 		t.Errorf("host role trust = %+v", assume)
 	}
-	var arns []string
 	for _, a := range m.byType("aws:iam/rolePolicyAttachment:RolePolicyAttachment") {
-		arns = append(arns, get(a, "policyArn").(string))
+		if get(a, "role") == "host-role" {
+			t.Errorf("host role has the managed policy %v attached", get(a, "policyArn"))
+		}
 	}
-	if !slices.Contains(arns, "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore") {
-		t.Errorf("policy attachments %v lack AmazonSSMManagedInstanceCore", arns)
+	var agent policyDoc
+	mustJSON(t, get(findNamed(t, m.byType("aws:iam/rolePolicy:RolePolicy"), "host-ssm-agent"), "policy"), &agent)
+	if len(agent.Statement) != 1 || !slices.Equal(agent.Statement[0].Action, SSMAgentActions) {
+		t.Errorf("SSM agent policy = %+v", agent)
 	}
 	var hp policyDoc
-	mustJSON(t, get(m.one(t, "aws:iam/rolePolicy:RolePolicy"), "policy"), &hp)
+	mustJSON(t, get(findNamed(t, m.byType("aws:iam/rolePolicy:RolePolicy"), "host-policy"), "policy"), &hp)
 	params := "arn:aws:ssm:" + mockRegion + ":" + mockAccount + ":parameter/iot-gateway/dev"
-	want := map[string]struct{ actions, resources []string }{
-		"ReadGatewayArtifact": {[]string{"s3:GetObject"}, []string{"arn:aws:s3:::" + mockBucket + "/artifacts/iotgw-linux-arm64/" + sha}},
-		"WriteExports":        {[]string{"s3:PutObject", "s3:AbortMultipartUpload"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
-		"ReadStackParameters": {[]string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"}, []string{params, params + "/*"}},
-		"PublishBrokerCA":     {[]string{"ssm:PutParameter"}, []string{params + "/broker-ca"}},
+	want := map[string]struct {
+		effect             string
+		actions, resources []string
+	}{
+		"ReadGatewayArtifact": {"Allow", []string{"s3:GetObject"}, []string{"arn:aws:s3:::" + mockBucket + "/artifacts/iotgw-linux-arm64/" + sha}},
+		"WriteExports":        {"Allow", []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
+		"ListExports":         {"Allow", []string{"s3:ListBucket"}, []string{"arn:aws:s3:::" + mockBucket}},
+		"ReadStackParameters": {"Allow", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"}, []string{params, params + "/*"}},
+		"DenyParametersOutsideStack": {"Deny", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"},
+			[]string{params, params + "/*"}}, // NotResource
+		"WriteHostParameters": {"Allow", []string{"ssm:PutParameter"}, []string{params + "/broker-ca", params + "/influx-run-token", params + "/influx-export-token"}},
 	}
 	if len(hp.Statement) != len(want) {
 		t.Errorf("host policy has %d statements, want %d", len(hp.Statement), len(want))
 	}
 	for _, s := range hp.Statement {
 		w, ok := want[s.Sid]
-		if !ok || s.Effect != "Allow" || !slices.Equal(s.Action, w.actions) || !slices.Equal(s.Resource, w.resources) {
+		res := s.Resource
+		if s.Effect == "Deny" {
+			res = s.NotResource
+		}
+		if !ok || s.Effect != w.effect || !slices.Equal(s.Action, w.actions) || !slices.Equal(res, w.resources) {
 			t.Errorf("host policy statement %+v, want %+v", s, w)
+		}
+		if s.Sid == "ListExports" {
+			if c, _ := s.Condition["StringLikeIfExists"].(map[string]any); c == nil || !slices.Equal(toStrings(c["s3:prefix"]), []string{"exports/*"}) {
+				t.Errorf("the export's listing is not held to its prefix: %+v", s.Condition)
+			}
 		}
 	}
 
@@ -211,7 +268,7 @@ func TestDeployDefaults(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range []string{"influx-admin-password", "influx-token", "mqtt-password", "broker-ca", "artifact"} {
+	for _, n := range []string{"influx-admin-password", "influx-token", "mqtt-password", "broker-ca", "artifact", "influx-run-token", "influx-export-token"} {
 		if !names["/iot-gateway/dev/"+n] {
 			t.Errorf("no SSM parameter /iot-gateway/dev/%s (have %v)", n, names)
 		}
@@ -219,9 +276,25 @@ func TestDeployDefaults(t *testing.T) {
 	// The host's side of the contract: the ssm: references in the rendered
 	// gateway.toml, and every parameter iotgw-setup reads by name, exist.
 	// The operator may add broker-tls-cert/-key and devices/<site>/<device>.
-	for _, n := range provision.GatewaySecrets {
+	for _, n := range append(slices.Clone(provision.GatewaySecrets), provision.ExportSecrets...) {
 		if !names["/iot-gateway/dev/"+n] {
-			t.Errorf("gateway.toml refers to ssm:/iot-gateway/dev/%s, which the stack does not create", n)
+			t.Errorf("gateway.toml or export.env refers to ssm:/iot-gateway/dev/%s, which the stack does not create", n)
+		}
+	}
+	// The host writes each parameter it may write; the stack declares each.
+	for _, n := range HostWritableParams {
+		if !names["/iot-gateway/dev/"+n] {
+			t.Errorf("the host may write /iot-gateway/dev/%s, which the stack does not create", n)
+		}
+	}
+	// The artifact parameter carries the signature the host checks.
+	for _, p := range m.byType("aws:ssm/parameter:Parameter") {
+		if get(p, "name") == "/iot-gateway/dev/artifact" {
+			f := strings.Fields(get(p, "value").(string))
+			sig, _ := base64.StdEncoding.DecodeString(f[len(f)-1])
+			if len(f) != 3 || signing.Verify(mustPub(t), []byte("not really a binary\n"), sig) != nil {
+				t.Errorf("artifact parameter %q does not carry the binary's signature", get(p, "value"))
+			}
 		}
 	}
 	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true}
@@ -329,12 +402,21 @@ func TestDeployX86AndOptions(t *testing.T) {
 func checkPolicies(t *testing.T, r deployResult) {
 	t.Helper()
 	m := r.m
-	// No 0.0.0.0/0 or ::/0 ingress to SSH or InfluxDB.
+	// No 0.0.0.0/0 or ::/0 ingress to SSH, InfluxDB or plain MQTT (nor
+	// anything broader than /8, IPv6 /32), whatever the port range.
 	for _, in := range m.byType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule") {
-		port := get(in, "fromPort")
+		from, _ := get(in, "fromPort").(float64)
+		to, _ := get(in, "toPort").(float64)
 		for _, k := range []string{"cidrIpv4", "cidrIpv6"} {
-			if cidr, _ := get(in, k).(string); (cidr == "0.0.0.0/0" || cidr == "::/0") && (port == 22.0 || port == 8086.0) {
-				t.Errorf("policy: port %v open to %s", port, cidr)
+			cidr, _ := get(in, k).(string)
+			if cidr == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(cidr)
+			for _, port := range []float64{22, 8086, 1883} {
+				if from <= port && port <= to && (err != nil || tooBroad(p)) {
+					t.Errorf("policy: port %v open to %s", port, cidr)
+				}
 			}
 		}
 		if get(in, "fromPort") != get(in, "toPort") {
@@ -378,17 +460,52 @@ func checkPolicies(t *testing.T, r deployResult) {
 			t.Errorf("policy: bucket %s acl %s", b.Name, acl)
 		}
 	}
-	// IAM: no "*" resource in any Allow.
+	// IAM: the host role has no managed policy (AmazonSSMManagedInstanceCore
+	// allows ssm:GetParameter(s) on "*"); a "*" resource only for the SSM
+	// agent's actions, none of which reads a parameter or an object;
+	// parameter reads only inside the stack's path, and an explicit Deny
+	// of them outside it.
+	for _, a := range m.byType("aws:iam/rolePolicyAttachment:RolePolicyAttachment") {
+		if get(a, "role") == "host-role" {
+			t.Errorf("policy: managed policy %v attached to the host role", get(a, "policyArn"))
+		}
+	}
+	stackParams := []string{"arn:aws:ssm:" + mockRegion + ":" + mockAccount + ":parameter/iot-gateway/dev",
+		"arn:aws:ssm:" + mockRegion + ":" + mockAccount + ":parameter/iot-gateway/dev/*"}
+	readsParams := func(action string) bool {
+		a := strings.ToLower(action)
+		return a == "*" || strings.HasPrefix(a, "ssm:getparameter") || (strings.HasPrefix(a, "ssm:") && strings.Contains(a, "*"))
+	}
+	denied := false
 	for _, p := range m.byType("aws:iam/rolePolicy:RolePolicy") {
 		var doc policyDoc
 		mustJSON(t, get(p, "policy"), &doc)
 		for _, s := range doc.Statement {
+			if s.Effect == "Deny" && slices.Equal(s.NotResource, stackParams) && get(p, "role") == "host-role" &&
+				slices.Contains(s.Action, "ssm:GetParameter") && slices.Contains(s.Action, "ssm:GetParameters") && slices.Contains(s.Action, "ssm:GetParametersByPath") {
+				denied = true
+			}
+			if s.Effect != "Allow" {
+				continue
+			}
 			for _, res := range s.Resource {
-				if s.Effect == "Allow" && (res == "*" || strings.HasSuffix(res, ":*")) {
-					t.Errorf("policy: %s allows %v on %s", p.Name, s.Action, res)
+				if res == "*" || strings.HasSuffix(res, ":*") {
+					for _, a := range s.Action {
+						if !slices.Contains(SSMAgentActions, a) || readsParams(a) || strings.Contains(a, "*") {
+							t.Errorf("policy: %s allows %s on %s", p.Name, a, res)
+						}
+					}
+				}
+				for _, a := range s.Action {
+					if readsParams(a) && res != stackParams[0] && !strings.HasPrefix(res, stackParams[0]+"/") {
+						t.Errorf("policy: %s allows %s on %s, outside the stack's parameters", p.Name, a, res)
+					}
 				}
 			}
 		}
+	}
+	if !denied {
+		t.Error("policy: no explicit Deny of parameter reads outside /iot-gateway/dev")
 	}
 	// Tags on everything taggable.
 	for _, res := range m.resources {
@@ -422,6 +539,14 @@ func checkPolicies(t *testing.T, r deployResult) {
 		if bytes.Contains(ud.plain, []byte(secret)) {
 			t.Errorf("policy: secret in user-data")
 		}
+	}
+	// The host checks the binary with the stack's public key, which only
+	// the user-data brings.
+	if b64 := strings.Split(string(testSigner.pub), "\n")[1]; !bytes.Contains(ud.plain, []byte(b64)) {
+		t.Errorf("policy: user-data lacks the signing public key")
+	}
+	if bytes.Contains(ud.plain, []byte("PRIVATE KEY")) || bytes.Contains(ud.plain, []byte(strings.Split(string(testSigner.key), "\n")[1])) {
+		t.Errorf("policy: a private key in user-data")
 	}
 	for k, o := range r.outputs {
 		if o.Secret {
@@ -487,7 +612,7 @@ func TestUserDataNamesTheVolume(t *testing.T) {
 	r := deploy(t, testConfig(t))
 	ud := userData(t, r.m.one(t, "aws:ec2/instance:Instance"))
 	for _, want := range []string{"DATA_VOLUME_ID='" + mockVolume + "'", "PARAM_PATH='/iot-gateway/dev'",
-		"bucket = \"" + mockBucket + "\"", "ssm:/iot-gateway/dev/influx-token", "AWS_REGION='" + mockRegion + "'"} {
+		"bucket = \"" + mockBucket + "\"", "ssm:/iot-gateway/dev/influx-run-token", "AWS_REGION='" + mockRegion + "'"} {
 		if !bytes.Contains(ud.plain, []byte(want)) {
 			t.Errorf("user-data lacks %q", want)
 		}
@@ -561,4 +686,100 @@ func toString(v any) string {
 	}
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+func mustPub(t *testing.T) ed25519.PublicKey {
+	t.Helper()
+	pub, err := signing.ParsePublicKey(testSigner.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+// TestPlainMQTTNeverToTheInternet: a stack that asks for plain MQTT from the
+// whole internet is refused naming mqttPlaintext before anything is
+// declared; MQTT over TLS from anywhere deploys, without 1883.
+func TestPlainMQTTNeverToTheInternet(t *testing.T) {
+	for _, cidrs := range [][]string{{"0.0.0.0/0"}, {"::/0"}, {"203.0.113.0/24", "0.0.0.0/1", "128.0.0.0/1"}, {"2000::/3"}} {
+		c := testConfig(t)
+		c.MQTTPlaintext, c.MQTTCidrs = true, cidrs
+		m := &mocks{}
+		err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+			_, err := Deploy(ctx, c)
+			return err
+		}, pulumi.WithMocks(Project, "dev", m))
+		if err == nil || !strings.Contains(err.Error(), "mqttPlaintext: ") {
+			t.Errorf("mqttPlaintext with mqttCidrs %v: %v", cidrs, err)
+		}
+		if len(m.resources) != 0 {
+			t.Errorf("%d resources declared before the error", len(m.resources))
+		}
+	}
+	c := testConfig(t)
+	c.MQTTCidrs = []string{"0.0.0.0/0", "::/0"}
+	r := deploy(t, c)
+	if got := ingressSummary(r.m.byType("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")); !slices.Equal(got, []string{"8883 0.0.0.0/0", "8883 ::/0"}) {
+		t.Errorf("ingress = %v", got)
+	}
+	checkPolicies(t, r)
+}
+
+// TestArtifactSignature: pulumi up refuses a binary the host would refuse,
+// before anything is declared.
+func TestArtifactSignature(t *testing.T) {
+	other := newTestKey()
+	for name, edit := range map[string]func(c *Config){
+		"no signature": func(c *Config) { _ = os.Remove(c.ArtifactPath + ".sig") },
+		"tampered": func(c *Config) {
+			_ = os.WriteFile(c.ArtifactPath, []byte("not really a binary either\n"), 0o755)
+		},
+		"another key": func(c *Config) {
+			_ = os.WriteFile(c.ArtifactPath+".sig", signing.Sign(other.priv, []byte("not really a binary\n")), 0o644)
+		},
+		"pinned to another key": func(c *Config) { c.SigningPublicKey = string(other.pub) },
+	} {
+		c := testConfig(t)
+		edit(&c)
+		m := &mocks{}
+		err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+			_, err := Deploy(ctx, c)
+			return err
+		}, pulumi.WithMocks(Project, "dev", m))
+		if err == nil || !strings.Contains(err.Error(), "artifactPath: ") {
+			t.Errorf("%s: %v", name, err)
+		}
+		if len(m.resources) != 0 {
+			t.Errorf("%s: %d resources declared before the error", name, len(m.resources))
+		}
+	}
+}
+
+// TestPreviewWarnsOnSignature: a preview of a binary signed by another key
+// (a pull request's build) goes ahead with a warning; up refuses it (above).
+func TestPreviewWarnsOnSignature(t *testing.T) {
+	c := testConfig(t)
+	other := newTestKey()
+	if err := os.WriteFile(c.ArtifactPath+".sig", signing.Sign(other.priv, []byte("not really a binary\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := &mocks{}
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := Deploy(ctx, c)
+		return err
+	}, pulumi.WithMocks(Project, "dev", m), func(info *pulumi.RunInfo) { info.DryRun = true })
+	if err != nil {
+		t.Fatalf("preview: %v", err)
+	}
+	if len(m.byType("aws:ec2/instance:Instance")) != 1 {
+		t.Error("preview declared no instance")
+	}
+	c.ArtifactPath += "-missing"
+	err = pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := Deploy(ctx, c)
+		return err
+	}, pulumi.WithMocks(Project, "dev", &mocks{}), func(info *pulumi.RunInfo) { info.DryRun = true })
+	if err == nil {
+		t.Error("preview without a binary went ahead")
+	}
 }

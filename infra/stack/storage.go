@@ -2,11 +2,14 @@ package stack
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"os"
+
+	"github.com/iot-gateway/iot-gateway/provision/signing"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/s3"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ssm"
@@ -15,22 +18,37 @@ import (
 
 // artifact is the gateway binary to upload.
 type artifact struct {
-	path   string
-	sha256 string
+	path      string
+	sha256    string
+	signature string // base64 of <path>.sig
 }
 
-func readArtifact(path string) (artifact, error) {
-	f, err := os.Open(path)
+// readArtifact reads the binary and its signature (<path>.sig, as
+// scripts/build.sh writes it) and checks the signature with the stack's
+// public key, so a binary the host would refuse is refused here first.
+func readArtifact(path, publicKey string) (artifact, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return artifact{}, fmt.Errorf("artifactPath: %w (build it with scripts/build.sh)", err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return artifact{}, fmt.Errorf("artifactPath: read %s: %w", path, err)
+	sig, err := os.ReadFile(path + ".sig")
+	if err != nil {
+		return artifact{}, fmt.Errorf("artifactPath: no signature: %w (scripts/build.sh signs the binaries)", err)
 	}
-	return artifact{path: path, sha256: hex.EncodeToString(h.Sum(nil))}, nil
+	pub, err := signing.ParsePublicKey([]byte(publicKey))
+	if err != nil {
+		return artifact{}, fmt.Errorf("signingPublicKey: %w", err)
+	}
+	sum := sha256.Sum256(data)
+	art := artifact{path: path, sha256: hex.EncodeToString(sum[:]), signature: base64.StdEncoding.EncodeToString(sig)}
+	if err := signing.Verify(pub, data, sig); err != nil {
+		return art, fmt.Errorf("artifactPath: %s.sig: %w (signingPublicKey); was it built with another signing key? %w", path, err, errBadSignature)
+	}
+	return art, nil
 }
+
+// errBadSignature marks a signature that does not verify with the stack's key.
+var errBadSignature = errors.New("the host would refuse this binary")
 
 // Storage is the stack's bucket (gateway artifacts and daily exports) and
 // the uploaded gateway binary.
@@ -42,8 +60,9 @@ type Storage struct {
 	ArtifactKey    string
 	ArtifactSHA256 string
 	ArtifactURI    pulumi.StringOutput
-	// ArtifactParam holds "s3://bucket/key sha256"; the host reads it to
-	// fetch and verify the binary.
+	// ArtifactParam holds "s3://bucket/key sha256 signature"; the host
+	// reads it to fetch the binary and checks the signature with the key
+	// in its user-data, which this parameter cannot change.
 	ArtifactParam *ssm.Parameter
 }
 
@@ -159,9 +178,9 @@ func NewStorage(ctx *pulumi.Context, name string, e env, c Config, art artifact,
 	s.ArtifactURI = pulumi.Sprintf("s3://%s/%s", bucket.Bucket, obj.Key)
 	s.ArtifactParam, err = ssm.NewParameter(ctx, name+"-artifact-ref", &ssm.ParameterArgs{
 		Name:        pulumi.String(e.paramPath() + "/artifact"),
-		Description: pulumi.String("Gateway binary for the host: s3 URI and sha256"),
+		Description: pulumi.String("Gateway binary for the host: s3 URI, sha256, Ed25519 signature (base64)"),
 		Type:        pulumi.String("String"),
-		Value:       pulumi.Sprintf("%s %s", s.ArtifactURI, art.sha256),
+		Value:       pulumi.Sprintf("%s %s %s", s.ArtifactURI, art.sha256, art.signature),
 		Tags:        e.tagged("artifact-ref"),
 	}, parent)
 	if err != nil {
@@ -181,12 +200,14 @@ type policyDoc struct {
 }
 
 type statement struct {
-	Sid       string         `json:"Sid,omitempty"`
-	Effect    string         `json:"Effect"`
-	Principal any            `json:"Principal,omitempty"`
-	Action    []string       `json:"Action"`
-	Resource  []string       `json:"Resource,omitempty"`
-	Condition map[string]any `json:"Condition,omitempty"`
+	Sid       string   `json:"Sid,omitempty"`
+	Effect    string   `json:"Effect"`
+	Principal any      `json:"Principal,omitempty"`
+	Action    []string `json:"Action"`
+	Resource  []string `json:"Resource,omitempty"`
+	// NotResource: every resource but these (used with Deny only).
+	NotResource []string       `json:"NotResource,omitempty"`
+	Condition   map[string]any `json:"Condition,omitempty"`
 }
 
 func (p policyDoc) json() (string, error) {

@@ -289,10 +289,27 @@ REPO
 	changed "installed influxdb2-$INFLUX_VERSION"
 }
 
-# install_gateway FILE SHA256: verify and install the gateway binary, keeping
-# the previous one for rollback.
+# verify_signature FILE SIG: SIG (base64) is the Ed25519 signature of FILE
+# by the key in the user-data (/etc/iotgw/signing.pub). The host checks it
+# with OpenSSL before it has a binary of its own; the key does not come
+# from SSM, where the artifact's address and sha256 are.
+verify_signature() {
+	local file=$1 sig=$2 pub=$ROOT/etc/iotgw/signing.pub tmp
+	[[ -s $pub ]] || die "no signing key $pub"
+	tmp=$(mktemp)
+	if ! base64 -d <<<"$sig" >"$tmp" 2>/dev/null || [[ $(stat -c %s "$tmp") != 64 ]] ||
+		! openssl pkeyutl -verify -pubin -inkey "$pub" -rawin -in "$file" -sigfile "$tmp" >/dev/null 2>&1; then
+		rm -f "$tmp"
+		die "gateway artifact signature does not verify with $pub"
+	fi
+	rm -f "$tmp"
+}
+
+# install_gateway FILE SHA256 SIG: verify and install the gateway binary,
+# keeping the previous one for rollback.
 install_gateway() {
 	local file=$1 want=$2 got dst=$ROOT/usr/local/bin/iotgw
+	verify_signature "$file" "$3"
 	got=$(sha256sum "$file" | awk '{ print $1 }')
 	[[ $got == "$want" ]] || die "gateway artifact sha256 is $got, want $want"
 	if [[ -f $dst ]] && cmp -s "$file" "$dst"; then
@@ -309,24 +326,23 @@ install_gateway() {
 }
 
 # Step 6: the gateway binary. Online it comes from the S3 object named in
-# the SSM parameter $PARAM_PATH/artifact ("s3://bucket/key sha256").
+# the SSM parameter $PARAM_PATH/artifact ("s3://bucket/key sha256 sig").
 gateway_binary() {
-	local ref uri sha tmp
+	local ref uri sha sig tmp
 	if [[ -n ${IOTGW_ARTIFACT_FILE:-} ]]; then
-		install_gateway "$IOTGW_ARTIFACT_FILE" "$IOTGW_ARTIFACT_SHA256"
+		install_gateway "$IOTGW_ARTIFACT_FILE" "$IOTGW_ARTIFACT_SHA256" "${IOTGW_ARTIFACT_SIG:-}"
 		return
 	fi
 	online || return 0
 	ref=$(aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/artifact" \
 		--query Parameter.Value --output text)
-	uri=${ref%% *}
-	sha=${ref##* }
+	read -r uri sha sig <<<"$ref"
 	if [[ -n ${IOTGW_EXPECT_SHA256:-} && $sha != "$IOTGW_EXPECT_SHA256" ]]; then
 		die "$PARAM_PATH/artifact names $sha, the rollout expects $IOTGW_EXPECT_SHA256"
 	fi
 	tmp=$(mktemp)
 	aws s3 cp --region "$AWS_REGION" --only-show-errors "$uri" "$tmp"
-	install_gateway "$tmp" "$sha"
+	install_gateway "$tmp" "$sha" "$sig"
 	rm -f "$tmp"
 }
 
@@ -354,6 +370,8 @@ broker_users() {
 		gwline="$MQTT_USERNAME:::$(ssm_secret mqtt-password | "$iotgw" broker hash-password)" ||
 			die "cannot hash the gateway's broker password"
 		[[ $gwline == "$MQTT_USERNAME:::\$2"* ]] || die "iotgw broker hash-password printed no bcrypt hash"
+		# The gateway reads its password at start (iotgw-secrets.service).
+		RESTART_GATEWAY=1
 	fi
 	tmp=$(mktemp)
 	{
@@ -421,6 +439,7 @@ print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.en
 			curl -fsS -o /dev/null -H 'Content-Type: application/json' --data @- http://127.0.0.1:8086/api/v2/setup
 		changed "InfluxDB setup: org $INFLUX_ORG, bucket $INFLUX_BUCKET"
 	fi
+	influx_tokens
 	local state=/data/iotgw-setup sum
 	mkdir -p "$state"
 	sum=$(sha256sum /etc/iotgw/dashboards/iotgw.json | awk '{ print $1 }')
@@ -437,6 +456,91 @@ print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.en
 		echo "$sum" >"$state/dashboard.sha256"
 		changed "applied dashboard iotgw.json"
 	fi
+}
+
+# Step 9b (online): the gateway's and the export's own InfluxDB tokens, made
+# with the operator token, which no service gets: `iotgw run` may only write
+# the bucket, `iotgw export` only read it, its org, dashboards, variables and
+# labels. Each goes to the SecureString gateway.toml or export.env names,
+# $PARAM_PATH/influx-run-token or influx-export-token. The authorization's id is kept on
+# the data volume, so a token is kept while InfluxDB has it and the
+# parameter holds it; else it is revoked and made again. Tokens go through
+# files and stdin, never a command line.
+influx_tokens() {
+	local url=${INFLUX_URL:-http://127.0.0.1:8086} hdr tok ids kind
+	mkdir -p "$ROOT/data/iotgw-setup"
+	chmod 0700 "$ROOT/data/iotgw-setup"
+	tok=$(ssm_secret influx-token) || die "cannot read $PARAM_PATH/influx-token"
+	hdr=$(mktemp)
+	printf 'Authorization: Token %s\n' "$tok" >"$hdr"
+	ids=$(curl -fsS -H @"$hdr" "$url/api/v2/buckets?org=$INFLUX_ORG&name=$INFLUX_BUCKET" |
+		python3 -c 'import json, sys; b = json.load(sys.stdin)["buckets"][0]; print(b["orgID"], b["id"])') ||
+		die "cannot find bucket $INFLUX_BUCKET of org $INFLUX_ORG"
+	for kind in run export; do
+		# shellcheck disable=SC2086 # ids is "orgID bucketID"
+		influx_token "$kind" "$url" "$hdr" $ids
+	done
+	rm -f "$hdr"
+}
+
+# influx_token KIND URL HEADERFILE ORGID BUCKETID
+influx_token() {
+	local kind=$1 url=$2 hdr=$3 param=influx-$1-token idf value tmp
+	idf=$ROOT/data/iotgw-setup/$param.id
+	value=$(ssm_secret "$param") || die "cannot read $PARAM_PATH/$param"
+	if [[ -s $idf && $value != pending:* ]] &&
+		curl -fsS -o /dev/null -H @"$hdr" "$url/api/v2/authorizations/$(cat "$idf")"; then
+		return 0
+	fi
+	if [[ -s $idf ]]; then
+		curl -fsS -o /dev/null -X DELETE -H @"$hdr" "$url/api/v2/authorizations/$(cat "$idf")" || true
+	fi
+	tmp=$(mktemp)
+	KIND=$kind ORG=$4 BUCKET=$5 STACK=$STACK python3 -c 'import json, os
+o, b, k = os.environ["ORG"], os.environ["BUCKET"], os.environ["KIND"]
+def p(action, kind, **r): return {"action": action, "resource": dict(type=kind, **r)}
+perms = {"run": [p("write", "buckets", id=b, orgID=o)],
+  "export": [p("read", "buckets", id=b, orgID=o), p("read", "orgs", id=o)] +
+    [p("read", t, orgID=o) for t in ("dashboards", "variables", "labels")]}[k]
+print(json.dumps({"orgID": o, "description": "iotgw %s (%s)" % (k, os.environ["STACK"]), "permissions": perms}))' |
+		curl -fsS -H @"$hdr" -H 'Content-Type: application/json' --data @- "$url/api/v2/authorizations" >"$tmp" ||
+		die "cannot create the InfluxDB token for iotgw $kind"
+	python3 -c 'import json, sys
+a = json.load(open(sys.argv[1]))
+open(sys.argv[2], "w").write(a["id"])
+open(sys.argv[1], "w").write(a["token"])' "$tmp" "$idf.new"
+	aws ssm put-parameter --region "$AWS_REGION" --name "$PARAM_PATH/$param" --type SecureString \
+		--overwrite --value "file://$tmp" >/dev/null || die "cannot store $PARAM_PATH/$param"
+	rm -f "$tmp"
+	mv -f "$idf.new" "$idf"
+	changed "InfluxDB token for iotgw $kind in $PARAM_PATH/$param"
+	if [[ $kind == run ]]; then RESTART_GATEWAY=1; fi
+}
+
+# `iotgw-setup gateway-secrets` (iotgw-secrets.service, before each start of
+# iotgw.service): the gateway's password and InfluxDB token from SSM into
+# /run/iotgw-secrets/gateway.env (memory, root only), which systemd reads
+# for iotgw.service, so the gateway runs without the instance metadata
+# service. Retries for 5 minutes, since it runs early in a boot.
+gateway_secrets() {
+	local dst=$ROOT/run/iotgw-secrets/gateway.env pw="" tok="" i
+	for ((i = 0; i < 60; i++)); do
+		pw=$(ssm_secret mqtt-password) && tok=$(ssm_secret influx-run-token) && break
+		pw="" tok=""
+		sleep "${SECRETS_RETRY:-5}"
+	done
+	[[ -n $pw && -n $tok ]] || die "cannot read $PARAM_PATH/mqtt-password and $PARAM_PATH/influx-run-token"
+	[[ $tok != pending:* ]] || die "$PARAM_PATH/influx-run-token is not made yet: run iotgw-setup"
+	# A systemd environment file quotes, escapes and expands: only values
+	# that need none of it.
+	[[ $pw =~ ^[A-Za-z0-9+/=._~:@%,-]+$ ]] || die "$PARAM_PATH/mqtt-password has characters other than letters, digits and +/=._~:@%,-"
+	[[ $tok =~ ^[A-Za-z0-9+/=_-]+$ ]] || die "$PARAM_PATH/influx-run-token is not an InfluxDB token"
+	mkdir -p "$(dirname "$dst")"
+	(
+		umask 077
+		printf 'IOTGW_MQTT_PASSWORD=%s\nIOTGW_INFLUX_TOKEN=%s\n' "$pw" "$tok" >"$dst.new"
+	)
+	mv -f "$dst.new" "$dst"
 }
 
 # healthy CMD...: retry CMD for up to 120 s.
@@ -492,6 +596,10 @@ start_and_check() {
 
 main() {
 	[[ $(id -u) == 0 ]] || die "must run as root"
+	if [[ ${1:-} == gateway-secrets ]]; then
+		gateway_secrets
+		return
+	fi
 	# cloud-init and the SSM rollout association may start it at the same
 	# time on first boot: one run at a time.
 	mkdir -p "$ROOT/run/lock"
@@ -513,4 +621,5 @@ main() {
 	log "done, $CHANGED changed"
 }
 
-main "$@"
+# Sourced (by the tests, to run one step), it only defines the steps.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
