@@ -307,7 +307,7 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 		},
 		"spool": func() error {
 			if p := g.appendErr.Load(); p != nil {
-				return fmt.Errorf("spool append failing: %s", *p)
+				return fmt.Errorf("spool append failing: spool: %s", *p)
 			}
 			if st := g.spool.Stats(); st.Bytes > g.degraded {
 				return fmt.Errorf("degraded: %d bytes waiting (threshold %d)", st.Bytes, g.degraded)
