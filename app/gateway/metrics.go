@@ -77,7 +77,9 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 				if s.Oldest.IsZero() {
 					return 0
 				}
-				return time.Since(s.Oldest).Seconds()
+				// Wall-clock time from disk: after the clock steps back it
+				// lies in the future, which is no age at all.
+				return max(time.Since(s.Oldest).Seconds(), 0)
 			})),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages the drop-oldest policy discarded before InfluxDB had them (never written)."},
 			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),
