@@ -189,8 +189,10 @@ type Gateway struct {
 	// now is the wall clock the writer compares spool timestamps with;
 	// waits use monotonic time, so a clock step cannot stretch them.
 	now func() time.Time
-	// Progress of the appender and the writer, for the watchdog.
+	// Progress of the appender and the writer, for the watchdog and
+	// /readyz; an operation running longer than stallLimit is reported.
 	appendBeat, writeBeat heartbeat
+	stallLimit            time.Duration
 
 	appended chan struct{} // closed when the appender has finished
 
@@ -242,13 +244,16 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 	reg := prometheus.NewRegistry()
 	g := &Gateway{
 		cfg: cfg, log: log, mapper: mapper, spool: sp, writer: w, dead: dead, reg: reg,
-		now:       time.Now,
-		inbox:     make(chan pending, inboxSize),
-		stopping:  make(chan struct{}),
-		committed: make(chan struct{}, 1),
-		connected: make([]atomic.Bool, cfg.MQTT.Connections),
-		appended:  make(chan struct{}),
-		degraded:  cfg.Spool.DegradedBytes,
+		now: time.Now,
+		// Longer than any healthy fsync, short enough to name a wedged
+		// disk before an operator starts guessing.
+		stallLimit: 10 * time.Second,
+		inbox:      make(chan pending, inboxSize),
+		stopping:   make(chan struct{}),
+		committed:  make(chan struct{}, 1),
+		connected:  make([]atomic.Bool, cfg.MQTT.Connections),
+		appended:   make(chan struct{}),
+		degraded:   cfg.Spool.DegradedBytes,
 	}
 	g.m = newMetrics(reg, func() spool.Stats { return g.spool.Stats() })
 	if g.degraded == 0 {
@@ -306,6 +311,9 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 			return nil
 		},
 		"spool": func() error {
+			if loop := g.stalled(g.stallLimit); loop != "" {
+				return fmt.Errorf("spool not making progress: the %s's operation has run for over %s", loop, g.stallLimit)
+			}
 			if p := g.appendErr.Load(); p != nil {
 				return fmt.Errorf("spool append failing: spool: %s", *p)
 			}

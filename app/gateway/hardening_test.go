@@ -318,6 +318,10 @@ func TestWatchdogQuietWhileAppendHangs(t *testing.T) {
 	if !strings.Contains(logs.String(), "watchdog: the spool is not making progress") {
 		t.Fatalf("no log line about the stalled spool:\n%s", logs)
 	}
+	g.stallLimit = interval
+	if code, body := readyz(t, g); code != 503 || !strings.Contains(body, "appender") {
+		t.Fatalf("/readyz with an append hung: %d %s", code, body)
+	}
 	release()
 	if !nextPing(t, sock, 10*interval) {
 		t.Fatal("watchdog did not resume once the append returned")
