@@ -2,6 +2,12 @@
 // payloads and points the database refused — as JSON lines in the state
 // directory, so an operator can see exactly what was rejected and why. The
 // file is bounded: at the size limit it is rotated to a single ".1" file.
+//
+// A failed rotation or reopen does not end the file: the next Add tries
+// again. When the rename fails but the file can still be written, entries
+// go on being appended past the size limit (kept rather than lost) until a
+// rotation succeeds; Add returns an error only for an entry it did not
+// write.
 package deadletter
 
 import (
@@ -38,8 +44,9 @@ type File struct {
 	mu       sync.Mutex
 	path     string
 	maxBytes int64
-	f        *os.File
+	f        *os.File // nil after a failed rotation or reopen, until one succeeds
 	size     int64
+	closed   bool
 }
 
 // Open opens (creating) dir/deadletter.jsonl.
@@ -87,11 +94,14 @@ func (d *File) Add(now time.Time, topic, reason string, cause error, payload []b
 	line = append(line, '\n')
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.f == nil {
+	if d.closed {
 		return fmt.Errorf("deadletter: closed")
 	}
-	if d.size+int64(len(line)) > d.maxBytes && d.size > 0 {
-		if err := d.rotate(); err != nil {
+	if d.f != nil && d.size+int64(len(line)) > d.maxBytes && d.size > 0 {
+		d.rotate()
+	}
+	if d.f == nil {
+		if err := d.open(); err != nil {
 			return err
 		}
 	}
@@ -103,19 +113,22 @@ func (d *File) Add(now time.Time, topic, reason string, cause error, payload []b
 	return nil
 }
 
-func (d *File) rotate() error {
+// rotate moves the full file to ".1" and leaves d.f nil for the caller to
+// reopen. If the rename fails the reopen appends to the same file (over the
+// limit; the next Add past it tries again), or, if the file itself is gone
+// (its directory removed), creates it anew or fails visibly: an open handle
+// on a removed file would take entries that nobody can ever read.
+func (d *File) rotate() {
+	_ = os.Rename(d.path, d.path+".1")
 	d.f.Close()
 	d.f = nil
-	if err := os.Rename(d.path, d.path+".1"); err != nil {
-		return fmt.Errorf("deadletter: rotate: %w", err)
-	}
-	return d.open()
 }
 
 // Close closes the file.
 func (d *File) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closed = true
 	if d.f == nil {
 		return nil
 	}

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,12 +44,73 @@ const (
 	// drainTimeout bounds how long shutdown keeps writing the spool out;
 	// what is left stays on disk for the next start.
 	drainTimeout = 5 * time.Second
+	// maxSplitRequests bounds the requests spent narrowing down the bad
+	// points of one rejected batch: halving a batch in which every point
+	// is bad would cost two requests per point. What is still unresolved
+	// then is dead-lettered whole, as reasonPartlyRejected. (Halves too
+	// large for the server are always written, whatever the count.)
+	maxSplitRequests = 256
+	// maxErrText bounds a server's error text kept in logs and dead
+	// letters: a server may echo a whole request back.
+	maxErrText = 512
 )
 
+// Reasons of the gateway's own, next to app's decode reasons. They are
+// metric label values: they never change once released.
+const (
+	// reasonPartlyRejected: a stretch of points in which InfluxDB rejected
+	// some, not narrowed down within maxSplitRequests requests. InfluxDB may
+	// have stored the good ones among them (a partial write).
+	reasonPartlyRejected = "partly_rejected"
+	// reasonRetained: a retained message the broker sent because the
+	// gateway subscribed. It is the device's last reading again, not a new
+	// one (without "ts" it would become a new point on every reconnect).
+	reasonRetained = "retained"
+)
+
+// pending is one message on its way to the appender. A message that is
+// not spooled (dead-lettered, retained) has no data: it is passed along
+// only to be acknowledged in arrival order, after the messages before it.
 type pending struct {
-	data   []byte // from lineBufs, given back once spooled
+	data   []byte // from lineBufs, given back once spooled; nil: nothing to spool
 	points int
 	ack    mqtt.Ack
+}
+
+// store is what the pipeline needs of the spool (*spool.Spool). Tests put
+// an in-memory one in its place to stage faults a real disk cannot be made
+// to show on demand (a write that never returns).
+type store interface {
+	Append(records [][]byte) error
+	Read(ctx context.Context, maxRecords, maxBytes int) (spool.Batch, error)
+	Rewind()
+	Commit(end spool.Position) error
+	Stats() spool.Stats
+	Close() error
+}
+
+// heartbeat tells the watchdog whether a loop makes progress. A loop is
+// alive while it waits for work and while an operation it began recently
+// is running; an operation that does not return (a write to a wedged disk
+// holding the spool's lock) makes it stale. Monotonic time, so a clock
+// step cannot fake either.
+type heartbeat struct{ busySince atomic.Int64 } // monoNow at begin; 0 while idle
+
+var monoEpoch = time.Now()
+
+// monoNow is monotonic nanoseconds since start, never 0.
+func monoNow() int64 { return int64(time.Since(monoEpoch)) + 1 }
+
+func (h *heartbeat) begin() { h.busySince.Store(monoNow()) }
+func (h *heartbeat) end()   { h.busySince.Store(0) }
+
+// stuck is how long the current operation has been running; 0 when idle.
+func (h *heartbeat) stuck() time.Duration {
+	s := h.busySince.Load()
+	if s == 0 {
+		return 0
+	}
+	return time.Duration(monoNow() - s)
 }
 
 // lineBufs recycles the buffers messages are decoded into: the spool
@@ -89,7 +151,7 @@ func (p *bufStack) get() []byte {
 func (p *bufStack) put(group []pending) {
 	p.mu.Lock()
 	for _, g := range group {
-		if cap(g.data) <= maxPooledBuf && len(p.free) < maxFreeBufs {
+		if g.data != nil && cap(g.data) <= maxPooledBuf && len(p.free) < maxFreeBufs {
 			p.free = append(p.free, g.data[:0])
 		}
 	}
@@ -101,7 +163,7 @@ type Gateway struct {
 	cfg    config.Config
 	log    *slog.Logger
 	mapper *app.Mapper
-	spool  *spool.Spool
+	spool  store
 	writer *influx.Writer
 	dead   *deadletter.File
 	m      *metrics
@@ -117,14 +179,26 @@ type Gateway struct {
 	http      *httpapi.Server
 	connected []atomic.Bool
 
-	writeErr  atomic.Pointer[string] // last write failure, nil once a write succeeds
-	appendErr atomic.Pointer[string] // last spool failure, nil once an append succeeds
+	// Failure classes for /readyz (never the servers' own words: they may
+	// echo credentials); nil once the operation succeeds again.
+	writeErr  atomic.Pointer[string] // last write failure
+	appendErr atomic.Pointer[string] // last spool failure
+	deadErr   atomic.Pointer[string] // last dead-letter write failure
 	degraded  int64
+
+	// now is the wall clock the writer compares spool timestamps with;
+	// waits use monotonic time, so a clock step cannot stretch them.
+	now func() time.Time
+	// Progress of the appender and the writer, for the watchdog and
+	// /readyz; an operation running longer than stallLimit is reported.
+	appendBeat, writeBeat heartbeat
+	stallLimit            time.Duration
 
 	appended chan struct{} // closed when the appender has finished
 
-	body      []byte // writer loop only: the request body, reused
-	onWritten func(lines [][]byte, at time.Time)
+	body       []byte // writer loop only: the request body, reused
+	lastReject error  // writer loop only: the rejection a split is narrowing down
+	onWritten  func(lines [][]byte, at time.Time)
 }
 
 // OnWritten registers f to be called with every group of lines InfluxDB
@@ -170,14 +244,18 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 	reg := prometheus.NewRegistry()
 	g := &Gateway{
 		cfg: cfg, log: log, mapper: mapper, spool: sp, writer: w, dead: dead, reg: reg,
-		m:         newMetrics(reg, sp),
-		inbox:     make(chan pending, inboxSize),
-		stopping:  make(chan struct{}),
-		committed: make(chan struct{}, 1),
-		connected: make([]atomic.Bool, cfg.MQTT.Connections),
-		appended:  make(chan struct{}),
-		degraded:  cfg.Spool.DegradedBytes,
+		now: time.Now,
+		// Longer than any healthy fsync, short enough to name a wedged
+		// disk before an operator starts guessing.
+		stallLimit: 10 * time.Second,
+		inbox:      make(chan pending, inboxSize),
+		stopping:   make(chan struct{}),
+		committed:  make(chan struct{}, 1),
+		connected:  make([]atomic.Bool, cfg.MQTT.Connections),
+		appended:   make(chan struct{}),
+		degraded:   cfg.Spool.DegradedBytes,
 	}
+	g.m = newMetrics(reg, func() spool.Stats { return g.spool.Stats() })
 	if g.degraded == 0 {
 		g.degraded = cfg.Spool.MaxBytes / 10 * 8
 	}
@@ -226,9 +304,18 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 			}
 			return nil
 		},
+		"deadletter": func() error {
+			if p := g.deadErr.Load(); p != nil {
+				return fmt.Errorf("dead-letter writes failing: %s", *p)
+			}
+			return nil
+		},
 		"spool": func() error {
+			if loop := g.stalled(g.stallLimit); loop != "" {
+				return fmt.Errorf("spool not making progress: the %s's operation has run for over %s", loop, g.stallLimit)
+			}
 			if p := g.appendErr.Load(); p != nil {
-				return fmt.Errorf("spool append failing: %s", *p)
+				return fmt.Errorf("spool append failing: spool: %s", *p)
 			}
 			if st := g.spool.Stats(); st.Bytes > g.degraded {
 				return fmt.Errorf("degraded: %d bytes waiting (threshold %d)", st.Bytes, g.degraded)
@@ -277,6 +364,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		stopWriter()
 		<-writerDone
 		g.closeState()
+		g.closeHTTP()
 		return err
 	}
 	g.source = src
@@ -299,12 +387,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 		<-writerDone
 	}
 	g.closeState()
+	g.closeHTTP()
+	return nil
+}
+
+func (g *Gateway) closeHTTP() {
 	if g.http != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = g.http.Shutdown(sctx)
 		cancel()
 	}
-	return nil
 }
 
 func (g *Gateway) closeState() {
@@ -327,12 +419,22 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 }
 
 // handle runs on the connection's read loop: decode, then hand over
-// (msg.Payload is not kept: the mapper copies what it needs).
+// (msg.Payload is not kept: the mapper copies what it needs). Every message
+// goes through the inbox, spooled or not, so that acknowledgements leave in
+// the order the messages arrived, as MQTT requires (3.1.1 §4.6): a bad
+// message must not be acknowledged ahead of good ones still waiting for
+// their fsync.
 func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 	if f == app.FormatLine {
 		g.m.receivedLine.Inc()
 	} else {
 		g.m.receivedJSON.Inc()
+	}
+	if ack.Retained() {
+		g.m.ignored.WithLabelValues(reasonRetained).Inc()
+		g.log.Debug("retained message ignored", "topic", msg.Topic)
+		g.enqueue(pending{ack: ack})
+		return
 	}
 	data, n, err := g.mapper.Append(lineBufs.get(), msg, f)
 	if err != nil {
@@ -343,22 +445,43 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 			reason = de.Reason
 		}
 		g.m.rejected.WithLabelValues(reason).Inc()
-		if derr := g.dead.Add(msg.Received, msg.Topic, reason, err, msg.Payload); derr != nil {
-			g.log.Error("dead-letter write failed", "err", derr)
-		}
+		g.deadLetter(msg.Received, msg.Topic, reason, err, msg.Payload)
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
-		ack.Ack() // nothing would ever make it valid; the broker must not resend it
-		g.m.acked.Inc()
+		// Acknowledged like a spooled one: nothing would ever make it
+		// valid, so the broker must not resend it.
+		g.enqueue(pending{ack: ack})
 		return
 	}
+	g.enqueue(pending{data: data, points: n, ack: ack})
+}
+
+// enqueue hands p to the appender. While shutting down p is dropped
+// unacknowledged, so the broker delivers it again.
+func (g *Gateway) enqueue(p pending) {
 	g.sendMu.RLock()
 	defer g.sendMu.RUnlock()
 	if !g.accepting.Load() {
-		return // shutting down: not acknowledged, so the broker delivers it again
+		return
 	}
 	select {
-	case g.inbox <- pending{data: data, points: n, ack: ack}:
+	case g.inbox <- p:
 	case <-g.stopping:
+	}
+}
+
+// deadLetter records a rejected message or point; a record that cannot be
+// written is counted and shown in /readyz, never dropped in silence.
+func (g *Gateway) deadLetter(at time.Time, topic, reason string, cause error, payload []byte) {
+	if derr := g.dead.Add(at, topic, reason, cause, payload); derr != nil {
+		g.m.deadErrors.Inc()
+		class := "io"
+		if g.deadErr.Swap(&class) == nil {
+			g.log.Error("dead-letter write failing; rejected messages are counted but not kept", "err", derr)
+		}
+		return
+	}
+	if g.deadErr.Swap(nil) != nil {
+		g.log.Info("dead-letter writes succeed again")
 	}
 }
 
@@ -396,10 +519,12 @@ func (g *Gateway) appendLoop() {
 		records = records[:0]
 		points := 0
 		for _, p := range group {
-			records = append(records, p.data)
+			if p.data != nil {
+				records = append(records, p.data)
+			}
 			points += p.points
 		}
-		if !g.appendWithRetry(records) {
+		if len(records) > 0 && !g.appendWithRetry(records) {
 			continue // shutting down with a full spool: not acknowledged, the broker keeps them
 		}
 		for _, p := range group {
@@ -418,7 +543,9 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 	backoff := 50 * time.Millisecond
 	for {
 		start := time.Now()
+		g.appendBeat.begin()
 		err := g.spool.Append(records)
+		g.appendBeat.end()
 		if err == nil {
 			g.m.fsync.Observe(time.Since(start).Seconds())
 			g.appendErr.Store(nil)
@@ -429,8 +556,7 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 			kind = "full"
 		}
 		g.m.appendErrors.WithLabelValues(kind).Inc()
-		msg := err.Error()
-		if g.appendErr.Swap(&msg) == nil {
+		if g.appendErr.Swap(&kind) == nil {
 			g.log.Error("spool append failing; holding messages unacknowledged", "err", err)
 		}
 		if kind == "full" {
@@ -446,10 +572,10 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 		case <-time.After(backoff):
 		case <-g.stopping:
 			// One last try below; after that the broker keeps them.
-			if g.spool.Append(records) == nil {
-				return true
-			}
-			return false
+			g.appendBeat.begin()
+			err := g.spool.Append(records)
+			g.appendBeat.end()
+			return err == nil
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
@@ -461,6 +587,11 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 	batchSize := g.cfg.Influx.BatchSize
 	linger := g.cfg.Influx.FlushInterval.Duration
 	var lines [][]byte // reused: the lines of the batch in hand
+	// When the writer first saw the small batch at the head of the spool
+	// (monotonic; zero once a batch is committed). The age read back from
+	// disk is wall-clock time: after the clock steps back it is negative
+	// and would keep the batch waiting for as long as the step.
+	var lingerFrom time.Time
 	// idleCtx also ends when draining begins, so a Read waiting on an idle
 	// spool notices it; once draining, Reads use ctx itself.
 	idleCtx, cancelIdle := context.WithCancel(ctx)
@@ -486,7 +617,14 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 		if isDraining {
 			readCtx = ctx
 		}
+		// A Read of an empty spool waits for appends (idle); one with
+		// records waiting is disk work the watchdog must see finish.
+		waiting := g.spool.Stats().Records > 0
+		if waiting {
+			g.writeBeat.begin()
+		}
 		batch, err := g.spool.Read(readCtx, batchSize, batchMaxBytes)
+		g.writeBeat.end()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, spool.ErrClosed) {
 				return
@@ -504,15 +642,20 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 		}
 		// A small batch waits up to flush_interval for company: fewer,
 		// larger writes cost InfluxDB far less than many small ones.
-		if age := time.Since(batch.Oldest); len(batch.Records) < batchSize && age < linger && !isDraining {
-			g.spool.Rewind()
-			select {
-			case <-time.After(linger - age):
-			case <-draining:
-			case <-ctx.Done():
-				return
+		if len(batch.Records) < batchSize && !isDraining {
+			if lingerFrom.IsZero() {
+				lingerFrom = time.Now()
 			}
-			continue
+			if wait := lingerWait(linger, g.now().Sub(batch.Oldest), time.Since(lingerFrom)); wait > 0 {
+				g.spool.Rewind()
+				select {
+				case <-time.After(wait):
+				case <-draining:
+				case <-ctx.Done():
+					return
+				}
+				continue
+			}
 		}
 		// The batch is written and committed even if drop-oldest discards
 		// its records from disk while the database is away: it is in
@@ -529,15 +672,33 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 			g.spool.Rewind()
 			return
 		}
-		if err := g.spool.Commit(batch.End); err != nil {
+		g.writeBeat.begin()
+		err = g.spool.Commit(batch.End)
+		g.writeBeat.end()
+		if err != nil {
 			g.log.Error("spool commit", "err", err)
 		}
-		g.m.spoolWait.Observe(time.Since(batch.Oldest).Seconds())
+		lingerFrom = time.Time{}
+		if age := g.now().Sub(batch.Oldest); age >= 0 {
+			g.m.spoolWait.Observe(age.Seconds())
+		}
 		select {
 		case g.committed <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// lingerWait is how much longer a small batch waits: until its oldest
+// record is linger old, by the wall clock (age, from the spool), but never
+// longer than linger after the writer first saw it (seen, monotonic),
+// whatever the wall clock did meanwhile.
+func lingerWait(linger, age, seen time.Duration) time.Duration {
+	wait := linger - seen
+	if age >= 0 {
+		wait = min(wait, linger-age)
+	}
+	return max(wait, 0)
 }
 
 // splitLines flattens records (each one or more complete lines) to lines,
@@ -559,8 +720,80 @@ func splitLines(lines, records [][]byte) [][]byte {
 
 // deliver writes lines, retrying transient failures forever. A batch the
 // database rejects is split in halves until the bad points are found; they
-// go to the dead-letter file and the rest is written.
+// go to the dead-letter file and the rest is written. What the database
+// says it dropped ("partial write: ... dropped=N") prunes the split: a
+// part that holds only bad points is dead-lettered without more requests,
+// and the second half's count follows from its parent's and the first
+// half's. The split is bounded by maxSplitRequests; what is unresolved
+// then is dead-lettered whole.
 func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
+	budget := maxSplitRequests
+	_, err := g.deliverPart(ctx, lines, -1, &budget)
+	return err
+}
+
+// deliverPart writes lines and returns how many of them the database
+// rejected, -1 when its answers did not say. bad > 0 means an earlier
+// answer already showed lines to hold exactly bad rejected points, so the
+// request is not sent again; 0 (known good) and -1 (unknown) send it.
+func (g *Gateway) deliverPart(ctx context.Context, lines [][]byte, bad int, budget *int) (int, error) {
+	tooLarge := false
+	if bad <= 0 {
+		err := g.send(ctx, lines)
+		*budget--
+		var we *influx.WriteError
+		if err == nil {
+			return 0, nil
+		}
+		if !errors.As(err, &we) {
+			return -1, err
+		}
+		if tooLarge = we.TooLarge(); tooLarge {
+			if len(lines) == 1 {
+				g.rejectLines(lines, app.ReasonTooLarge, err)
+				return 1, nil
+			}
+			bad = -1
+		} else {
+			bad = dropped(we)
+			if len(lines) == 1 || bad == len(lines) {
+				g.rejectLines(lines, app.ReasonRejected, err)
+				return len(lines), nil
+			}
+			g.lastReject = err
+		}
+	} else if bad >= len(lines) {
+		g.rejectLines(lines, app.ReasonRejected, g.lastReject)
+		return len(lines), nil
+	}
+	// Too large is not the points' fault: those halves are always written.
+	if !tooLarge && *budget <= 0 {
+		g.rejectLines(lines, reasonPartlyRejected, fmt.Errorf(
+			"%w (not narrowed down within %d requests; InfluxDB may have stored the good points among these)",
+			g.lastReject, maxSplitRequests))
+		return bad, nil
+	}
+	half := len(lines) / 2
+	left, err := g.deliverPart(ctx, lines[:half], -1, budget)
+	if err != nil {
+		return -1, err
+	}
+	right := -1
+	if bad >= 0 && left >= 0 && bad >= left {
+		right = bad - left
+	}
+	got, err := g.deliverPart(ctx, lines[half:], right, budget)
+	if err != nil {
+		return -1, err
+	}
+	if bad < 0 && left >= 0 && got >= 0 {
+		bad = left + got
+	}
+	return bad, nil
+}
+
+// send writes lines as one request, retrying transient failures.
+func (g *Gateway) send(ctx context.Context, lines [][]byte) error {
 	// The body buffer is reused: it is needed only until the write below
 	// returns, and the lines point into the spool's batch, not into it, so
 	// even the halves of a split can build their bodies in it.
@@ -578,27 +811,55 @@ func (g *Gateway) deliver(ctx context.Context, lines [][]byte) error {
 	if err == nil && g.onWritten != nil {
 		g.onWritten(lines, time.Now())
 	}
-	var we *influx.WriteError
-	if err == nil || !errors.As(err, &we) {
-		return err
+	return err
+}
+
+// dropped is how many points a rejection says the server dropped, -1
+// when it does not say. InfluxDB (1.8 and 2) answers a field type conflict
+// with "partial write: ... dropped=N"; lines it cannot parse are not
+// counted in N, so an answer that mentions a parse error says nothing.
+func dropped(we *influx.WriteError) int {
+	msg := we.Message
+	if !strings.Contains(msg, "partial write") || strings.Contains(msg, "unable to parse") {
+		return -1
 	}
-	if len(lines) == 1 {
-		reason := app.ReasonRejected
-		if we.TooLarge() {
-			reason = app.ReasonTooLarge
-		}
+	i := strings.LastIndex(msg, "dropped=")
+	if i < 0 {
+		return -1
+	}
+	digits := msg[i+len("dropped="):]
+	if j := strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' }); j >= 0 {
+		digits = digits[:j]
+	}
+	d, err := strconv.Atoi(digits)
+	if err != nil {
+		return -1
+	}
+	return d
+}
+
+// rejectLines dead-letters points the database will not take.
+func (g *Gateway) rejectLines(lines [][]byte, reason string, cause error) {
+	cause = errors.New(g.scrub(cause.Error()))
+	now := time.Now()
+	for _, l := range lines {
 		g.m.rejected.WithLabelValues(reason).Inc()
-		if derr := g.dead.Add(time.Now(), "", reason, err, bytes.TrimSuffix(lines[0], []byte("\n"))); derr != nil {
-			g.log.Error("dead-letter write failed", "err", derr)
-		}
-		g.log.Warn("point rejected by InfluxDB", "err", err)
-		return nil
+		g.deadLetter(now, "", reason, cause, bytes.TrimSuffix(l, []byte("\n")))
 	}
-	half := len(lines) / 2
-	if err := g.deliver(ctx, lines[:half]); err != nil {
-		return err
+	g.log.Warn("points rejected by InfluxDB", "points", len(lines), "reason", reason, "err", cause)
+}
+
+// scrub makes a server's error text fit for logs and dead letters: the
+// token never appears (a server that echoes requests would return it), and
+// the text is cut to maxErrText.
+func (g *Gateway) scrub(s string) string {
+	if tok := g.cfg.Influx.Token; tok != "" {
+		s = strings.ReplaceAll(s, tok, "[token]")
 	}
-	return g.deliver(ctx, lines[half:])
+	if len(s) > maxErrText {
+		s = s[:maxErrText] + "..."
+	}
+	return strings.ToValidUTF8(s, "?")
 }
 
 // writeWithRetry returns nil, ctx's error, or a *influx.WriteError the
@@ -636,9 +897,8 @@ func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) e
 			class = strconv.Itoa(we.Status)
 		}
 		g.m.writeErrors.WithLabelValues(class).Inc()
-		msg := err.Error()
-		if g.writeErr.Swap(&msg) == nil {
-			g.log.Error("influx write failing; readings stay spooled and are retried", "err", err)
+		if g.writeErr.Swap(&class) == nil {
+			g.log.Error("influx write failing; readings stay spooled and are retried", "err", g.scrub(err.Error()))
 		}
 		// Full jitter over an exponential backoff, but never sooner than
 		// the server asked for.
@@ -655,22 +915,55 @@ func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) e
 	}
 }
 
-// watchdog pings systemd's watchdog while the spool answers, so a gateway
-// wedged on its state is restarted. Without systemd it does nothing.
+// stalled names a loop whose current operation has run longer than limit
+// (the appender in an Append, the writer reading or committing the spool),
+// "" when both are waiting for work or progressing.
+func (g *Gateway) stalled(limit time.Duration) string {
+	if g.appendBeat.stuck() > limit {
+		return "appender"
+	}
+	// A Read that began with records waiting may have skipped damaged
+	// ones and be waiting for appends now: it is stuck only while records
+	// still wait. (Stats does not wait for a write in progress.)
+	if g.writeBeat.stuck() > limit && g.spool.Stats().Records > 0 {
+		return "writer"
+	}
+	return ""
+}
+
+// watchdog pings systemd's watchdog while the appender and the writer make
+// progress, so a gateway wedged on its disk (a write that never returns)
+// is restarted instead of reported healthy. Without systemd it does
+// nothing.
 func (g *Gateway) watchdog(ctx context.Context) {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil || interval == 0 {
 		return
 	}
+	// An operation stuck for half the interval stops the pings; systemd
+	// restarts the service an interval after the last one.
+	limit := interval / 2
 	t := time.NewTicker(interval / 3)
 	defer t.Stop()
+	quiet := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_ = g.spool.Stats()
-			_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 		}
+		if loop := g.stalled(limit); loop != "" {
+			if !quiet {
+				g.log.Error("watchdog: the spool is not making progress; no longer telling systemd all is well",
+					"loop", loop, "limit", limit)
+				quiet = true
+			}
+			continue
+		}
+		if quiet {
+			g.log.Info("watchdog: the spool makes progress again")
+			quiet = false
+		}
+		_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 	}
 }

@@ -26,9 +26,12 @@ type metrics struct {
 	fsync         prometheus.Histogram
 	appendErrors  *prometheus.CounterVec
 	connected     *prometheus.GaugeVec
+	ignored       *prometheus.CounterVec
+	deadErrors    prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
+// newMetrics registers the series; stats reads the spool's counters.
+func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 	m := &metrics{
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_received_total",
 			Help: "MQTT messages received, by payload format."}, []string{"format"}),
@@ -55,12 +58,16 @@ func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
 			Help: "Spool appends that failed, by kind (full, io)."}, []string{"kind"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotgw_mqtt_connected",
 			Help: "1 while the MQTT connection is up."}, []string{"connection"}),
+		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_ignored_total",
+			Help: "MQTT messages acknowledged but deliberately not stored, by reason (retained)."}, []string{"reason"}),
+		deadErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_dead_letter_write_errors_total",
+			Help: "Dead letters that could not be written to the dead-letter file (counted in iotgw_dead_letters_total, not kept)."}),
 	}
 	m.receivedJSON = m.received.WithLabelValues(string(app.FormatJSON))
 	m.receivedLine = m.received.WithLabelValues(string(app.FormatLine))
-	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(sp.Stats()) } }
+	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(stats()) } }
 	reg.MustRegister(m.received, m.rejected, m.acked, m.pointsSpooled, m.points, m.batches, m.writeLatency,
-		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected,
+		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected, m.ignored, m.deadErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_bytes", Help: "Bytes in the spool waiting for InfluxDB."},
 			stat(func(s spool.Stats) float64 { return float64(s.Bytes) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_entries", Help: "Messages in the spool waiting for InfluxDB."},
@@ -70,7 +77,9 @@ func newMetrics(reg *prometheus.Registry, sp *spool.Spool) *metrics {
 				if s.Oldest.IsZero() {
 					return 0
 				}
-				return time.Since(s.Oldest).Seconds()
+				// Wall-clock time from disk: after the clock steps back it
+				// lies in the future, which is no age at all.
+				return max(time.Since(s.Oldest).Seconds(), 0)
 			})),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages the drop-oldest policy discarded before InfluxDB had them (never written)."},
 			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),

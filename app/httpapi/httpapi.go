@@ -8,13 +8,20 @@ import (
 	"net"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Check is one readiness condition: nil when fine, else why not.
+// Check is one readiness condition: nil when fine, else why not. The
+// reason is public (/readyz needs no credentials): a class of failure
+// ("last write failed: 503"), never a server's own words, which may echo
+// what was sent to it. It is cut to maxReason bytes in any case.
 type Check func() error
+
+// maxReason bounds the text /readyz shows per check.
+const maxReason = 160
 
 // Server is the HTTP listener.
 type Server struct {
@@ -38,7 +45,7 @@ func Handler(reg *prometheus.Registry, checks map[string]Check) http.Handler {
 		ready := true
 		for name, check := range checks {
 			if err := check(); err != nil {
-				status[name] = err.Error()
+				status[name] = cut(err.Error())
 				ready = false
 			} else {
 				status[name] = "ok"
@@ -51,6 +58,18 @@ func Handler(reg *prometheus.Registry, checks map[string]Check) http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": status})
 	})
 	return mux
+}
+
+// cut bounds a reason to maxReason bytes, on a rune boundary.
+func cut(s string) string {
+	if len(s) <= maxReason {
+		return s
+	}
+	i := maxReason
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "..."
 }
 
 // Listen binds addr ("127.0.0.1:0" picks a port) and serves in the

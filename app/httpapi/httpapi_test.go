@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -55,5 +56,14 @@ func TestEndpoints(t *testing.T) {
 	}
 	if code != 503 || r.Ready || r.Checks["influx"] != "last write failed: 503" || r.Checks["mqtt"] != "ok" {
 		t.Fatalf("/readyz %d %s", code, body)
+	}
+	// A long reason (a server's echo, say) is cut, on a rune boundary.
+	influxErr = errors.New(strings.Repeat("é", 1000))
+	_, body = get("/readyz")
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Checks["influx"]; len(got) > maxReason+3 || !strings.HasSuffix(got, "...") || !utf8.ValidString(got) {
+		t.Fatalf("long reason shown as %d bytes: %q", len(got), got)
 	}
 }

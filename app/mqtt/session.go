@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"sync"
@@ -34,6 +35,16 @@ import (
 
 const (
 	firstRetry = 50 * time.Millisecond
+	// stableAfter is how long a session must have lasted for the next
+	// reconnect to start again from firstRetry. A session that ends sooner
+	// (another client with the same id taking it over, a broker that
+	// accepts and then drops it) keeps backing off: two gateways sharing a
+	// client id would otherwise take the session from each other many
+	// times a second, each time redelivering what was in flight.
+	stableAfter = 10 * time.Second
+	// shortLogEvery bounds the warnings about sessions that ended soon
+	// after they were established; the ones between are logged at debug.
+	shortLogEvery = time.Minute
 	// writeTimeout bounds one flush to the broker; a broker that stops
 	// reading ends the session.
 	writeTimeout = 10 * time.Second
@@ -45,10 +56,17 @@ const (
 // Ack acknowledges one message to the broker. The zero Ack (a QoS 0
 // message) does nothing.
 type Ack struct {
-	conn *bufferedConn
-	id   uint16
-	kind byte // packets.Puback for QoS 1, packets.Pubrec for QoS 2
+	conn     *bufferedConn
+	id       uint16
+	kind     byte // packets.Puback for QoS 1, packets.Pubrec for QoS 2
+	retained bool
 }
+
+// Retained reports the PUBLISH's RETAIN flag. In MQTT 3.1.1 a broker sets
+// it only on a message it sends from its retained store because of a new
+// subscription (§3.3.1.3), never when it forwards a publication live: the
+// message is the topic's last value again, not a new one.
+func (a Ack) Retained() bool { return a.retained }
 
 // Ack sends the acknowledgement on the connection the message arrived on.
 // If that connection is gone, the broker redelivers the message on the next
@@ -77,6 +95,7 @@ type client struct {
 	log     *slog.Logger
 
 	up     atomic.Bool
+	upAt   time.Time     // when the session was last subscribed; run's goroutine only
 	reads  atomic.Uint64 // packets read and handler returns, for the keep-alive check
 	inCall atomic.Bool   // the read loop is inside the handler
 
@@ -96,27 +115,47 @@ type topicInfo struct {
 }
 
 // run holds a session open, reconnecting after a drop: first after 50 ms,
-// then backing off to MaxReconnectInterval. (paho's auto-reconnect waited
-// a fixed second first, long enough for a busy broker to overflow this
-// session's queue: mosquitto keeps 1000 messages per client by default.)
+// then backing off to MaxReconnectInterval, with jitter. (paho's
+// auto-reconnect waited a fixed second first, long enough for a busy broker
+// to overflow this session's queue: mosquitto keeps 1000 messages per
+// client by default.) The backoff starts over only after a session that
+// lasted stableAfter.
 func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 	maxWait := nonZero(c.cfg.MaxReconnectInterval, 30*time.Second)
 	wait := firstRetry
+	var shortLogged time.Time
+	short := 0 // sessions ended soon after they were established, since the last warning
 	for {
 		err := c.session()
 		if c.up.Swap(false) {
-			wait = firstRetry
+			lasted := time.Since(c.upAt)
+			if lasted >= stableAfter {
+				wait = firstRetry
+			}
 			if c.state != nil {
 				c.state(c.idx, false, err)
 			}
-			if !c.isClosed() {
+			switch {
+			case c.isClosed():
+			case lasted >= stableAfter:
 				c.log.Warn("mqtt connection lost", "client_id", c.id, "err", err, "retry_in", wait)
+			default:
+				short++
+				if shortLogged.IsZero() || time.Since(shortLogged) >= shortLogEvery {
+					c.log.Warn("mqtt session ended soon after it was established; another client with the same client id may be taking it over",
+						"client_id", c.id, "lasted", lasted.Round(time.Millisecond), "times", short, "err", err, "retry_in", wait)
+					shortLogged, short = time.Now(), 0
+				} else {
+					c.log.Debug("mqtt connection lost", "client_id", c.id, "lasted", lasted, "err", err, "retry_in", wait)
+				}
 			}
 		} else if !c.isClosed() {
 			c.log.Warn("mqtt connect failed", "broker", c.url.Redacted(), "client_id", c.id, "retry_in", wait, "err", err)
 		}
 		select {
-		case <-time.After(wait):
+		// Up to half again as long: sessions that failed together (a
+		// broker restart, two clients sharing an id) drift apart.
+		case <-time.After(wait + rand.N(wait/2+1)):
 		case <-ctx.Done():
 			return
 		case <-closed:
@@ -290,6 +329,7 @@ func (c *client) suback(conn *bufferedConn, n int) error {
 		return errors.New("mqtt: the broker refused every subscription")
 	}
 	c.up.Store(true)
+	c.upAt = time.Now()
 	if c.state != nil {
 		c.state(c.idx, true, nil)
 	}
@@ -323,12 +363,12 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 		return errors.New("mqtt: malformed PUBLISH topic")
 	}
 	topic, rest := rest[:tl], rest[tl:]
-	var ack Ack
+	ack := Ack{retained: typ&1 != 0}
 	if qos > 0 {
 		if len(rest) < 2 {
 			return errors.New("mqtt: malformed PUBLISH packet id")
 		}
-		ack = Ack{conn: conn, id: uint16(rest[0])<<8 | uint16(rest[1]), kind: packets.Puback}
+		ack.conn, ack.id, ack.kind = conn, uint16(rest[0])<<8|uint16(rest[1]), packets.Puback
 		if qos == 2 {
 			ack.kind = packets.Pubrec
 		}

@@ -1187,3 +1187,29 @@ func TestCloseHalfCloses(t *testing.T) {
 		t.Fatal("Close did not return after the broker closed")
 	}
 }
+
+// Two gateways started with the same client id take the session from each
+// other (the broker ends the older connection). Against real mosquitto: a
+// session that ended soon after it was established does not reset the
+// backoff, so over 3 s the two connect a bounded number of times (not
+// ~20 times a second), and the takeover is warned about once per client.
+func TestSameClientIDBacksOff(t *testing.T) {
+	m := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+	cfg := Config{URL: m.URL(), ClientID: "iotgw", QoS: 1, Topics: []string{"sensors/#"}, MaxReconnectInterval: 30 * time.Second}
+	h := (&collector{}).handle
+	logA, bufA := testLogger()
+	logB, bufB := testLogger()
+	startSource(t, cfg, h, nil, logA)
+	startSource(t, cfg, h, nil, logB)
+	time.Sleep(3 * time.Second) // the window the connects are counted over
+	logs := bufA.String() + bufB.String()
+	connects := strings.Count(logs, `msg="mqtt connected"`)
+	takeovers := strings.Count(logs, "may be taking it over")
+	t.Logf("%d connects, %d takeover warnings in 3 s", connects, takeovers)
+	if connects >= 15 {
+		t.Fatalf("%d connects in 3 s with a shared client id", connects)
+	}
+	if takeovers < 1 || takeovers > 2 {
+		t.Fatalf("%d takeover warnings, want one per client at most:\n%s", takeovers, logs)
+	}
+}

@@ -121,9 +121,7 @@ for profiling; it is off by default.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			log.Info("iotgw starting", "version", version, "mqtt", redacted(cfg.MQTT.URL), "influx", cfg.Influx.URL,
-				"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir,
-				"memory_limit", memoryLimit())
+			logStart(log, cfg)
 			return g.Run(ctx)
 		},
 	}
@@ -153,10 +151,20 @@ func memoryLimit() int64 {
 	return 0
 }
 
-// redacted hides a password in a URL for the log.
+// logStart logs what the gateway is about to connect to, with every
+// credential in a URL redacted.
+func logStart(log *slog.Logger, cfg config.Config) {
+	log.Info("iotgw starting", "version", version, "mqtt", redacted(cfg.MQTT.URL), "influx", redacted(cfg.Influx.URL),
+		"bucket", cfg.Influx.Bucket, "gzip", cfg.Influx.Gzip.Enabled(cfg.Influx.URL), "spool", cfg.Spool.Dir,
+		"memory_limit", memoryLimit())
+}
+
+// redacted hides a password in a URL for the log. A URL that does not
+// parse is not shown at all: it may still hold one.
 func redacted(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
 	}
-	return raw
+	return u.Redacted()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
@@ -100,5 +102,20 @@ func TestRunResolvesSSMReferences(t *testing.T) {
 	code, out := execute(t, "run", "--check")
 	if code != 2 || !strings.Contains(out, "mqtt.password: ssm parameter /iot-gateway/dev/missing") {
 		t.Fatalf("exit %d: %s", code, out)
+	}
+}
+
+// The startup line names both URLs without their passwords.
+func TestStartLogRedactsURLs(t *testing.T) {
+	cfg := config.Default()
+	cfg.Influx.URL = "http://user:secret@127.0.0.1:8086"
+	cfg.MQTT.URL = "tcp://dev:secret@127.0.0.1:1883"
+	var out bytes.Buffer
+	logStart(slog.New(slog.NewTextHandler(&out, nil)), cfg)
+	if s := out.String(); strings.Contains(s, "secret") || !strings.Contains(s, "127.0.0.1:8086") || !strings.Contains(s, "dev:xxxxx@127.0.0.1:1883") {
+		t.Fatalf("start log: %s", s)
+	}
+	if got := redacted("http://u:secret@[::1"); strings.Contains(got, "secret") {
+		t.Fatalf("redacted(unparsable) = %q", got)
 	}
 }
