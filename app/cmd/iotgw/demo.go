@@ -210,7 +210,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 			fmt.Fprintf(out, "  %-12s %d\n", m, counts[m])
 		}
 	}
-	fmt.Fprintf(out, "\nsee the data yourself (POST %s/api/v2/query, or the InfluxDB UI):\n%s\n", cfg.Influx.URL, flux)
+	fmt.Fprintf(out, "\nsee the data yourself (POST %s/api/v2/query, or the InfluxDB UI):\n%s\n", redacted(cfg.Influx.URL), flux)
 	if simErr != nil && !errors.Is(simErr, context.Canceled) {
 		return fmt.Errorf("simulator: %w", simErr)
 	}
