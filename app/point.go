@@ -230,6 +230,10 @@ func NewMapper(cfg MapperConfig) (*Mapper, error) {
 	if !hasMeas && !validName(cfg.Measurement) {
 		return nil, fmt.Errorf("topic pattern %q has no {_measurement}, so a measurement name is required", cfg.TopicPattern)
 	}
+	if strings.HasPrefix(cfg.Measurement, "#") {
+		// A line starting with # is a comment, and no escape changes that.
+		return nil, fmt.Errorf("measurement %q: a name starting with # cannot be written in line protocol", cfg.Measurement)
+	}
 	for k, v := range cfg.StaticTags {
 		if !validName(k) || strings.HasPrefix(k, "_") {
 			return nil, fmt.Errorf("static tag: bad name %q", k)
@@ -312,15 +316,13 @@ func appendName(dst []byte, s string, equals bool) []byte {
 	return dst
 }
 
-// appendString appends a string field value. InfluxDB's parser undoes only
-// the escapes of backslash and double quote (not the \n, \t, \r the
-// line-protocol library writes), so every other byte, tab and carriage
-// return included, is written as it is and stored as it was sent. A newline
-// cannot be: see ReasonNewline.
-func appendString(dst []byte, s string) ([]byte, bool) {
-	if strings.IndexByte(s, '\n') >= 0 {
-		return dst, false
-	}
+// AppendString appends s as a line-protocol string field value that
+// InfluxDB stores byte for byte. Its parser undoes only the escapes of
+// backslash and double quote (not the \\n, \\t, \\r the line-protocol
+// library writes), so every other byte, tab, carriage return and newline
+// included, is written as it is. (The mapper refuses newlines before: see
+// ReasonNewline.)
+func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c == '"' || c == '\\' {
@@ -328,13 +330,29 @@ func appendString(dst []byte, s string) ([]byte, bool) {
 		}
 		dst = append(dst, s[i])
 	}
-	return append(dst, '"'), true
+	return append(dst, '"')
 }
+
+// AppendKey appends a field key, escaping comma, space and equals sign; it
+// reports false for a key ValidName refuses.
+func AppendKey(dst []byte, k string) ([]byte, bool) {
+	if !validName(k) {
+		return dst, false
+	}
+	return appendName(dst, k, true), true
+}
+
+// ValidName reports whether s can be a measurement, tag key, tag value or
+// field key that InfluxDB stores exactly as it is (see validName).
+func ValidName(s string) bool { return validName(s) }
 
 // appendValue appends a field value.
 func appendValue(dst []byte, v lineprotocol.Value) ([]byte, bool) {
 	if v.Kind() == lineprotocol.String {
-		return appendString(dst, v.StringV())
+		if strings.IndexByte(v.StringV(), '\n') >= 0 {
+			return dst, false
+		}
+		return AppendString(dst, v.StringV()), true
 	}
 	return v.AppendBytes(dst), true
 }

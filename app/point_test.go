@@ -233,6 +233,7 @@ func TestNewMapperErrors(t *testing.T) {
 		{"wildcard", MapperConfig{TopicPattern: "a/#/{_measurement}"}, "bad level"},
 		{"static clashes", MapperConfig{StaticTags: map[string]string{"site": "x"}}, "also a topic level"},
 		{"static empty value", MapperConfig{StaticTags: map[string]string{"gw": ""}}, "bad value"},
+		{"comment measurement", MapperConfig{TopicPattern: "a/{x}", Measurement: "#m"}, "starting with #"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
