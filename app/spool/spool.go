@@ -140,8 +140,9 @@ type Stats struct {
 	CorruptBytes   int64     // since Open: bytes of skipped records plus bytes cut off
 	Segments       int       // segment files on disk
 	// DiskFree is what the filesystem holding the spool has left for an
-	// unprivileged writer, measured at Open and after each Append; -1 where
-	// the system cannot tell.
+	// unprivileged writer, measured at Open, after a write that found the
+	// disk full, and at most once a second after Appends; -1 where the
+	// system cannot tell.
 	DiskFree int64
 }
 
@@ -181,6 +182,7 @@ type Spool struct {
 	dirty    bool       // w may hold bytes past the tail's size after a failed write
 	dropping bool       // DropOldest is discarding; logged once per episode
 	overFree bool       // MaxBytes exceeds what the disk can hold; logged once per episode
+	diskAt   time.Time  // when checkDisk last measured
 
 	readMu sync.Mutex // serialises Read; guards rbr
 	rbr    *bufio.Reader
@@ -302,16 +304,22 @@ func Open(opts Options) (*Spool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s.checkDisk()
+	s.checkDisk(true)
 	return s, nil
 }
 
 // checkDisk measures the free space and warns when the cap can no longer be
 // reached: the disk would fill first. The spool often shares its volume with
 // InfluxDB and the broker, so free space changes under it. A full disk is
-// then met as ENOSPC, which Append treats like reaching MaxBytes. Called
-// with appendMu held, or before the spool is shared.
-func (s *Spool) checkDisk() {
+// then met as ENOSPC, which Append treats like reaching MaxBytes. It
+// measures at most once a second unless forced. Called with appendMu held,
+// or before the spool is shared.
+func (s *Spool) checkDisk(force bool) {
+	if now := time.Now(); force || now.Sub(s.diskAt) >= time.Second {
+		s.diskAt = now
+	} else {
+		return
+	}
 	free := diskFree(s.dir)
 	s.mu.Lock()
 	s.diskFree = free
@@ -706,7 +714,7 @@ func (s *Spool) Append(records [][]byte) error {
 			return fmt.Errorf("spool: append: %w", err)
 		}
 		if s.policy != DropOldest || s.dirty || !s.dropSegment() {
-			s.checkDisk()
+			s.checkDisk(true)
 			return fmt.Errorf("%w: %w (%d bytes uncommitted, batch of %d bytes)", ErrFull, err, s.Stats().Bytes, size)
 		}
 	}
@@ -722,7 +730,7 @@ func (s *Spool) Append(records [][]byte) error {
 	close(s.wake)
 	s.wake = make(chan struct{})
 	s.mu.Unlock()
-	s.checkDisk()
+	s.checkDisk(false)
 	return nil
 }
 
