@@ -130,7 +130,21 @@ func TestStringsStoredExactly(t *testing.T) {
 			t.Fatalf("tag value %q: err %v, want reason %s", v, err, app.ReasonBadTopic)
 		}
 	}
+	// Measurement names from a topic level.
+	measurements := []string{"m=x", "sp ace", "co,mma", `"q"`, `a\b`, "x#y", "é"}
+	for i, v := range measurements {
+		var n int
+		body, n, err = m.Append(body, app.Message{Topic: "s/k/" + v, Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, 1_750_000_000_000+i), Received: time.Now()}, app.FormatJSON)
+		if err != nil || n != 1 {
+			t.Fatalf("measurement %q: %d points, %v", v, n, err)
+		}
+	}
 	write(t, in, body)
+	for _, v := range measurements {
+		if rows := stored(t, in, v, "v"); len(rows) != 1 {
+			t.Errorf("measurement %q: %d points stored under that name", v, len(rows))
+		}
+	}
 
 	got := stored(t, in, "json", "s")
 	for ts, w := range want {
