@@ -95,7 +95,7 @@ func TestStringsStoredExactly(t *testing.T) {
 	var body []byte
 	want := map[int64]string{}
 	for i, v := range values {
-		ts := int64(1_700_000_000_000 + i)
+		ts := 1_700_000_000_000 + int64(i)
 		payload := fmt.Appendf(nil, `{"ts":%d,"s":%s}`, ts, jsonString(v))
 		var n int
 		body, n, err = m.Append(body, app.Message{Topic: "s/k/json", Payload: payload, Received: time.Now()}, app.FormatJSON)
@@ -116,7 +116,7 @@ func TestStringsStoredExactly(t *testing.T) {
 	good := []string{`a\b`, `a\\b`, `sp ace`, `com,ma`, `eq=ual`, `"q"`, `\n`, `\"`, `é`}
 	bad := []string{`a\`, `a\\`, `a\,b`, `a\ b`, `a\=b`, `a\\,b`, `a\\ b`, `x\\=y`, "tab\tx"}
 	for i, v := range good {
-		ts := int64(1_750_000_000_000 + i)
+		ts := 1_750_000_000_000 + int64(i)
 		var n int
 		body, n, err = m.Append(body, app.Message{Topic: "s/" + v + "/tags", Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, ts), Received: time.Now()}, app.FormatJSON)
 		if err != nil || n != 1 {
@@ -134,7 +134,7 @@ func TestStringsStoredExactly(t *testing.T) {
 	measurements := []string{"m=x", "sp ace", "co,mma", `"q"`, `a\b`, "x#y", "é"}
 	for i, v := range measurements {
 		var n int
-		body, n, err = m.Append(body, app.Message{Topic: "s/k/" + v, Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, 1_750_000_000_000+i), Received: time.Now()}, app.FormatJSON)
+		body, n, err = m.Append(body, app.Message{Topic: "s/k/" + v, Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, 1_750_000_000_000+int64(i)), Received: time.Now()}, app.FormatJSON)
 		if err != nil || n != 1 {
 			t.Fatalf("measurement %q: %d points, %v", v, n, err)
 		}
@@ -157,7 +157,7 @@ func TestStringsStoredExactly(t *testing.T) {
 	}
 	tags := stored(t, in, "tags", "k")
 	for i, v := range good {
-		ts := int64(1_750_000_000_000+i) * 1e6
+		ts := (1_750_000_000_000 + int64(i)) * 1e6
 		if w := fmt.Sprintf("k=%q", v); tags[ts] != w {
 			t.Errorf("tag value %q: stored %s", v, tags[ts])
 		}
@@ -184,9 +184,9 @@ func TestLineProtocolStoredAsInfluxDBWould(t *testing.T) {
 	const T = 1_700_000_000_000_000_000
 	var direct, mapped []byte
 	for i, l := range lines {
-		direct = fmt.Appendf(direct, "%s %d\n", l, T+i)
+		direct = fmt.Appendf(direct, "%s %d\n", l, T+int64(i))
 		var n int
-		mapped, n, err = m.Append(mapped, app.Message{Topic: "lp", Payload: fmt.Appendf(nil, "%s %d", l, T+1000+i), Received: time.Now()}, app.FormatLine)
+		mapped, n, err = m.Append(mapped, app.Message{Topic: "lp", Payload: fmt.Appendf(nil, "%s %d", l, T+1000+int64(i)), Received: time.Now()}, app.FormatLine)
 		if err != nil || n != 1 {
 			t.Fatalf("line %q: %d points, %v", l, n, err)
 		}

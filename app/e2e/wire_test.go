@@ -56,7 +56,7 @@ func TestWireContract(t *testing.T) {
 	pub := newPublisher(t, mq.URL())
 
 	text := "tab\tcr\rbell\a q\" back\\ lit\\n end\\"
-	payload, _ := json.Marshal(map[string]any{"ts": 1764158400123, "note": text})
+	payload, _ := json.Marshal(map[string]any{"ts": int64(1764158400123), "note": text})
 	pub.publishRaw(t, "sensors/s1/d1/notes", payload)
 	pub.publishRaw(t, "sensors/s1/d1/notes", []byte(`{"note":"two\nlines"}`))
 	pub.publishRaw(t, "lp/ms/x", []byte("cpu,host=a v=1 1764158400123"))
