@@ -21,7 +21,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
@@ -93,6 +92,30 @@ type Options struct {
 
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Connection-level limits (limits.go; the package README's "Limits"
+	// table says what a client sees when it hits each). Zero means the
+	// Default* value.
+
+	// MaxPacketSize bounds every packet, CONNECT included, in bytes from
+	// the fixed header on; a larger one closes the connection at its
+	// header, before its body is read.
+	MaxPacketSize int
+	// ConnectTimeout bounds the time from accept to a complete CONNECT,
+	// TLS handshake included.
+	ConnectTimeout time.Duration
+	// MaxConnections bounds open sockets, authenticated or not, over all
+	// listeners; MaxConnectionsPerAddress bounds them per source IP.
+	MaxConnections           int
+	MaxConnectionsPerAddress int
+	// WriteTimeout bounds one write to a client; a client that does not
+	// read for that long is disconnected.
+	WriteTimeout time.Duration
+	// MaxQueuedBytes bounds the payload bytes waiting to be written to one
+	// connected client; a client that would exceed it is disconnected.
+	MaxQueuedBytes int
+
+	noLimits bool // benchmarks only: mochi's listener and no limits
 }
 
 // Listener is one network endpoint. TLS nil means plain MQTT.
@@ -116,6 +139,7 @@ type Broker struct {
 	opts   Options
 	log    *slog.Logger
 	access *accessHook
+	limits *limiter
 
 	mu      sync.Mutex
 	srv     *mqtt.Server
@@ -140,6 +164,7 @@ func New(o Options) (*Broker, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	o.limitDefaults()
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -202,7 +227,7 @@ func (o *Options) validate() error {
 	if o.CloseTimeout < 0 {
 		return fmt.Errorf("option CloseTimeout: must not be negative, got %s", o.CloseTimeout)
 	}
-	return nil
+	return o.validateLimits()
 }
 
 func optErr(name, msg string) error { return fmt.Errorf("option %s: %s", name, msg) }
@@ -244,6 +269,9 @@ func (b *Broker) Start() error {
 	if err := srv.AddHook(b.access, nil); err != nil {
 		return fmt.Errorf("broker: add access hook: %w", err)
 	}
+	if err := b.addLimits(srv); err != nil {
+		return fmt.Errorf("broker: add limits hook: %w", err)
+	}
 	if b.opts.DataDir != "" {
 		if err := os.MkdirAll(b.opts.DataDir, 0o700); err != nil {
 			return fmt.Errorf("broker: DataDir: %w", err)
@@ -258,8 +286,7 @@ func (b *Broker) Start() error {
 		}
 	}
 	for _, l := range b.opts.Listeners {
-		tl := listeners.NewTCP(listeners.Config{ID: l.ID, Address: l.Addr, TLSConfig: l.TLS})
-		if err := srv.AddListener(tl); err != nil {
+		if err := srv.AddListener(b.listener(l)); err != nil {
 			b.shutdown()
 			return fmt.Errorf("broker: listener %s on %s: %w", l.ID, l.Addr, err)
 		}

@@ -37,6 +37,8 @@ type Config struct {
 	LogLevel         string        `toml:"log_level"`
 	Plain            PlainConfig   `toml:"plain"`
 	TLS              TLSConfig     `toml:"tls"`
+
+	LimitsConfig // connection-level limits, top-level keys (limits.go)
 }
 
 // UserConfig is one [[users]] table.
@@ -69,6 +71,7 @@ func DefaultConfig() Config {
 		MaxQueued:     DefaultMaxQueued,
 		SessionExpiry: DefaultSessionExpiry,
 		CloseTimeout:  DefaultCloseTimeout,
+		LimitsConfig:  defaultLimitsConfig(),
 		LogLevel:      "info",
 		Plain:         PlainConfig{Addr: "127.0.0.1:1883"},
 		TLS:           TLSConfig{Addr: ":8883"},
@@ -152,6 +155,9 @@ func (c *Config) validate() error {
 	if c.CloseTimeout < 0 {
 		return keyErr("close_timeout", "must not be negative, got %s", c.CloseTimeout)
 	}
+	if err := c.LimitsConfig.validate(); err != nil {
+		return err
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return keyErr("log_level", "%v", err)
 	}
@@ -205,6 +211,7 @@ func (c Config) Options(log *slog.Logger) (Options, error) {
 		CloseTimeout:     c.CloseTimeout,
 		Logger:           log,
 	}
+	c.LimitsConfig.apply(&o)
 	if c.UsersFile != "" {
 		f, err := os.Open(c.UsersFile)
 		if err != nil {
