@@ -31,6 +31,7 @@ const (
 	minMaxPacketSize               = 128
 	maxMaxPacketSize               = 268435455 + 5 // the largest packet MQTT can encode
 	idleResetAfter                 = time.Second
+	uncharged                      = 8 // 1/uncharged of max_queued_bytes is left to uncharged messages
 	limitLogInterval               = 10 * time.Second
 	acceptRetryMin, acceptRetryMax = 5 * time.Millisecond, time.Second
 )
@@ -84,7 +85,8 @@ type limiter struct {
 	maxConns       int64
 	maxPerAddr     int
 	writeTimeout   time.Duration
-	maxQueued      int64
+	maxQueued      int64 // charged bytes allowed per client
+	chargeMin      int   // smaller payloads are not charged
 	log            *slog.Logger
 
 	conns       atomic.Int64
@@ -103,7 +105,8 @@ func newLimiter(o *Options, log *slog.Logger) *limiter {
 		maxConns:       int64(o.MaxConnections),
 		maxPerAddr:     o.MaxConnectionsPerAddress,
 		writeTimeout:   o.WriteTimeout,
-		maxQueued:      int64(o.MaxQueuedBytes),
+		maxQueued:      int64(o.MaxQueuedBytes) - int64(o.MaxQueuedBytes/uncharged),
+		chargeMin:      o.MaxQueuedBytes / (uncharged * max(o.MaxInflight, 1)),
 		log:            log,
 		perAddr:        map[string]int{},
 	}
@@ -357,7 +360,7 @@ func (c *limitConn) Write(p []byte) (int, error) {
 		c.writeDeadline.Store(dl.UnixNano())
 	}
 	n, err := c.Conn.Write(p)
-	c.lastWrite.Store(time.Now().UnixNano())
+	c.lastWrite.Store(now.UnixNano()) // with writing, enough to tell idle
 	c.writing.Add(-1)
 	if err != nil && isTimeout(err) && !c.killed.Load() {
 		c.lim.hit(limWriteTimeout, "listener", c.listener, "remote", c.addr)
@@ -484,6 +487,11 @@ func (s *headerScanner) feed(b []byte, max int) (int, error) {
 // message is queued: its QoS 1/2 messages stay in its session (bounded by
 // max_queued) and are sent when it reconnects; QoS 0 messages are lost.
 //
+// Finding a message's recipients costs a second topic-tree walk, so
+// payloads below chargeMin are not charged: mochi queues at most
+// max_inflight messages per client, so together they hold at most
+// max_queued_bytes/uncharged, and charged ones are allowed the rest.
+//
 // The account is an estimate (the subscriber set can change between the
 // hook and mochi's delivery, and retained or resent messages are written
 // without being charged). It is reset whenever the client's connection has
@@ -506,6 +514,9 @@ func (h *limitsHook) Provides(b byte) bool {
 }
 
 func (h *limitsHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if len(pk.Payload) < h.lim.chargeMin {
+		return pk, nil
+	}
 	size := int64(len(pk.Payload))
 	subs := h.topics.Subscribers(pk.TopicName)
 	for id, sub := range subs.Subscriptions {
@@ -522,6 +533,9 @@ func (h *limitsHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packe
 // OnSelectSubscribers picks the shared-subscription members the way mochi
 // would, so the chosen ones can be charged.
 func (h *limitsHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if len(pk.Payload) < h.lim.chargeMin {
+		return subs
+	}
 	if len(subs.SharedSelected) == 0 {
 		subs.SelectShared()
 	}
@@ -560,20 +574,23 @@ func (h *limitsHook) charge(cl *mqtt.Client, size int64) {
 
 func (h *limitsHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Publish {
-		credit(cl, int64(len(pk.Payload)))
+		h.credit(cl, len(pk.Payload))
 	}
 }
 
 func (h *limitsHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	credit(cl, int64(len(pk.Payload)))
+	h.credit(cl, len(pk.Payload))
 }
 
-func credit(cl *mqtt.Client, size int64) {
-	c, ok := cl.Net.Conn.(*limitConn)
-	if !ok || size == 0 {
+func (h *limitsHook) credit(cl *mqtt.Client, size int) {
+	if size < h.lim.chargeMin || size == 0 {
 		return
 	}
-	if c.queued.Add(-size) < 0 {
+	c, ok := cl.Net.Conn.(*limitConn)
+	if !ok {
+		return
+	}
+	if c.queued.Add(-int64(size)) < 0 {
 		c.queued.Store(0) // a message that was never charged (retained, resent)
 	}
 }
