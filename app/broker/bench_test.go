@@ -1,11 +1,12 @@
 package broker
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"runtime"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,8 +15,8 @@ import (
 	"time"
 )
 
-// raiseNofile lifts the soft RLIMIT_NOFILE to the hard limit: both ends of
-// every connection live in this process.
+// raiseNofile lifts the soft RLIMIT_NOFILE to the hard limit and skips the
+// benchmark if that is less than need.
 func raiseNofile(b *testing.B, need uint64) uint64 {
 	b.Helper()
 	var rl syscall.Rlimit
@@ -32,15 +33,11 @@ func raiseNofile(b *testing.B, need uint64) uint64 {
 	return rl.Cur
 }
 
-func openFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
-func rssBytes() uint64 {
-	data, _ := os.ReadFile("/proc/self/status")
+// procStatus returns a field of /proc/<pid>/status in bytes (kB fields).
+func procStatus(pid int, field string) uint64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
 			kb, _ := strconv.ParseUint(f[1], 10, 64)
 			return kb << 10
 		}
@@ -48,80 +45,136 @@ func rssBytes() uint64 {
 	return 0
 }
 
-// goMem is the Go heap and goroutine stacks in use, after a GC.
-func goMem() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse + m.StackInuse
+func procFDs(pid int) int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(ents)
+}
+
+// brokerProcessEnv makes the test binary run TestBrokerProcess: a broker in
+// its own process, so its memory and descriptors can be measured alone.
+const brokerProcessEnv = "IOTGW_TEST_BROKER_PROCESS"
+
+// TestBrokerProcess is the broker process of BenchmarkIdleConnections; it
+// does nothing unless started by it. It prints the broker's address and
+// serves until stdin is closed.
+func TestBrokerProcess(t *testing.T) {
+	mode := os.Getenv(brokerProcessEnv)
+	if mode == "" {
+		t.Skip("run by BenchmarkIdleConnections")
+	}
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+	o := plainOptions(t)
+	o.noLimits = mode == "nolimits"
+	b := startBroker(t, o)
+	fmt.Printf("addr %s\n", b.Addr("plain"))
+	_, _ = io.Copy(io.Discard, os.Stdin)
 }
 
 // BenchmarkIdleConnections logs in 10,000 devices (from 20 source addresses,
-// 500 each) and leaves them idle; it reports what one connection costs the
-// process (both ends are in it; the client end is a bare socket) and the
-// file descriptors left.
+// 500 each) to a broker in a child process and leaves them idle; it reports
+// the broker's resident memory per connection and its file descriptors.
 func BenchmarkIdleConnections(b *testing.B) {
 	const conns, addrs = 10000, 20
-	limit := raiseNofile(b, 2*conns+200)
+	raiseNofile(b, conns+200)
 	for _, mode := range []string{"limits", "nolimits"} {
 		b.Run(mode, func(b *testing.B) {
 			for range b.N {
-				o := plainOptions(b)
-				o.noLimits = mode == "nolimits"
-				br := startBroker(b, o)
-				addr := br.Addr("plain")
-				fds0, mem0, rss0 := openFDs(), goMem(), rssBytes()
-
-				clients := make([]net.Conn, conns)
-				var wg sync.WaitGroup
-				errs := make(chan error, addrs)
-				for a := range addrs {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						local := fmt.Sprintf("127.0.1.%d", a+1)
-						for i := a; i < conns; i += addrs {
-							c, err := tryDialRaw(addr, dialConf{local: local})
-							if err != nil {
-								errs <- err
-								return
-							}
-							_ = c.SetDeadline(time.Now().Add(waitFor))
-							if _, err := c.Write(connectPacket(fmt.Sprintf("idle-%d", i), "dev1", "dev1-secret", 300)); err != nil {
-								errs <- err
-								return
-							}
-							var ack [4]byte
-							if _, err := io.ReadFull(c, ack[:]); err != nil || ack[0] != 0x20 || ack[3] != 0 {
-								errs <- fmt.Errorf("connection %d: CONNACK %x: %v", i, ack, err)
-								return
-							}
-							_ = c.SetDeadline(time.Time{})
-							clients[i] = c
-						}
-					}()
-				}
-				wg.Wait()
-				close(errs)
-				for err := range errs {
-					b.Fatal(err)
-				}
-				fds1, mem1, rss1 := openFDs(), goMem(), rssBytes()
-				b.ReportMetric(float64(mem1-mem0)/conns, "go-bytes/conn")
-				b.ReportMetric(float64(rss1-rss0)/conns, "rss-bytes/conn")
-				// Each connection holds two descriptors here; a broker
-				// process holds one.
-				brokerFDs := fds0 + (fds1-fds0)/2
-				b.ReportMetric(float64(brokerFDs), "broker-fds")
-				b.ReportMetric(float64(int(limit)-brokerFDs), "fd-headroom")
-				b.ReportMetric(float64(br.LimitStats().Connections), "counted-conns")
-				for _, c := range clients {
-					c.Close()
-				}
-				br.Close()
+				benchIdle(b, mode, conns, addrs)
 			}
 		})
 	}
+}
+
+func benchIdle(b *testing.B, mode string, conns, addrs int) {
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestBrokerProcess$")
+	cmd.Env = append(os.Environ(), brokerProcessEnv+"="+mode)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}()
+	var addr string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if a, ok := strings.CutPrefix(sc.Text(), "addr "); ok {
+			addr = a
+			break
+		}
+	}
+	if addr == "" {
+		b.Fatal("broker process printed no address")
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	pid := cmd.Process.Pid
+	rss0, fds0 := procStatus(pid, "VmRSS"), procFDs(pid)
+	var limit syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
+		b.Fatal(err)
+	}
+
+	clients := make([]net.Conn, conns)
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, addrs)
+	for a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := fmt.Sprintf("127.0.1.%d", a+1)
+			for i := a; i < conns; i += addrs {
+				c, err := tryDialRaw(addr, dialConf{local: local})
+				if err != nil {
+					errs <- err
+					return
+				}
+				clients[i] = c
+				_ = c.SetDeadline(time.Now().Add(waitFor))
+				if _, err := c.Write(connectPacket(fmt.Sprintf("idle-%d", i), "dev1", "dev1-secret", 300)); err != nil {
+					errs <- err
+					return
+				}
+				var ack [4]byte
+				if _, err := io.ReadFull(c, ack[:]); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+					errs <- fmt.Errorf("connection %d: CONNACK %x: %v", i, ack, err)
+					return
+				}
+				_ = c.SetDeadline(time.Time{})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	rss1, fds1 := procStatus(pid, "VmRSS"), procFDs(pid)
+	b.ReportMetric(float64(rss1-rss0)/float64(conns), "rss-bytes/conn")
+	b.ReportMetric(float64(rss1)/(1<<20), "rss-MiB")
+	b.ReportMetric(float64(fds1), "broker-fds")
+	b.ReportMetric(float64(fds1-fds0)/float64(conns), "fds/conn")
+	// Headroom under the systemd unit's LimitNOFILE=65536.
+	b.ReportMetric(float64(65536-fds1), "fd-headroom-65536")
+	b.ReportMetric(float64(limit.Cur), "nofile-here")
 }
 
 // BenchmarkPublishThroughput sends QoS 0 messages from one device to one
