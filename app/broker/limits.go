@@ -54,7 +54,7 @@ type LimitStats struct {
 	WriteTimeouts      uint64 // connections closed by write_timeout (a client not reading)
 	QueuedBytesClosed  uint64 // connections closed by max_queued_bytes
 	AcceptErrors       uint64 // accept failures (e.g. out of file descriptors), retried
-	QueuedBytesDropped uint64 // payload bytes not queued to clients closed by max_queued_bytes
+	QueuedBytesDropped uint64 // payload bytes queued or arriving for clients closed by max_queued_bytes, estimated
 }
 
 // limitKind names one limit; its string is the config key logged when hit.
@@ -562,12 +562,12 @@ func (h *limitsHook) charge(cl *mqtt.Client, size int64) {
 	if c.queued.Add(size) <= h.lim.maxQueued {
 		return
 	}
-	c.queued.Add(-size)
-	h.lim.droppedByte.Add(uint64(size))
+	queued := c.queued.Add(-size)
 	if c.killed.Load() {
 		return
 	}
-	h.lim.hit(limQueuedBytes, "listener", c.listener, "remote", c.addr, "client", cl.ID, "queued", c.queued.Load())
+	h.lim.droppedByte.Add(uint64(queued + size))
+	h.lim.hit(limQueuedBytes, "listener", c.listener, "remote", c.addr, "client", cl.ID, "queued", queued)
 	c.kill()
 	cl.Stop(errSlowConsumer)
 }

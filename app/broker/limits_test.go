@@ -501,6 +501,10 @@ func TestQueuedBytesBounded(t *testing.T) {
 	if s.QueuedBytesClosed != 1 || s.QueuedBytesDropped < uint64(len(payload)) {
 		t.Fatalf("stats %+v, want one close and dropped bytes counted", s)
 	}
+	// What was queued when it was closed, plus the message that went over.
+	if s.QueuedBytesDropped > uint64(o.MaxQueuedBytes+len(payload)) {
+		t.Fatalf("%d bytes were queued for the subscriber, budget %d", s.QueuedBytesDropped, o.MaxQueuedBytes)
+	}
 }
 
 func TestHeaderScannerSplitAnywhere(t *testing.T) {
