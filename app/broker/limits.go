@@ -604,8 +604,8 @@ func (o *Options) validateLimits() error {
 		return fmt.Errorf("option ConnectTimeout: must be positive, got %s", o.ConnectTimeout)
 	case o.MaxConnections < 1:
 		return fmt.Errorf("option MaxConnections: must be at least 1, got %d", o.MaxConnections)
-	case o.MaxConnectionsPerAddress < 1 || o.MaxConnectionsPerAddress > o.MaxConnections:
-		return fmt.Errorf("option MaxConnectionsPerAddress: must be between 1 and MaxConnections (%d), got %d", o.MaxConnections, o.MaxConnectionsPerAddress)
+	case o.MaxConnectionsPerAddress < 1:
+		return fmt.Errorf("option MaxConnectionsPerAddress: must be at least 1, got %d", o.MaxConnectionsPerAddress)
 	case o.WriteTimeout <= 0:
 		return fmt.Errorf("option WriteTimeout: must be positive, got %s", o.WriteTimeout)
 	case o.MaxQueuedBytes < o.MaxPacketSize:
@@ -697,8 +697,8 @@ func (c LimitsConfig) validate() error {
 		return keyErr("connect_timeout", "must be positive, got %s", c.ConnectTimeout)
 	case c.MaxConnections < 1:
 		return keyErr("max_connections", "must be at least 1, got %d", c.MaxConnections)
-	case c.MaxConnectionsPerAddress < 1 || c.MaxConnectionsPerAddress > c.MaxConnections:
-		return keyErr("max_connections_per_address", "must be between 1 and max_connections (%d), got %d", c.MaxConnections, c.MaxConnectionsPerAddress)
+	case c.MaxConnectionsPerAddress < 1:
+		return keyErr("max_connections_per_address", "must be at least 1, got %d", c.MaxConnectionsPerAddress)
 	case c.WriteTimeout <= 0:
 		return keyErr("write_timeout", "must be positive, got %s", c.WriteTimeout)
 	case c.MaxQueuedBytes < c.MaxPacketSize:

@@ -507,6 +507,40 @@ func TestQueuedBytesBounded(t *testing.T) {
 	}
 }
 
+// A subscriber that reads gets every large message: what is written is
+// credited back, so the account does not creep up to the budget.
+func TestQueuedBytesCreditedWhenWritten(t *testing.T) {
+	o := plainOptions(t)
+	o.MaxQueuedBytes = 1 << 20
+	b := startBroker(t, o)
+	addr := b.Addr("plain")
+
+	sub := dialRaw(t, addr, dialConf{})
+	sub.login("reader", "gateway", "gw-secret")
+	sub.send(subscribePacket("sensors/#", 1, 1))
+	if typ, _ := sub.next(); typ != 0x90 {
+		t.Fatalf("want SUBACK, got %#x", typ)
+	}
+	dev := dialRaw(t, addr, dialConf{})
+	dev.login("dev1", "dev1", "dev1-secret")
+	payload := bytes.Repeat([]byte("r"), 60<<10)
+	const n = 400 // 23 MiB in all, 23 times the budget
+	for i := range n {
+		dev.send(publishPacket("sensors/plant-a/dev1/blob", payload, 1, uint16(i+1)))
+		if typ, _ := dev.next(); typ != 0x40 {
+			t.Fatalf("publish %d: want PUBACK, got %#x", i, typ)
+		}
+		typ, body := sub.next()
+		if typ&0xf0 != 0x30 || !bytes.HasSuffix(body, payload) {
+			t.Fatalf("message %d: type %#x, %d bytes", i, typ, len(body))
+		}
+		sub.send([]byte{0x40, 2, body[len(body)-len(payload)-2], body[len(body)-len(payload)-1]}) // PUBACK
+	}
+	if s := b.LimitStats(); s.QueuedBytesClosed != 0 {
+		t.Fatalf("a subscriber that reads was closed: %+v", s)
+	}
+}
+
 func TestHeaderScannerSplitAnywhere(t *testing.T) {
 	stream := append(append(connectPacket("c", "u", "p", 30), publishPacket("a/b", bytes.Repeat([]byte("z"), 300), 1, 1)...), 0xc0, 0)
 	for split := 0; split <= len(stream); split++ {
@@ -559,7 +593,7 @@ func TestLimitsConfigErrorsNameTheKey(t *testing.T) {
 		{"max_packet_size = 10\n", "max_packet_size"},
 		{"connect_timeout = \"0s\"\n", "connect_timeout"},
 		{"max_connections = 0\n", "max_connections"},
-		{"max_connections_per_address = 30000\n", "max_connections_per_address"},
+		{"max_connections_per_address = -1\n", "max_connections_per_address"},
 		{"write_timeout = \"-1s\"\n", "write_timeout"},
 		{"max_queued_bytes = 100\n", "max_queued_bytes"},
 	} {
@@ -569,10 +603,13 @@ func TestLimitsConfigErrorsNameTheKey(t *testing.T) {
 		}
 	}
 	o := plainOptions(t)
-	o.MaxConnections = 10
-	o.MaxConnectionsPerAddress = 11
+	o.MaxConnectionsPerAddress = -1
 	if _, err := New(o); err == nil || !strings.Contains(err.Error(), "MaxConnectionsPerAddress") {
 		t.Errorf("New: %v, want an error naming MaxConnectionsPerAddress", err)
+	}
+	// A per-address cap above the total is harmless: the total applies.
+	if _, err := ParseConfig(base + "max_connections = 10\n"); err != nil {
+		t.Errorf("max_connections below the default per-address cap: %v", err)
 	}
 }
 
