@@ -142,7 +142,7 @@ func benchIdle(b *testing.B, mode string, conns, addrs int) {
 			defer wg.Done()
 			local := fmt.Sprintf("127.0.1.%d", a+1)
 			for i := a; i < conns; i += addrs {
-				c, err := tryDialRaw(addr, dialConf{local: local})
+				c, err := tryDialWire(addr, dialConf{local: local})
 				if err != nil {
 					errs <- err
 					return
@@ -197,7 +197,7 @@ func BenchmarkPublishThroughput(b *testing.B) {
 func benchPublish(b *testing.B, payload []byte) {
 	const chunk = 200
 	type rig struct {
-		dev  *rawClient
+		dev  *wireClient
 		got  chan struct{}
 		busy time.Duration
 	}
@@ -205,7 +205,7 @@ func benchPublish(b *testing.B, payload []byte) {
 		o := plainOptions(b)
 		o.noLimits = noLimits
 		br := startBroker(b, o)
-		sub := dialRaw(b, br.Addr("plain"), dialConf{})
+		sub := dialWire(b, br.Addr("plain"), dialConf{})
 		sub.login("bench-gw", "gateway", "gw-secret")
 		sub.send(subscribePacket("sensors/#", 0, 1))
 		if typ, _ := sub.next(); typ != 0x90 {
@@ -223,7 +223,7 @@ func benchPublish(b *testing.B, payload []byte) {
 				}
 			}
 		}()
-		dev := dialRaw(b, br.Addr("plain"), dialConf{})
+		dev := dialWire(b, br.Addr("plain"), dialConf{})
 		dev.login("bench-dev", "dev1", "dev1-secret")
 		return &rig{dev: dev, got: got}
 	}

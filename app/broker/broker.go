@@ -164,7 +164,9 @@ func New(o Options) (*Broker, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	o.limitDefaults()
+	if err := o.checkLimits(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -227,7 +229,7 @@ func (o *Options) validate() error {
 	if o.CloseTimeout < 0 {
 		return fmt.Errorf("option CloseTimeout: must not be negative, got %s", o.CloseTimeout)
 	}
-	return o.validateLimits()
+	return nil
 }
 
 func optErr(name, msg string) error { return fmt.Errorf("option %s: %s", name, msg) }

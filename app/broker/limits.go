@@ -382,6 +382,10 @@ func (c *limitConn) SetReadDeadline(t time.Time) error {
 
 func (c *limitConn) SetWriteDeadline(time.Time) error { return nil }
 
+// NetConn returns what the limits wrap (a *tls.Conn on TLS listeners), as
+// tls.Conn.NetConn does, so hooks can reach the client's certificate.
+func (c *limitConn) NetConn() net.Conn { return c.Conn }
+
 // kill closes the socket itself: a TLS close_notify would wait on a peer
 // that does not read.
 func (c *limitConn) kill() {
@@ -593,6 +597,12 @@ func (h *limitsHook) credit(cl *mqtt.Client, size int) {
 	if c.queued.Add(-int64(size)) < 0 {
 		c.queued.Store(0) // a message that was never charged (retained, resent)
 	}
+}
+
+// checkLimits fills zero limit options with their defaults and checks them.
+func (o *Options) checkLimits() error {
+	o.limitDefaults()
+	return o.validateLimits()
 }
 
 // validateLimits checks the limit options, naming the field.

@@ -20,9 +20,9 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// rawClient speaks just enough MQTT 3.1.1 over a socket to attack the broker
+// wireClient speaks just enough MQTT 3.1.1 over a socket to attack the broker
 // byte by byte, which paho cannot.
-type rawClient struct {
+type wireClient struct {
 	t    testing.TB
 	conn net.Conn
 	r    *bufio.Reader
@@ -34,17 +34,17 @@ type dialConf struct {
 	tls    *tls.Config
 }
 
-func dialRaw(t testing.TB, addr string, dc dialConf) *rawClient {
+func dialWire(t testing.TB, addr string, dc dialConf) *wireClient {
 	t.Helper()
-	c, err := tryDialRaw(addr, dc)
+	c, err := tryDialWire(addr, dc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &rawClient{t: t, conn: c, r: bufio.NewReader(c)}
+	return &wireClient{t: t, conn: c, r: bufio.NewReader(c)}
 }
 
-func tryDialRaw(addr string, dc dialConf) (net.Conn, error) {
+func tryDialWire(addr string, dc dialConf) (net.Conn, error) {
 	d := net.Dialer{Timeout: waitFor}
 	if dc.local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(dc.local)}
@@ -129,7 +129,7 @@ func subscribePacket(filter string, qos byte, id uint16) []byte {
 	return packet(0x82, b.Bytes())
 }
 
-func (c *rawClient) send(p []byte) {
+func (c *wireClient) send(p []byte) {
 	c.t.Helper()
 	_ = c.conn.SetWriteDeadline(time.Now().Add(waitFor))
 	if _, err := c.conn.Write(p); err != nil {
@@ -138,7 +138,7 @@ func (c *rawClient) send(p []byte) {
 }
 
 // next reads one packet, failing the test after waitFor.
-func (c *rawClient) next() (byte, []byte) {
+func (c *wireClient) next() (byte, []byte) {
 	c.t.Helper()
 	typ, body, err := c.tryNext(waitFor)
 	if err != nil {
@@ -147,7 +147,7 @@ func (c *rawClient) next() (byte, []byte) {
 	return typ, body
 }
 
-func (c *rawClient) tryNext(within time.Duration) (byte, []byte, error) {
+func (c *wireClient) tryNext(within time.Duration) (byte, []byte, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(within))
 	typ, err := c.r.ReadByte()
 	if err != nil {
@@ -173,7 +173,7 @@ func (c *rawClient) tryNext(within time.Duration) (byte, []byte, error) {
 }
 
 // login sends CONNECT and checks the CONNACK accepts it.
-func (c *rawClient) login(id, user, pass string) {
+func (c *wireClient) login(id, user, pass string) {
 	c.t.Helper()
 	c.send(connectPacket(id, user, pass, 0))
 	typ, body := c.next()
@@ -197,7 +197,7 @@ func waitClosed(t testing.TB, c net.Conn, within time.Duration, what string) {
 // reset before the dial returns).
 func refused(t testing.TB, addr string, dc dialConf, what string) {
 	t.Helper()
-	c, err := tryDialRaw(addr, dc)
+	c, err := tryDialWire(addr, dc)
 	if err != nil {
 		return
 	}
@@ -287,7 +287,7 @@ func TestHugeConnectRefusedAtHeader(t *testing.T) {
 			addr = b.Addr("tls")
 		}
 		for range perListener {
-			c := dialRaw(t, addr, dc)
+			c := dialWire(t, addr, dc)
 			c.send(header)
 			conns = append(conns, c.conn)
 		}
@@ -309,7 +309,7 @@ func TestOversizedPublishRefusedAtHeader(t *testing.T) {
 	b := startBroker(t, o)
 	topic := "sensors/plant-a/dev1/big"
 
-	c := dialRaw(t, b.Addr("plain"), dialConf{})
+	c := dialWire(t, b.Addr("plain"), dialConf{})
 	c.login("dev1", "dev1", "dev1-secret")
 	// Fixed header 0x32 + 2 length bytes, topic, packet id: the payload
 	// that makes the packet exactly MaxPacketSize.
@@ -344,11 +344,11 @@ func TestConnectTimeout(t *testing.T) {
 	b := startBroker(t, o)
 
 	good := mustConnect(t, clientConf{url: "tcp://" + b.Addr("plain"), user: "dev1", pass: "dev1-secret"})
-	silent := dialRaw(t, b.Addr("plain"), dialConf{})
-	partial := dialRaw(t, b.Addr("plain"), dialConf{})
+	silent := dialWire(t, b.Addr("plain"), dialConf{})
+	partial := dialWire(t, b.Addr("plain"), dialConf{})
 	partial.send(connectPacket("dev2", "dev2", "dev2-secret", 30)[:12])
-	noHello := dialRaw(t, b.Addr("tls"), dialConf{})
-	afterHandshake := dialRaw(t, b.Addr("tls"), dialConf{tls: clientTLS})
+	noHello := dialWire(t, b.Addr("tls"), dialConf{})
+	afterHandshake := dialWire(t, b.Addr("tls"), dialConf{tls: clientTLS})
 
 	waitClosed(t, silent.conn, waitFor, "plain socket that sent nothing")
 	waitClosed(t, partial.conn, waitFor, "plain socket with half a CONNECT")
@@ -374,10 +374,10 @@ func TestConnectionCaps(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	held := map[string][]*rawClient{}
+	held := map[string][]*wireClient{}
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
 		for range 2 {
-			held[ip] = append(held[ip], dialRaw(t, addr, dialConf{local: ip}))
+			held[ip] = append(held[ip], dialWire(t, addr, dialConf{local: ip}))
 		}
 	}
 	waitStats(t, b, "six connections open", func(s LimitStats) bool { return s.Connections == 6 })
@@ -385,7 +385,7 @@ func TestConnectionCaps(t *testing.T) {
 	// A third from an address at its cap is closed; a new address gets the
 	// last slot, and the one after it is closed.
 	refused(t, addr, dialConf{local: "127.0.0.2"}, "third connection from 127.0.0.2")
-	held["127.0.0.5"] = []*rawClient{dialRaw(t, addr, dialConf{local: "127.0.0.5"})}
+	held["127.0.0.5"] = []*wireClient{dialWire(t, addr, dialConf{local: "127.0.0.5"})}
 	waitStats(t, b, "seven connections open", func(s LimitStats) bool { return s.Connections == 7 })
 	refused(t, addr, dialConf{local: "127.0.0.6"}, "eighth connection")
 	s := b.LimitStats()
@@ -422,7 +422,7 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialRaw(t, addr, dialConf{rcvBuf: 4096})
+	sub := dialWire(t, addr, dialConf{rcvBuf: 4096})
 	sub.login("stalled", "gateway", "gw-secret")
 	sub.send(subscribePacket("sensors/#", 1, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
@@ -430,10 +430,10 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 	}
 	// sub reads nothing from here on.
 
-	pinger := dialRaw(t, addr, dialConf{})
+	pinger := dialWire(t, addr, dialConf{})
 	pinger.login("dev2", "dev2", "dev2-secret")
 
-	dev := dialRaw(t, addr, dialConf{})
+	dev := dialWire(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("p"), 60<<10)
 	var maxAck, maxPing time.Duration
@@ -473,7 +473,7 @@ func TestQueuedBytesBounded(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialRaw(t, addr, dialConf{rcvBuf: 4096})
+	sub := dialWire(t, addr, dialConf{rcvBuf: 4096})
 	sub.login("stalled", "gateway", "gw-secret")
 	sub.send(subscribePacket("sensors/#", 0, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
@@ -481,7 +481,7 @@ func TestQueuedBytesBounded(t *testing.T) {
 	}
 
 	before := liveHeap()
-	dev := dialRaw(t, addr, dialConf{})
+	dev := dialWire(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("q"), 60<<10)
 	const n = 400
@@ -515,13 +515,13 @@ func TestQueuedBytesCreditedWhenWritten(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialRaw(t, addr, dialConf{})
+	sub := dialWire(t, addr, dialConf{})
 	sub.login("reader", "gateway", "gw-secret")
 	sub.send(subscribePacket("sensors/#", 1, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
 		t.Fatalf("want SUBACK, got %#x", typ)
 	}
-	dev := dialRaw(t, addr, dialConf{})
+	dev := dialWire(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("r"), 60<<10)
 	const n = 400 // 23 MiB in all, 23 times the budget
