@@ -24,6 +24,8 @@ var SampleConfig string
 // Config is the broker.toml read by `iotgw broker --config`. Keys absent from
 // the file keep the values of DefaultConfig.
 type Config struct {
+	LimitsConfig // connection-level limits, top-level keys (limits.go)
+
 	DataDir          string        `toml:"data_dir"`
 	UsersFile        string        `toml:"users_file"`
 	Users            []UserConfig  `toml:"users"`
@@ -37,8 +39,6 @@ type Config struct {
 	LogLevel         string        `toml:"log_level"`
 	Plain            PlainConfig   `toml:"plain"`
 	TLS              TLSConfig     `toml:"tls"`
-
-	LimitsConfig // connection-level limits, top-level keys (limits.go)
 }
 
 // UserConfig is one [[users]] table.
@@ -66,12 +66,12 @@ type TLSConfig struct {
 // DefaultConfig returns the values used for keys a broker.toml leaves out.
 func DefaultConfig() Config {
 	return Config{
+		LimitsConfig:  defaultLimitsConfig(),
 		DataDir:       "/var/lib/iotgw-broker",
 		MaxInflight:   DefaultMaxInflight,
 		MaxQueued:     DefaultMaxQueued,
 		SessionExpiry: DefaultSessionExpiry,
 		CloseTimeout:  DefaultCloseTimeout,
-		LimitsConfig:  defaultLimitsConfig(),
 		LogLevel:      "info",
 		Plain:         PlainConfig{Addr: "127.0.0.1:1883"},
 		TLS:           TLSConfig{Addr: ":8883"},
