@@ -139,12 +139,13 @@ type Broker struct {
 	opts   Options
 	log    *slog.Logger
 	access *accessHook
-	limits *limiter
 
 	mu      sync.Mutex
 	srv     *mqtt.Server
 	started bool
 	closed  bool
+
+	limits *limiter // set by Start
 }
 
 // New validates o and returns a broker that is not yet listening.
