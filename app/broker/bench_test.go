@@ -2,6 +2,8 @@ package broker
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -69,18 +71,33 @@ func TestBrokerProcess(t *testing.T) {
 	}
 	o := plainOptions(t)
 	o.noLimits = mode == "nolimits"
+	id := "plain"
+	if mode == "tls" {
+		g, err := EnsureCertificates(t.TempDir(), nil, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := ServerTLSConfig(g.CertFile, g.KeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Listeners = []Listener{{ID: "tls", Addr: "127.0.0.1:0", TLS: sc}}
+		id = "tls"
+		fmt.Printf("ca %s\n", g.CAFile)
+	}
 	b := startBroker(t, o)
-	fmt.Printf("addr %s\n", b.Addr("plain"))
+	fmt.Printf("addr %s\n", b.Addr(id))
 	_, _ = io.Copy(io.Discard, os.Stdin)
 }
 
 // BenchmarkIdleConnections logs in 10,000 devices (from 20 source addresses,
 // 500 each) to a broker in a child process and leaves them idle; it reports
 // the broker's resident memory per connection and its file descriptors.
+// "tls" is "limits" over TLS, as devices connect.
 func BenchmarkIdleConnections(b *testing.B) {
 	const conns, addrs = 10000, 20
 	raiseNofile(b, conns+200)
-	for _, mode := range []string{"limits", "nolimits"} {
+	for _, mode := range []string{"limits", "nolimits", "tls"} {
 		b.Run(mode, func(b *testing.B) {
 			for range b.N {
 				benchIdle(b, mode, conns, addrs)
@@ -108,8 +125,18 @@ func benchIdle(b *testing.B, mode string, conns, addrs int) {
 		_ = cmd.Wait()
 	}()
 	var addr string
+	var clientTLS *tls.Config
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
+		if ca, ok := strings.CutPrefix(sc.Text(), "ca "); ok {
+			pem, err := os.ReadFile(ca)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pem)
+			clientTLS = &tls.Config{RootCAs: pool, ServerName: "localhost"}
+		}
 		if a, ok := strings.CutPrefix(sc.Text(), "addr "); ok {
 			addr = a
 			break
@@ -142,7 +169,7 @@ func benchIdle(b *testing.B, mode string, conns, addrs int) {
 			defer wg.Done()
 			local := fmt.Sprintf("127.0.1.%d", a+1)
 			for i := a; i < conns; i += addrs {
-				c, err := tryDialWire(addr, dialConf{local: local})
+				c, err := tryDialWire(addr, dialConf{local: local, tls: clientTLS})
 				if err != nil {
 					errs <- err
 					return

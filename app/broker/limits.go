@@ -511,7 +511,7 @@ func (h *limitsHook) ID() string { return "iotgw-limits" }
 
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped:
+	case mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
@@ -574,6 +574,16 @@ func (h *limitsHook) charge(cl *mqtt.Client, size int64) {
 	h.lim.hit(limQueuedBytes, "listener", c.listener, "remote", c.addr, "client", cl.ID, "queued", queued)
 	c.kill()
 	cl.Stop(errSlowConsumer)
+}
+
+// OnPacketEncode tells MQTT 5 clients max_packet_size in CONNACK, which mochi
+// does not, so clients that honour it fail a large publish themselves
+// instead of being disconnected.
+func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.MaximumPacketSize = uint32(h.lim.maxPacket)
+	}
+	return pk
 }
 
 func (h *limitsHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {

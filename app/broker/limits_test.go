@@ -334,6 +334,32 @@ func TestOversizedPublishRefusedAtHeader(t *testing.T) {
 	waitStats(t, b, "packet too large counted", func(s LimitStats) bool { return s.PacketsTooLarge == 1 })
 }
 
+// MQTT 5 clients are told the limit in CONNACK (Maximum Packet Size).
+func TestConnackAdvertisesMaxPacketSize(t *testing.T) {
+	o := plainOptions(t)
+	o.MaxPacketSize = 5000
+	b := startBroker(t, o)
+	c := dialWire(t, b.Addr("plain"), dialConf{})
+	var v bytes.Buffer
+	mqttString(&v, "MQTT")
+	v.Write([]byte{5, 0xc2, 0, 30, 0}) // MQTT 5, user+password+clean, keepalive, no properties
+	mqttString(&v, "dev1")
+	mqttString(&v, "dev1")
+	mqttString(&v, "dev1-secret")
+	c.send(packet(0x10, v.Bytes()))
+	typ, body := c.next()
+	if typ != 0x20 || len(body) < 3 || body[1] != 0 {
+		t.Fatalf("CONNACK: type %#x body %x", typ, body)
+	}
+	// Properties: a one-byte length here, then id/value pairs; 0x27 is
+	// Maximum Packet Size, a four-byte integer.
+	props := body[3:]
+	i := bytes.IndexByte(props, 0x27)
+	if i < 0 || i+5 > len(props) || binary.BigEndian.Uint32(props[i+1:]) != uint32(o.MaxPacketSize) {
+		t.Fatalf("CONNACK properties %x carry no Maximum Packet Size %d", props, o.MaxPacketSize)
+	}
+}
+
 // Sockets that send nothing, that stop in the middle of CONNECT, or that
 // never start TLS are closed after connect_timeout; a client that connected
 // in time is not.
