@@ -438,6 +438,60 @@ func TestConnectionCaps(t *testing.T) {
 	wait(t, cl.Publish("sensors/plant-a/dev2/t", 1, false, "1"))
 }
 
+// Running out of file descriptors makes accept fail; the listener keeps
+// going and accepts the waiting connection once descriptors are free again
+// (mochi's own listener stops for good on the first accept error).
+func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
+	b := startBroker(t, plainOptions(t))
+	addr := b.Addr("plain")
+	dialWire(t, addr, dialConf{}).login("first", "dev1", "dev1-secret")
+
+	var saved syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved) }
+	defer restore()
+	// Take every descriptor but one (the limit caps descriptor numbers, so
+	// holes are filled first): the client's socket takes it and the
+	// broker's accept gets EMFILE; the kernel has completed the handshake.
+	low := saved
+	low.Cur = uint64(procFDs(os.Getpid()) + 16)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fill []*os.File
+	defer func() {
+		for _, f := range fill {
+			f.Close()
+		}
+	}()
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fill = append(fill, f)
+	}
+	fill[len(fill)-1].Close()
+	fill = fill[:len(fill)-1]
+	waiting, err := tryDialWire(addr, dialConf{})
+	if err != nil {
+		restore()
+		t.Fatalf("dial with one descriptor left: %v", err)
+	}
+	defer waiting.Close()
+	waitStats(t, b, "accept error counted", func(s LimitStats) bool { return s.AcceptErrors > 0 })
+	for _, f := range fill {
+		f.Close()
+	}
+	fill = nil
+	restore()
+
+	c := &wireClient{t: t, conn: waiting, r: bufio.NewReader(waiting)}
+	c.login("after", "dev1", "dev1-secret")
+}
+
 // A subscriber that stops reading holds mochi's client lock inside a
 // blocked write; devices publishing to it must still get their PUBACK and
 // PINGRESP, and the stalled subscriber is disconnected after write_timeout.
