@@ -505,13 +505,30 @@ type limitsHook struct {
 	lim     *limiter
 	topics  *mqtt.TopicsIndex
 	clients *mqtt.Clients
+
+	// Direct recipients by topic, so a charged message costs a map lookup
+	// rather than a second topic-tree walk. Any change to subscriptions
+	// empties it; gen keeps a lookup that raced with a change out.
+	cmu   sync.RWMutex
+	gen   uint64
+	cache map[string][]recipient
 }
+
+type recipient struct {
+	id      string
+	noLocal bool
+}
+
+// maxCachedTopics bounds the recipient cache; publishing to ever new topics
+// only empties it more often.
+const maxCachedTopics = 4096
 
 func (h *limitsHook) ID() string { return "iotgw-limits" }
 
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode:
+	case mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnSessionEstablished, mqtt.OnClientExpired:
 		return true
 	}
 	return false
@@ -522,16 +539,63 @@ func (h *limitsHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packe
 		return pk, nil
 	}
 	size := int64(len(pk.Payload))
-	subs := h.topics.Subscribers(pk.TopicName)
-	for id, sub := range subs.Subscriptions {
-		if sub.NoLocal && pk.Origin == id {
+	for _, r := range h.recipients(pk.TopicName) {
+		if r.noLocal && pk.Origin == r.id {
 			continue
 		}
-		if cl, ok := h.clients.Get(id); ok {
+		if cl, ok := h.clients.Get(r.id); ok {
 			h.charge(cl, size)
 		}
 	}
 	return pk, nil
+}
+
+// recipients returns the clients with a direct (not shared) subscription
+// matching topic.
+func (h *limitsHook) recipients(topic string) []recipient {
+	h.cmu.RLock()
+	r, ok := h.cache[topic]
+	gen := h.gen
+	h.cmu.RUnlock()
+	if ok {
+		return r
+	}
+	subs := h.topics.Subscribers(topic)
+	r = make([]recipient, 0, len(subs.Subscriptions))
+	for id, sub := range subs.Subscriptions {
+		r = append(r, recipient{id: id, noLocal: sub.NoLocal})
+	}
+	h.cmu.Lock()
+	if h.gen == gen {
+		if h.cache == nil || len(h.cache) >= maxCachedTopics {
+			h.cache = map[string][]recipient{}
+		}
+		h.cache[topic] = r
+	}
+	h.cmu.Unlock()
+	return r
+}
+
+func (h *limitsHook) subscriptionsChanged() {
+	h.cmu.Lock()
+	h.gen++
+	h.cache = nil
+	h.cmu.Unlock()
+}
+
+func (h *limitsHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { h.subscriptionsChanged() }
+func (h *limitsHook) OnUnsubscribed(*mqtt.Client, packets.Packet)       { h.subscriptionsChanged() }
+func (h *limitsHook) OnClientExpired(*mqtt.Client)                      { h.subscriptionsChanged() }
+
+// OnSessionEstablished: a clean session taking over an id drops the old
+// subscriptions.
+func (h *limitsHook) OnSessionEstablished(*mqtt.Client, packets.Packet) { h.subscriptionsChanged() }
+
+// OnDisconnect: a clean session's subscriptions end with it.
+func (h *limitsHook) OnDisconnect(_ *mqtt.Client, _ error, expire bool) {
+	if expire {
+		h.subscriptionsChanged()
+	}
 }
 
 // OnSelectSubscribers picks the shared-subscription members the way mochi

@@ -555,15 +555,21 @@ func TestQueuedBytesBounded(t *testing.T) {
 
 	sub := dialWire(t, addr, dialConf{rcvBuf: 4096})
 	sub.login("stalled", "gateway", "gw-secret")
+	// A large message before the subscription: its topic's (empty)
+	// recipient list must not outlive the SUBSCRIBE.
+	dev := dialWire(t, addr, dialConf{})
+	dev.login("dev1", "dev1", "dev1-secret")
+	payload := bytes.Repeat([]byte("q"), 60<<10)
+	dev.send(publishPacket("sensors/plant-a/dev1/blob", payload, 1, 1000))
+	if typ, _ := dev.next(); typ != 0x40 {
+		t.Fatalf("first publish: want PUBACK, got %#x", typ)
+	}
 	sub.send(subscribePacket("sensors/#", 0, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
 		t.Fatalf("want SUBACK, got %#x", typ)
 	}
 
 	before := liveHeap()
-	dev := dialWire(t, addr, dialConf{})
-	dev.login("dev1", "dev1", "dev1-secret")
-	payload := bytes.Repeat([]byte("q"), 60<<10)
 	const n = 400
 	for i := range n {
 		dev.send(publishPacket("sensors/plant-a/dev1/blob", payload, 1, uint16(i+1)))
