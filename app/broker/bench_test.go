@@ -176,7 +176,7 @@ func benchIdle(b *testing.B, mode string, conns, addrs int) {
 				}
 				clients[i] = c
 				_ = c.SetDeadline(time.Now().Add(waitFor))
-				if _, err := c.Write(connectPacket(fmt.Sprintf("idle-%d", i), "dev1", "dev1-secret", 300)); err != nil {
+				if _, err := c.Write(connectPacket("", "dev1", "dev1-secret", 300)); err != nil {
 					errs <- err
 					return
 				}
@@ -251,7 +251,7 @@ func benchPublish(b *testing.B, payload []byte) {
 			}
 		}()
 		dev := dialWire(b, br.Addr("plain"), dialConf{})
-		dev.login("bench-dev", "dev1", "dev1-secret")
+		dev.login("", "dev1", "dev1-secret")
 		return &rig{dev: dev, got: got}
 	}
 	on, off := setup(false), setup(true)

@@ -172,7 +172,8 @@ func (c *wireClient) tryNext(within time.Duration) (byte, []byte, error) {
 	return typ, body, nil
 }
 
-// login sends CONNECT and checks the CONNACK accepts it.
+// login sends CONNECT (clean session) and checks the CONNACK accepts it.
+// Devices log in with their user name or an empty id.
 func (c *wireClient) login(id, user, pass string) {
 	c.t.Helper()
 	c.send(connectPacket(id, user, pass, 0))
@@ -444,7 +445,7 @@ func TestConnectionCaps(t *testing.T) {
 func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	b := startBroker(t, plainOptions(t))
 	addr := b.Addr("plain")
-	dialWire(t, addr, dialConf{}).login("first", "dev1", "dev1-secret")
+	dialWire(t, addr, dialConf{}).login("", "dev1", "dev1-secret")
 
 	var saved syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
@@ -489,7 +490,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	restore()
 
 	c := &wireClient{t: t, conn: waiting, r: bufio.NewReader(waiting)}
-	c.login("after", "dev1", "dev1-secret")
+	c.login("", "dev1", "dev1-secret")
 }
 
 // A subscriber that stops reading holds mochi's client lock inside a
