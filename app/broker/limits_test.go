@@ -540,6 +540,11 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 		maxPing = max(maxPing, time.Since(start))
 	}
 	t.Logf("longest PUBACK wait %s, longest PINGRESP wait %s (write_timeout %s)", maxAck, maxPing, o.WriteTimeout)
+	// A blocked write ends within write_timeout; the margin is for a
+	// loaded machine, far below the forever of a subscriber that never reads.
+	if bound := o.WriteTimeout + 4*time.Second; maxAck > bound || maxPing > bound {
+		t.Fatalf("PUBACK waited %s, PINGRESP %s: more than write_timeout %s allows", maxAck, maxPing, o.WriteTimeout)
+	}
 	waitClosed(t, sub.conn, waitFor, "stalled subscriber")
 	waitStats(t, b, "write timeout counted", func(s LimitStats) bool { return s.WriteTimeouts == 1 })
 }
