@@ -316,7 +316,7 @@ type limitConn struct {
 	connected     atomic.Bool  // the first packet has been read in full
 	writeDeadline atomic.Int64 // unix nanos of the armed write deadline
 	writing       atomic.Int32
-	lastWrite     atomic.Int64 // unix nanos when the last write returned
+	lastWrite     atomic.Int64 // unix nanos when the last write started
 	queued        atomic.Int64 // payload bytes queued for the client, estimated
 	killed        atomic.Bool
 	closeOnce     sync.Once
