@@ -491,7 +491,7 @@ func (s *headerScanner) feed(b []byte, max int) (int, error) {
 // message is queued: its QoS 1/2 messages stay in its session (bounded by
 // max_queued) and are sent when it reconnects; QoS 0 messages are lost.
 //
-// Finding a message's recipients costs a second topic-tree walk, so
+// Charging costs a lookup of the message's recipients per publish, so
 // payloads below chargeMin are not charged: mochi queues at most
 // max_inflight messages per client, so together they hold at most
 // max_queued_bytes/uncharged, and charged ones are allowed the rest.
