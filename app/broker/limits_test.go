@@ -553,6 +553,13 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 // stays within max_queued_bytes, it is disconnected when more would be, and
 // the bytes not queued are counted.
 func TestQueuedBytesBounded(t *testing.T) {
+	// Direct, and shared as the gateway subscribes.
+	for _, filter := range []string{"sensors/#", "$share/gw/sensors/#"} {
+		t.Run(filter, func(t *testing.T) { testQueuedBytesBounded(t, filter) })
+	}
+}
+
+func testQueuedBytesBounded(t *testing.T, filter string) {
 	o := plainOptions(t)
 	o.MaxQueuedBytes = 1 << 20
 	o.WriteTimeout = time.Minute // only the byte budget acts here
@@ -570,7 +577,7 @@ func TestQueuedBytesBounded(t *testing.T) {
 	if typ, _ := dev.next(); typ != 0x40 {
 		t.Fatalf("first publish: want PUBACK, got %#x", typ)
 	}
-	sub.send(subscribePacket("sensors/#", 0, 1))
+	sub.send(subscribePacket(filter, 0, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
 		t.Fatalf("want SUBACK, got %#x", typ)
 	}
@@ -602,6 +609,12 @@ func TestQueuedBytesBounded(t *testing.T) {
 // A subscriber that reads gets every large message: what is written is
 // credited back, so the account does not creep up to the budget.
 func TestQueuedBytesCreditedWhenWritten(t *testing.T) {
+	for _, filter := range []string{"sensors/#", "$share/gw/sensors/#"} {
+		t.Run(filter, func(t *testing.T) { testQueuedBytesCredited(t, filter) })
+	}
+}
+
+func testQueuedBytesCredited(t *testing.T, filter string) {
 	o := plainOptions(t)
 	o.MaxQueuedBytes = 1 << 20
 	b := startBroker(t, o)
@@ -609,7 +622,7 @@ func TestQueuedBytesCreditedWhenWritten(t *testing.T) {
 
 	sub := dialWire(t, addr, dialConf{})
 	sub.login("reader", "gateway", "gw-secret")
-	sub.send(subscribePacket("sensors/#", 1, 1))
+	sub.send(subscribePacket(filter, 1, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
 		t.Fatalf("want SUBACK, got %#x", typ)
 	}
