@@ -118,7 +118,7 @@ type Options struct {
 	// connected client; a client that would exceed it is disconnected.
 	MaxQueuedBytes int
 
-	noLimits bool // benchmarks only: mochi's listener and no limits
+	noLimits bool // benchmarks only: mochi's listener, no limits, no per-message access hooks
 }
 
 // Listener is one network endpoint. TLS nil means plain MQTT.
@@ -282,6 +282,7 @@ func (b *Broker) Start() error {
 	})
 	b.srv = srv
 	b.access.clients = srv.Clients
+	b.access.bare = b.opts.noLimits
 	if err := srv.AddHook(b.access, nil); err != nil {
 		return fmt.Errorf("broker: add access hook: %w", err)
 	}
