@@ -30,6 +30,10 @@ type recorded struct {
 	Inputs     resource.PropertyMap
 	ID         string
 	Deps       []string // URNs it depends on
+
+	URN, Parent                                  string
+	Protect, RetainOnDelete, DeleteBeforeReplace bool
+	IgnoreChanges                                []string
 }
 
 // mocks answers the provider calls and records every resource.
@@ -65,13 +69,34 @@ func (m *mocks) NewResource(args pulumi.MockResourceArgs) (string, resource.Prop
 		outs["keyName"] = resource.NewStringProperty(args.Name)
 	}
 	m.mu.Lock()
-	var deps []string
-	if args.RegisterRPC != nil {
-		deps = args.RegisterRPC.GetDependencies()
+	rec := recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id}
+	if rpc := args.RegisterRPC; rpc != nil {
+		rec.Deps = rpc.GetDependencies()
+		rec.Parent = rpc.GetParent()
+		rec.Protect = rpc.GetProtect()
+		rec.RetainOnDelete = rpc.GetRetainOnDelete()
+		rec.DeleteBeforeReplace = rpc.GetDeleteBeforeReplace()
+		rec.IgnoreChanges = rpc.GetIgnoreChanges()
 	}
-	m.resources = append(m.resources, recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id, Deps: deps})
+	rec.URN = urnOf(rec.Parent, args.TypeToken, args.Name)
+	m.resources = append(m.resources, rec)
 	m.mu.Unlock()
 	return id, outs, nil
+}
+
+// urnOf builds a resource's URN the way the engine does: the parent's type
+// chain, then the resource's type and name.
+func urnOf(parent, typ, name string) string {
+	if parent == "" {
+		return "urn:pulumi:dev::" + Project + "::" + typ + "::" + name
+	}
+	// urn:pulumi:<stack>::<project>::<type chain>::<name>
+	parts := strings.SplitN(parent, "::", 4)
+	chain := typ
+	if len(parts) == 4 {
+		chain = parts[2] + "$" + typ
+	}
+	return "urn:pulumi:dev::" + Project + "::" + chain + "::" + name
 }
 
 func (m *mocks) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
