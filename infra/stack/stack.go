@@ -123,10 +123,14 @@ func Deploy(ctx *pulumi.Context, c Config) (*Deployment, error) {
 	return &Deployment{Network: network, Storage: storage, Secrets: secrets, Host: host}, nil
 }
 
-// UserData renders the host's user-data, gzipped and base64-encoded for the
-// instance's userDataBase64.
-func UserData(e env, c Config, volumeID, bucket string) (string, error) {
-	gz, err := provision.GzipUserData(provision.Params{
+// HostParamsName is the SSM parameter the all-in-one host reads its
+// parameters from.
+func (e env) hostParamsName() string { return e.paramPath() + "/host-params" }
+
+// AllInOneParams are the all-in-one host's parameters: what iotgw
+// provision-files renders its configuration from.
+func AllInOneParams(e env, c Config, volumeID, bucket string) provision.Params {
+	return provision.Params{
 		Stack:               e.stack,
 		Region:              e.region,
 		ParamPath:           e.paramPath(),
@@ -144,6 +148,19 @@ func UserData(e env, c Config, volumeID, bucket string) (string, error) {
 		ExportBucket:        bucket,
 		ExportPrefix:        c.ExportPrefix,
 		SigningPublicKey:    c.SigningPublicKey,
+	}
+}
+
+// UserData renders a host's bootstrap user-data, gzipped and base64-encoded
+// for the instance's userDataBase64. hostParams is the SSM parameter the
+// host reads the rest from.
+func UserData(e env, c Config, hostParams string) (string, error) {
+	gz, err := provision.GzipUserData(provision.Bootstrap{
+		Stack:            e.stack,
+		Region:           e.region,
+		ParamPath:        e.paramPath(),
+		HostParams:       hostParams,
+		SigningPublicKey: c.SigningPublicKey,
 	})
 	if err != nil {
 		return "", err
