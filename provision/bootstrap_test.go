@@ -149,3 +149,77 @@ func TestBootstrap(t *testing.T) {
 		t.Errorf("second bootstrap changed something: %v\n%s", err, out)
 	}
 }
+
+// TestBootstrapGatewaySlot: the same bootstrap brings a gateway slot up as
+// only the gateway: the data volume holds only the spool's directory, the
+// broker and InfluxDB are neither installed nor enabled, and only the
+// token-making slot arms the export.
+func TestBootstrapGatewaySlot(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "systemd-sysusers", "systemd")
+	requireTool(t, "mkfs.ext4", "e2fsprogs")
+	requireTool(t, "openssl", "openssl")
+	requireTool(t, "systemctl", "systemd")
+	bin := buildIotgw(t)
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	for _, admin := range []bool{false, true} {
+		tmp := t.TempDir()
+		root := filepath.Join(tmp, "root")
+		b := baseBootstrap()
+		b.HostParams = b.ParamPath + "/slots/1/host-params"
+		bfiles, err := BootstrapFiles(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFiles(root, bfiles); err != nil {
+			t.Fatal(err)
+		}
+		p := slotParams(1, admin)
+		p.DataFSType = "ext4"
+		hp, err := HostParams(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		params := filepath.Join(tmp, "params.json")
+		disk := filepath.Join(tmp, "data.img")
+		if err := os.WriteFile(params, hp, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(disk, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(disk, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("bash", filepath.Join(root, BootstrapScript))
+		cmd.Env = append(os.Environ(), "ROOT="+root, "DATA_DEVICE_PATH="+disk,
+			"IOTGW_ARTIFACT_FILE="+bin, "IOTGW_ARTIFACT_SHA256="+hex.EncodeToString(sum[:]), "IOTGW_ARTIFACT_SIG="+testSigner.sign(data),
+			"IOTGW_HOST_PARAMS_FILE="+params)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "iotgw-setup: done") {
+			t.Fatalf("bootstrap (admin %v): %v\n%s", admin, err, out)
+		}
+		fstab, _ := os.ReadFile(filepath.Join(root, "etc/fstab"))
+		if !strings.Contains(string(fstab), "/data/iotgw /var/lib/iotgw none bind") ||
+			strings.Contains(string(fstab), "influxdb") || strings.Contains(string(fstab), "iotgw-broker") {
+			t.Errorf("fstab of a slot:\n%s", fstab)
+		}
+		for _, absent := range []string{BrokerConfig, "etc/systemd/system/iotgw-broker.service", "etc/influxdb/config.toml"} {
+			if _, err := os.Stat(filepath.Join(root, absent)); err == nil {
+				t.Errorf("slot has %s", absent)
+			}
+		}
+		wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+		if _, err := os.Lstat(filepath.Join(wants, "iotgw.service")); err != nil {
+			t.Errorf("iotgw.service not enabled: %v", err)
+		}
+		_, err = os.Lstat(filepath.Join(root, "etc/systemd/system/timers.target.wants/iotgw-export.timer"))
+		if (err == nil) != admin {
+			t.Errorf("admin %v: export timer enabled = %v", admin, err == nil)
+		}
+	}
+}

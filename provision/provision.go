@@ -84,12 +84,42 @@ var (
 // until iotgw-setup writes the real token.
 const TokenPlaceholder = "pending:"
 
+// Host roles: what a host runs.
+const (
+	// RoleAllInOne runs the broker, InfluxDB 2 and the gateway.
+	RoleAllInOne = "all-in-one"
+	// RoleGateway runs only the gateway (a slot of the scale topology): it
+	// subscribes to AWS IoT Core over mutual TLS and writes to Amazon
+	// Timestream for InfluxDB.
+	RoleGateway = "gateway"
+)
+
+// IoT Core client certificate and key of a gateway slot: iotgw-setup
+// gateway-secrets copies them from SSM (IoTCertParam, IoTKeyParam under
+// ParamPath) into memory, readable by the iotgw group only.
+const (
+	IoTCertParam = "iot-gateway-cert"
+	IoTKeyParam  = "iot-gateway-key"
+	IoTCertFile  = "/run/iotgw-secrets/iot.crt"
+	IoTKeyFile   = "/run/iotgw-secrets/iot.key"
+)
+
 // Params are the stack settings the host needs. None of them is secret:
 // secrets stay in SSM under ParamPath and are fetched by the host.
 type Params struct {
 	Stack     string // Pulumi stack name
 	Region    string // AWS region, for the aws CLI and SDK on the host
 	ParamPath string // SSM path of the stack's parameters, e.g. /iot-gateway/dev
+	Role      string // RoleAllInOne (default) or RoleGateway
+
+	// RoleGateway only.
+	Slot            int    // the slot's number; its client id and data volume are the slot's
+	BrokerURL       string // ssl://<IoT Core ATS endpoint>:8883
+	MQTTConnections int    // connections of this slot to the shared subscription
+	InfluxURL       string // https://<Timestream for InfluxDB endpoint>:8086
+	// InfluxAdmin: this slot makes the gateways' and the export's InfluxDB
+	// tokens (signing in as the admin) and runs the daily export.
+	InfluxAdmin bool
 
 	DataVolumeID string // EBS volume id of the data volume (found by NVMe serial)
 	DataDevice   string // device name it is attached as; fallback when no id
@@ -152,6 +182,10 @@ func (p Params) withDefaults() Params {
 	def(&p.MQTTClientID, "iotgw-"+p.Stack)
 	def(&p.HTTPAddr, DefaultHTTPAddr)
 	def(&p.ExportPrefix, "exports/")
+	def(&p.Role, RoleAllInOne)
+	if p.Role == RoleGateway && p.MQTTConnections == 0 {
+		p.MQTTConnections = 1
+	}
 	if len(p.MQTTTopics) == 0 {
 		p.MQTTTopics = []string{"sensors/#"}
 	}
@@ -183,12 +217,15 @@ func (p Params) Validate() error {
 		{"HTTPAddr", p.HTTPAddr, true},
 		{"ExportBucket", p.ExportBucket, true},
 		{"ExportPrefix", p.ExportPrefix, true},
+		{"Role", p.Role, true},
+		{"BrokerURL", p.BrokerURL, p.Role == RoleGateway},
+		{"InfluxURL", p.InfluxURL, p.Role == RoleGateway},
 	}
 	for i, t := range p.MQTTTopics {
 		fields = append(fields, struct {
 			name, value string
 			required    bool
-		}{fmt.Sprintf("MQTTTopics[%d]", i), t, true})
+		}{fmt.Sprintf("MQTTTopics[%d]", i), shareGroup.ReplaceAllString(t, ""), true})
 	}
 	for _, f := range fields {
 		if f.required && f.value == "" {
@@ -206,10 +243,38 @@ func (p Params) Validate() error {
 		return fmt.Errorf("provision: ExportPrefix %q must end with / and have no leading or double slashes", p.ExportPrefix)
 	}
 	for i, t := range p.MQTTTopics {
-		// The broker lets the gateway subscribe only under sensors/.
-		if t != "sensors/#" && !strings.HasPrefix(t, "sensors/") {
+		// The broker (and the IoT policy) let the gateway subscribe only
+		// under sensors/.
+		if f := shareGroup.ReplaceAllString(t, ""); f != "sensors/#" && !strings.HasPrefix(f, "sensors/") {
 			return fmt.Errorf("provision: MQTTTopics[%d] %q is not under sensors/, which is all the broker lets the gateway subscribe to", i, t)
 		}
+		if p.Role == RoleGateway && !shareGroup.MatchString(t) {
+			return fmt.Errorf("provision: MQTTTopics[%d] %q is not a shared subscription ($share/<group>/...): each message would reach every slot", i, t)
+		}
+	}
+	switch p.Role {
+	case RoleAllInOne:
+		if p.BrokerURL != "" || p.InfluxURL != "" || p.InfluxAdmin || p.MQTTConnections != 0 || p.Slot != 0 {
+			return errors.New("provision: BrokerURL, InfluxURL, InfluxAdmin, MQTTConnections and Slot are for the gateway role only")
+		}
+	case RoleGateway:
+		if !strings.HasPrefix(p.BrokerURL, "ssl://") {
+			return fmt.Errorf("provision: BrokerURL %q is not ssl://host:port: a gateway slot reaches its broker over TLS only", p.BrokerURL)
+		}
+		if !strings.HasPrefix(p.InfluxURL, "https://") {
+			return fmt.Errorf("provision: InfluxURL %q is not https://: a gateway slot reaches InfluxDB over TLS only", p.InfluxURL)
+		}
+		if p.MQTTConnections < 1 || p.MQTTConnections > 64 {
+			return fmt.Errorf("provision: MQTTConnections %d is outside 1..64", p.MQTTConnections)
+		}
+		if p.Slot < 0 {
+			return fmt.Errorf("provision: Slot %d is negative", p.Slot)
+		}
+		if p.MQTTPlaintextPublic || p.InfluxListenPublic {
+			return errors.New("provision: MQTTPlaintextPublic and InfluxListenPublic are for the all-in-one role: a gateway slot runs no broker and no InfluxDB")
+		}
+	default:
+		return fmt.Errorf("provision: Role %q is not %s or %s", p.Role, RoleAllInOne, RoleGateway)
 	}
 	if p.MQTTQoS < 0 || p.MQTTQoS > 2 {
 		return fmt.Errorf("provision: MQTTQoS %d is not 0, 1 or 2", p.MQTTQoS)
@@ -226,25 +291,29 @@ func (p Params) Validate() error {
 	return nil
 }
 
-// payload maps each embedded file to its place on the host.
+// shareGroup matches the $share/<group>/ prefix of a shared subscription.
+var shareGroup = regexp.MustCompile(`^\$share/[A-Za-z0-9_-]+/`)
+
+// payload maps each embedded file to its place on the host, and the role
+// that gets it ("" for every role).
 var payload = []struct {
-	src, dst string
+	src, dst, role string
 }{
-	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
-	{"files/gateway.toml.tmpl", GatewayConfig},
-	{"files/broker.toml.tmpl", BrokerConfig},
-	{"files/export.env.tmpl", ExportEnvFile},
-	{"signing-key", SigningKeyFile},
+	{"files/host.env.tmpl", "/etc/iotgw/host.env", ""},
+	{"files/gateway.toml.tmpl", GatewayConfig, ""},
+	{"files/broker.toml.tmpl", BrokerConfig, RoleAllInOne},
+	{"files/export.env.tmpl", ExportEnvFile, ""},
+	{"signing-key", SigningKeyFile, ""},
 	// The dashboard as code, the same file `iotgw export` round-trips.
-	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json"},
-	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
-	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf"},
-	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service"},
-	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
-	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
-	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
-	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service"},
-	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
+	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json", ""},
+	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml", RoleAllInOne},
+	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf", ""},
+	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service", ""},
+	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service", RoleAllInOne},
+	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service", ""},
+	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer", ""},
+	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service", ""},
+	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf", RoleAllInOne},
 }
 
 // Files renders every file the host gets: the bootstrap and setup scripts
@@ -264,6 +333,9 @@ func Files(p Params) ([]File, error) {
 		{Path: SetupScript, Mode: "0755", Content: string(script)},
 	}
 	for _, f := range payload {
+		if f.role != "" && f.role != p.Role {
+			continue
+		}
 		content, err := render(f.src, p)
 		if err != nil {
 			return nil, err
@@ -305,9 +377,17 @@ func (p Params) templateData() any {
 	if p.MQTTPlaintextPublic {
 		plain = ":" + MQTTPlainPort
 	}
+	mqttURL, influxURL := "tcp://127.0.0.1:"+MQTTPlainPort, "http://127.0.0.1:8086"
+	if p.Role == RoleGateway {
+		mqttURL, influxURL = p.BrokerURL, p.InfluxURL
+	}
 	return struct {
 		Params
-		MQTTURL         string // the gateway's broker: plain MQTT on loopback
+		MQTTURL         string // the gateway's broker: plain MQTT on loopback, or IoT Core
+		InfluxWriteURL  string // the gateway's InfluxDB
+		Gateway         bool   // RoleGateway
+		IoTCertFile     string
+		IoTKeyFile      string
 		MQTTPlainAddr   string // the broker's plain listener
 		MQTTTLSAddr     string
 		ExportKeyPrefix string // export.prefix takes no trailing slash
@@ -316,7 +396,11 @@ func (p Params) templateData() any {
 		SpoolDir, ExportDir, BrokerDataDir, BrokerTLSDir, BrokerUsersFile string
 	}{
 		Params:          p,
-		MQTTURL:         "tcp://127.0.0.1:" + MQTTPlainPort,
+		MQTTURL:         mqttURL,
+		InfluxWriteURL:  influxURL,
+		Gateway:         p.Role == RoleGateway,
+		IoTCertFile:     IoTCertFile,
+		IoTKeyFile:      IoTKeyFile,
 		MQTTPlainAddr:   plain,
 		MQTTTLSAddr:     ":" + MQTTTLSPort,
 		ExportKeyPrefix: strings.TrimSuffix(p.ExportPrefix, "/"),
