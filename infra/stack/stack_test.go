@@ -297,7 +297,10 @@ func TestDeployDefaults(t *testing.T) {
 			}
 		}
 	}
-	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true}
+	// The IoT Core identity is read only by gateway slots (scale_test.go
+	// checks the scale stack creates it).
+	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true,
+		provision.IoTCertParam: true, provision.IoTKeyParam: true}
 	script := string(provision.SetupScriptSource())
 	read := regexp.MustCompile(`\$PARAM_PATH/([a-z0-9-]+)|ssm_secret ([a-z0-9-]+)`).FindAllStringSubmatch(script, -1)
 	if len(read) < 5 {
