@@ -124,9 +124,9 @@ func Defaults() Config {
 
 // Values of broker and database.
 const (
-	BrokerLocal       = "local"
-	BrokerIoTCore     = "iot-core"
-	DatabaseLocal     = "local"
+	BrokerLocal        = "local"
+	BrokerIoTCore      = "iot-core"
+	DatabaseLocal      = "local"
 	DatabaseTimestream = "timestream"
 )
 

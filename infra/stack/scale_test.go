@@ -434,23 +434,32 @@ func TestScaleConfigRefused(t *testing.T) {
 		edit      func(*Config)
 		key, want string
 	}{
-		"iot-core on the all-in-one host":  {func(c *Config) { c.Gateways = 0; c.Database = DatabaseLocal; c.InfluxToken, c.MQTTPassword = testToken, testMQTTPassword; c.MQTTCidrs = []string{"203.0.113.0/24"} }, "broker:", "needs gateways >= 1"},
-		"timestream on the all-in-one":     {func(c *Config) { c.Gateways = 0; c.Broker = BrokerLocal; c.InfluxToken, c.MQTTPassword = testToken, testMQTTPassword }, "database:", "private subnets"},
-		"slots with the local broker":      {func(c *Config) { c.Broker = BrokerLocal }, "gateways:", "need broker: iot-core"},
-		"slots with the local database":    {func(c *Config) { c.Database = DatabaseLocal }, "gateways:", "need database: timestream"},
-		"slots with an Elastic IP":         {func(c *Config) { c.ElasticIP = true }, "elasticIp:", "no public IP"},
-		"slots with MQTT CIDRs":            {func(c *Config) { c.MQTTCidrs = []string{"203.0.113.0/24"} }, "mqttCidrs:", "all-in-one"},
-		"slots with an SSH key":            {func(c *Config) { c.SSHPublicKey = "ssh-ed25519 AAAA x" }, "sshPublicKey:", "all-in-one"},
-		"multi-AZ in one zone":             {func(c *Config) { c.TimestreamMultiAZ = true; c.AvailabilityZones = 1 }, "timestreamMultiAz:", "another availability zone"},
-		"more than a slot can carry":       {func(c *Config) { c.PeakMessagesPerSecond = 20000 }, "peakMessagesPerSecond:", "set gateways to at least 5"},
-		"public VPC range":                 {func(c *Config) { c.VpcCidr = "8.8.0.0/16" }, "vpcCidr:", "private"},
-		"no readiness gate":                {func(c *Config) { c.RolloutWaitSeconds = 0 }, "rolloutWaitSeconds:", "one at a time"},
-		"an operator token":                {func(c *Config) { c.InfluxToken = testToken }, "influxToken:", "unused with gateways"},
-		"a broker password":                {func(c *Config) { c.MQTTPassword = testMQTTPassword }, "mqttPassword:", "certificates"},
-		"too many slots":                   {func(c *Config) { c.Gateways = 40 }, "gateways:", "outside 0..32"},
-		"unknown broker":                   {func(c *Config) { c.Broker = "emqx" }, "broker:", "not local or iot-core"},
-		"a shared filter in mqttTopics":    {func(c *Config) { c.MQTTTopics = []string{"$share/g/sensors/#"} }, "mqttTopics:", "without $share/"},
-		"bad Timestream type":              {func(c *Config) { c.TimestreamInstanceType = "db.r5.large" }, "timestreamInstanceType:", "db.influx"},
+		"iot-core on the all-in-one host": {func(c *Config) {
+			c.Gateways = 0
+			c.Database = DatabaseLocal
+			c.InfluxToken, c.MQTTPassword = testToken, testMQTTPassword
+			c.MQTTCidrs = []string{"203.0.113.0/24"}
+		}, "broker:", "needs gateways >= 1"},
+		"timestream on the all-in-one": {func(c *Config) {
+			c.Gateways = 0
+			c.Broker = BrokerLocal
+			c.InfluxToken, c.MQTTPassword = testToken, testMQTTPassword
+		}, "database:", "private subnets"},
+		"slots with the local broker":   {func(c *Config) { c.Broker = BrokerLocal }, "gateways:", "need broker: iot-core"},
+		"slots with the local database": {func(c *Config) { c.Database = DatabaseLocal }, "gateways:", "need database: timestream"},
+		"slots with an Elastic IP":      {func(c *Config) { c.ElasticIP = true }, "elasticIp:", "no public IP"},
+		"slots with MQTT CIDRs":         {func(c *Config) { c.MQTTCidrs = []string{"203.0.113.0/24"} }, "mqttCidrs:", "all-in-one"},
+		"slots with an SSH key":         {func(c *Config) { c.SSHPublicKey = "ssh-ed25519 AAAA x" }, "sshPublicKey:", "all-in-one"},
+		"multi-AZ in one zone":          {func(c *Config) { c.TimestreamMultiAZ = true; c.AvailabilityZones = 1 }, "timestreamMultiAz:", "another availability zone"},
+		"more than a slot can carry":    {func(c *Config) { c.PeakMessagesPerSecond = 20000 }, "peakMessagesPerSecond:", "set gateways to at least 5"},
+		"public VPC range":              {func(c *Config) { c.VpcCidr = "8.8.0.0/16" }, "vpcCidr:", "private"},
+		"no readiness gate":             {func(c *Config) { c.RolloutWaitSeconds = 0 }, "rolloutWaitSeconds:", "one at a time"},
+		"an operator token":             {func(c *Config) { c.InfluxToken = testToken }, "influxToken:", "unused with gateways"},
+		"a broker password":             {func(c *Config) { c.MQTTPassword = testMQTTPassword }, "mqttPassword:", "certificates"},
+		"too many slots":                {func(c *Config) { c.Gateways = 40 }, "gateways:", "outside 0..32"},
+		"unknown broker":                {func(c *Config) { c.Broker = "emqx" }, "broker:", "not local or iot-core"},
+		"a shared filter in mqttTopics": {func(c *Config) { c.MQTTTopics = []string{"$share/g/sensors/#"} }, "mqttTopics:", "without $share/"},
+		"bad Timestream type":           {func(c *Config) { c.TimestreamInstanceType = "db.r5.large" }, "timestreamInstanceType:", "db.influx"},
 	} {
 		c := scaleConfig(t)
 		tc.edit(&c)
