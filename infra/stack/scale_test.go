@@ -492,3 +492,54 @@ func TestIoTConnections(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadScaleConfig reads the scale topology's keys from Pulumi config
+// and runs the whole program from them.
+func TestLoadScaleConfig(t *testing.T) {
+	cfg := map[string]any{
+		"signingPublicKey":      string(testSigner.pub),
+		"owner":                 "team",
+		"artifactPath":          signedArtifact(t, []byte("x")),
+		"gateways":              "4",
+		"broker":                "iot-core",
+		"database":              "timestream",
+		"availabilityZones":     "3",
+		"timestreamMultiAz":     "true",
+		"peakMessagesPerSecond": "3000",
+		"sharedGroup":           "gw",
+		"vpcCidr":               "10.8.0.0/20",
+		KeyInfluxAdminPassword:  testAdminPassword,
+	}
+	var got Config
+	m, err := withConfig(t, cfg, []string{KeyInfluxAdminPassword}, func(ctx *pulumi.Context) error {
+		var err error
+		if got, err = LoadConfig(ctx); err != nil {
+			return err
+		}
+		return Run(ctx)
+	})
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	if got.Gateways != 4 || !got.Scale() || got.AvailabilityZones != 3 || !got.TimestreamMultiAZ || got.PeakMessagesPerSecond != 3000 ||
+		got.SharedGroup != "gw" || got.VpcCidr != "10.8.0.0/20" {
+		t.Errorf("LoadConfig = %+v", got)
+	}
+	if n := len(m.byType("aws:ec2/instance:Instance")); n != 4 {
+		t.Errorf("%d slots, want 4", n)
+	}
+	db := m.one(t, "aws:timestreaminfluxdb/dbInstance:DbInstance")
+	if get(db, "deploymentType") != "WITH_MULTIAZ_STANDBY" || len(toSlice(get(db, "vpcSubnetIds"))) != 3 {
+		t.Errorf("multi-AZ database = %v", plain(resource.NewObjectProperty(db.Inputs)))
+	}
+	s := findNamed(t, m.byType("aws:ec2/subnet:Subnet"), "vpc-private-2")
+	if get(s, "cidrBlock") != "10.8.2.0/24" || get(s, "availabilityZone") != "eu-central-1c" {
+		t.Errorf("third subnet = %v", plain(resource.NewObjectProperty(s.Inputs)))
+	}
+	// 3000 msg/s: 30 connections, 10 per slot with one of four down.
+	hp := findNamed(t, m.byType("aws:ssm/parameter:Parameter"), "gw-3-params")
+	p, err := provision.ParseHostParams([]byte(get(hp, "value").(string)), string(testSigner.pub))
+	if err != nil || p.MQTTConnections != 10 || p.MQTTTopics[0] != "$share/gw/sensors/#" {
+		t.Errorf("slot 3 params %+v, %v", p, err)
+	}
+}

@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd())
+	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd(), newDeviceCmd())
 	return root
 }
 
