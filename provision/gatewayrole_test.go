@@ -1,11 +1,18 @@
 package provision
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -181,4 +188,143 @@ func gidOf(fi os.FileInfo) uint32 {
 		return 1 << 31
 	}
 	return fi.Sys().(*syscall.Stat_t).Gid
+}
+
+// fakeTimestream answers like Timestream for InfluxDB (InfluxDB 2's
+// OpenAPI): no operator token, a session cookie from POST /api/v2/signin
+// with the admin's basic credentials, then the token calls (fakeInflux) and
+// the template calls `influx apply` makes (GET /api/v2/orgs, POST
+// /api/v2/stacks, POST /api/v2/templates/apply).
+type fakeTimestream struct {
+	influx   *fakeInflux
+	password string
+	mu       sync.Mutex
+	stacks   int
+	applied  []map[string]any
+	errs     []string
+}
+
+const tsSession = "influxdb-oss-session=c2Vzc2lvbi0x"
+
+func (f *fakeTimestream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.Method == "POST" && r.URL.Path == "/api/v2/signin" {
+		if r.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("admin:"+f.password)) {
+			http.Error(w, `{"code":"unauthorized","message":"Unauthorized"}`, http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Set-Cookie", tsSession+"; Path=/api/; HttpOnly")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if r.Header.Get("Cookie") != tsSession || r.Header.Get("Authorization") != "" {
+		f.errs = append(f.errs, r.Method+" "+r.URL.Path+" without the session")
+		http.Error(w, `{"code":"unauthorized","message":"unauthorized access"}`, http.StatusUnauthorized)
+		return
+	}
+	switch {
+	case r.Method == "GET" && r.URL.Path == "/api/v2/orgs" && r.URL.Query().Get("org") == "iot":
+		fmt.Fprint(w, `{"links":{},"orgs":[{"id":"o00000000000000o","name":"iot"}]}`)
+	case r.Method == "POST" && r.URL.Path == "/api/v2/stacks":
+		var b map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil || b["orgID"] != "o00000000000000o" || b["name"] != "iotgw" {
+			f.errs = append(f.errs, fmt.Sprintf("stacks body %v %v", b, err))
+		}
+		f.stacks++
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"id":"s%015d","orgID":"o00000000000000o","events":[]}`, f.stacks)
+	case r.Method == "POST" && r.URL.Path == "/api/v2/templates/apply":
+		var b map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+			f.errs = append(f.errs, "apply body: "+err.Error())
+		}
+		f.applied = append(f.applied, b)
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprint(w, `{"sources":[],"stackID":"s000000000000001","diff":{},"summary":{}}`)
+	default:
+		// The token calls: fakeInflux takes the operator's token, which
+		// stands for the session here.
+		r.Header.Set("Authorization", "Token "+f.influx.operator)
+		f.mu.Unlock()
+		f.influx.ServeHTTP(w, r)
+		f.mu.Lock()
+	}
+}
+
+// TestGatewayInfluxStep runs slot 0's InfluxDB steps (influx_tokens,
+// dashboard_api) against fakeTimestream: it signs in with the admin password
+// from SSM, makes both tokens and stores them, applies the dashboard once
+// (again only when the file changes), and never puts the password or a
+// token on a command line.
+func TestGatewayInfluxStep(t *testing.T) {
+	requireTool(t, "curl", "curl")
+	requireTool(t, "python3", "python3")
+	root, env := stepEnv(t, slotParams(0, true))
+	const pw = "admin-PASSWORD-5f2b9c"
+	ts := &fakeTimestream{influx: &fakeInflux{operator: "session", auths: map[string]fakeAuth{}}, password: pw}
+	srv := httptest.NewServer(ts)
+	defer srv.Close()
+	ps := newParamStore(t)
+	ps.set("influx-admin-password", pw)
+	ps.set("influx-run-token", TokenPlaceholder+" written by gateway slot 0")
+	ps.set("influx-export-token", TokenPlaceholder+" written by gateway slot 0")
+	env = append(env, "INFLUX_URL="+srv.URL, "PATH="+ps.bin+":"+os.Getenv("PATH"), "OFFLINE=1")
+	step := func() string {
+		t.Helper()
+		out, err := runStep(env, `influx_tokens; dashboard_api; echo "changed=$CHANGED"`)
+		if err != nil {
+			t.Fatalf("slot 0 InfluxDB steps: %v\n%s", err, out)
+		}
+		return out
+	}
+	out := step()
+	if !strings.Contains(out, "changed=3") {
+		t.Errorf("first run:\n%s", out)
+	}
+	for _, n := range []string{"influx-run-token", "influx-export-token"} {
+		if _, ok := ts.influx.byToken(ps.get(n)); !ok {
+			t.Errorf("%s = %q is not a token InfluxDB made", n, ps.get(n))
+		}
+	}
+	if len(ts.applied) != 1 || ts.stacks != 1 {
+		t.Fatalf("applied %d times, %d stacks", len(ts.applied), ts.stacks)
+	}
+	a := ts.applied[0]
+	var want []any
+	mustUnmarshal(t, rendered(t, slotParams(0, true), "/etc/iotgw/dashboards/iotgw.json"), &want)
+	if a["orgID"] != "o00000000000000o" || a["stackID"] != "s000000000000001" || a["dryRun"] != false ||
+		!reflect.DeepEqual(a["template"].(map[string]any)["contents"], want) {
+		t.Errorf("apply body (template contents omitted): orgID %v stackID %v dryRun %v", a["orgID"], a["stackID"], a["dryRun"])
+	}
+	if out := step(); !strings.Contains(out, "changed=0") || len(ts.applied) != 1 {
+		t.Errorf("second run changed something (%d applies):\n%s", len(ts.applied), out)
+	}
+	// A changed dashboard is applied again, to the same stack.
+	dash := filepath.Join(root, "etc/iotgw/dashboards/iotgw.json")
+	b, _ := os.ReadFile(dash)
+	if err := os.WriteFile(dash, bytes.Replace(b, []byte("["), []byte("[ "), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if step(); len(ts.applied) != 2 || ts.stacks != 1 || ts.applied[1]["stackID"] != "s000000000000001" {
+		t.Errorf("changed dashboard: %d applies, %d stacks", len(ts.applied), ts.stacks)
+	}
+	if log, _ := os.ReadFile(ps.argv); strings.Contains(string(log), pw) || strings.Contains(string(log), "tok-") {
+		t.Errorf("a secret on a command line:\n%s", log)
+	}
+	if len(ts.errs)+len(ts.influx.errs) != 0 {
+		t.Errorf("server saw: %v %v", ts.errs, ts.influx.errs)
+	}
+	ps.set("influx-admin-password", "wrong-password")
+	_ = os.Remove(filepath.Join(root, "data/iotgw-setup/dashboard.sha256"))
+	if out, err := runStep(env, "dashboard_api"); err == nil || !strings.Contains(out, "cannot sign in") {
+		t.Errorf("wrong password: %v\n%s", err, out)
+	}
+}
+
+func mustUnmarshal(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatal(err)
+	}
 }

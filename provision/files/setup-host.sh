@@ -521,6 +521,38 @@ influx_signin() {
 	printf 'Cookie: %s\n' "$cookie" >"$hdr"
 }
 
+# dashboard_api: the dashboard onto Timestream for InfluxDB through the API
+# `influx apply` uses (a stack, then POST /api/v2/templates/apply), since a
+# slot has no influx CLI; applied again only when the file changes.
+dashboard_api() {
+	local url=${INFLUX_URL:-$INFLUXDB_URL} hdr state=$ROOT/data/iotgw-setup sum org body
+	local file=$ROOT/etc/iotgw/dashboards/iotgw.json
+	mkdir -p "$state"
+	sum=$(sha256sum "$file" | awk '{ print $1 }')
+	[[ $(cat "$state/dashboard.sha256" 2>/dev/null) == "$sum" ]] && return 0
+	hdr=$(mktemp)
+	influx_signin "$url" "$hdr"
+	org=$(curl -fsS -H @"$hdr" "$url/api/v2/orgs?org=$INFLUX_ORG" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["orgs"][0]["id"])') ||
+		die "cannot find org $INFLUX_ORG"
+	if [[ ! -s $state/influx-stack-id ]]; then
+		ORG=$org python3 -c 'import json, os; print(json.dumps({"orgID": os.environ["ORG"], "name": "iotgw"}))' |
+			curl -fsS -H @"$hdr" -H 'Content-Type: application/json' --data @- "$url/api/v2/stacks" |
+			python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' >"$state/influx-stack-id.new" ||
+			die "cannot create the InfluxDB stack for the dashboard"
+		mv -f "$state/influx-stack-id.new" "$state/influx-stack-id"
+	fi
+	body=$(mktemp)
+	ORG=$org STACK_ID=$(cat "$state/influx-stack-id") python3 -c 'import json, os, sys
+print(json.dumps({"orgID": os.environ["ORG"], "stackID": os.environ["STACK_ID"], "dryRun": False,
+  "template": {"contents": json.load(open(sys.argv[1]))}}))' "$file" >"$body"
+	curl -fsS -o /dev/null -H @"$hdr" -H 'Content-Type: application/json' --data @"$body" "$url/api/v2/templates/apply" ||
+		die "InfluxDB refused the dashboard template"
+	rm -f "$hdr" "$body"
+	echo "$sum" >"$state/dashboard.sha256"
+	changed "applied dashboard iotgw.json"
+}
+
 # influx_token KIND URL HEADERFILE ORGID BUCKETID
 influx_token() {
 	local kind=$1 url=$2 hdr=$3 param=influx-$1-token idf value tmp
@@ -702,7 +734,10 @@ main() {
 		if online; then
 			# One slot makes the tokens; the others wait for them
 			# (iotgw-secrets.service retries).
-			[[ $INFLUX_ADMIN == 1 ]] && influx_tokens
+			if [[ $INFLUX_ADMIN == 1 ]]; then
+				influx_tokens
+				dashboard_api
+			fi
 			start_and_check
 		fi
 		log "done, $CHANGED changed"
