@@ -118,6 +118,9 @@ func (c Config) validateScale(bad func(key, format string, a ...any)) {
 		bad("peakMessagesPerSecond", "%d msg/s needs %d IoT Core connections (%d msg/s each), %d per slot with one slot down; a slot opens at most %d: set gateways to at least %d",
 			c.PeakMessagesPerSecond, total, IoTMessagesPerConnection, per, MaxSlotConnections, need)
 	}
+	if c.MQTTQoS == 2 {
+		bad("mqttQos", "2: IoT Core supports QoS 0 and 1 only; use 1 (the gateway still loses nothing: it acks after its spool append)")
+	}
 	if c.RolloutWaitSeconds < 60 {
 		bad("rolloutWaitSeconds", "%d: the slots roll one at a time only if pulumi up waits for each (at least 60)", c.RolloutWaitSeconds)
 	}

@@ -24,6 +24,9 @@ func scaleConfig(t *testing.T) Config {
 	return c
 }
 
+// ssmStandardMax is the largest value of a Standard SSM parameter.
+const ssmStandardMax = 4096
+
 func named(m *mocks, typ, name string) (recorded, bool) {
 	for _, r := range m.byType(typ) {
 		if r.Name == name {
@@ -200,6 +203,9 @@ func TestScaleDeploy(t *testing.T) {
 		p, err := provision.ParseHostParams([]byte(get(hp, "value").(string)), string(testSigner.pub))
 		if err != nil {
 			t.Fatalf("%s params: %v", n, err)
+		}
+		if v := get(hp, "value").(string); len(v) > ssmStandardMax || get(hp, "tier") != "Standard" {
+			t.Errorf("%s params: %d bytes, over a Standard parameter's %d", n, len(v), ssmStandardMax)
 		}
 		if p.Role != provision.RoleGateway || p.Slot != i || p.MQTTClientID != "iot-gateway-dev-gw-"+string(rune('0'+i)) ||
 			p.BrokerURL != "ssl://"+mockIoTEndpoint+":8883" || p.InfluxURL != "https://"+mockInfluxEndpoint+":8086" ||

@@ -335,6 +335,9 @@ func TestDeployDefaults(t *testing.T) {
 	ro := m.one(t, "aws:ssm/association:Association")
 	hostParams := findNamed(t, m.byType("aws:ssm/parameter:Parameter"), "host-params")
 	psum := sha256.Sum256([]byte(get(hostParams, "value").(string)))
+	if n := len(get(hostParams, "value").(string)); n > ssmStandardMax {
+		t.Errorf("host parameters are %d bytes, over a Standard parameter's %d", n, ssmStandardMax)
+	}
 	cmd, _ := get(ro, "parameters.commands").(string)
 	if get(ro, "name") != "AWS-RunShellScript" ||
 		!strings.HasSuffix(cmd, "; IOTGW_EXPECT_SHA256="+sha+" IOTGW_EXPECT_PARAMS="+hex.EncodeToString(psum[:])+" /usr/local/sbin/iotgw-bootstrap") ||
