@@ -118,6 +118,12 @@ func (c Config) validateScale(bad func(key, format string, a ...any)) {
 		bad("peakMessagesPerSecond", "%d msg/s needs %d IoT Core connections (%d msg/s each), %d per slot with one slot down; a slot opens at most %d: set gateways to at least %d",
 			c.PeakMessagesPerSecond, total, IoTMessagesPerConnection, per, MaxSlotConnections, need)
 	}
+	if c.InfluxRetentionDays != 0 {
+		bad("influxRetentionDays", "%d: Timestream for InfluxDB creates the bucket itself, and the stack does not change its retention; leave it 0 and set the bucket's retention in InfluxDB", c.InfluxRetentionDays)
+	}
+	if c.InfluxVersion != "" {
+		bad("influxVersion", "%q: Timestream for InfluxDB runs its own InfluxDB 2 version", c.InfluxVersion)
+	}
 	if c.MQTTQoS == 2 {
 		bad("mqttQos", "2: IoT Core supports QoS 0 and 1 only; use 1 (the gateway still loses nothing: it acks after its spool append)")
 	}
