@@ -240,6 +240,22 @@ func TestScaleDeploy(t *testing.T) {
 			t.Errorf("output %s holds a secret", k)
 		}
 	}
+	// Tags on everything taggable.
+	untaggableScale := map[string]bool{
+		"aws:iot/certificate:Certificate": true, "aws:iot/policyAttachment:PolicyAttachment": true,
+		"aws:route53/record:Record": true, "aws:ec2/routeTableAssociation:RouteTableAssociation": true,
+		"aws:s3/bucketLoggingV2:BucketLoggingV2": true,
+	}
+	for _, res := range m.resources {
+		if untaggable[res.Type] || untaggableScale[res.Type] || strings.HasPrefix(res.Type, "iot-gateway:") {
+			continue
+		}
+		for k, want := range map[string]string{"project": Project, "stack": "dev", "owner": "team-sensors"} {
+			if got := get(res, "tags."+k); got != want {
+				t.Errorf("%s %s tag %s = %v, want %s", res.Type, res.Name, k, got, want)
+			}
+		}
+	}
 	// Every parameter the gateway role's setup reads exists.
 	names := map[string]bool{}
 	for _, p := range m.byType("aws:ssm/parameter:Parameter") {
