@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -138,6 +139,7 @@ func TestGatewayRoleValidate(t *testing.T) {
 // and a parameter that is not a PEM key is refused.
 func TestGatewayIoTIdentityStep(t *testing.T) {
 	requireRoot(t)
+	requireTool(t, "bash", "bash")
 	root, env := stepEnv(t, slotParams(1, false))
 	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
 		t.Fatal(err)
@@ -153,7 +155,22 @@ func TestGatewayIoTIdentityStep(t *testing.T) {
 	ps.set(IoTCertParam, certPEM)
 	ps.set(IoTKeyParam, keyPEM)
 	env = append(env, "PATH="+ps.bin+":"+os.Getenv("PATH"), "OFFLINE=1", "SECRETS_RETRY=0")
-	if out, err := runStep(env, "gateway_secrets"); err != nil {
+	// As iotgw-secrets.service runs it on a slot: root with no
+	// capabilities (CapabilityBoundingSet= empty), in the group its
+	// drop-in names.
+	dropIn := rendered(t, slotParams(1, false), "/etc/systemd/system/iotgw-secrets.service.d/gateway.conf")
+	if !strings.Contains(dropIn, "\nGroup=iotgw\n") {
+		t.Fatalf("the slot's iotgw-secrets.service drop-in does not set Group=iotgw:\n%s", dropIn)
+	}
+	setpriv := requireTool(t, "setpriv", "util-linux")
+	asUnit := func(gid string) (string, error) {
+		cmd := exec.Command(setpriv, "--regid="+gid, "--clear-groups", "--bounding-set=-all", "--inh-caps=-all",
+			"bash", "-c", `source "$SCRIPT"; gateway_secrets`)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := asUnit("973"); err != nil {
 		t.Fatalf("gateway_secrets: %v\n%s", err, out)
 	}
 	for f, want := range map[string]string{IoTCertFile: certPEM, IoTKeyFile: keyPEM} {
@@ -171,11 +188,15 @@ func TestGatewayIoTIdentityStep(t *testing.T) {
 	if string(envb) != "IOTGW_INFLUX_TOKEN="+tok+"\n" {
 		t.Errorf("gateway.env = %q", envb)
 	}
-	if fi, _ := os.Stat(filepath.Join(root, "run/iotgw-secrets/gateway.env")); fi.Mode().Perm() != 0o600 || gidOf(fi) != 0 {
+	if fi, _ := os.Stat(filepath.Join(root, "run/iotgw-secrets/gateway.env")); fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
 		t.Errorf("gateway.env is readable beyond root")
 	}
 	if log, _ := os.ReadFile(ps.argv); strings.Contains(string(log), "MIIE") {
 		t.Errorf("the key on a command line:\n%s", log)
+	}
+	// Without the drop-in's group the unit cannot hand the files to iotgw.
+	if out, err := asUnit("0"); err == nil {
+		t.Errorf("gateway_secrets gave the files to iotgw without CAP_CHOWN or the group:\n%s", out)
 	}
 	ps.set(IoTKeyParam, "not a key")
 	if out, err := runStep(env, "gateway_secrets"); err == nil || !regexp.MustCompile(`iot-gateway-key is not a PEM`).MatchString(out) {

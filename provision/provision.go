@@ -314,6 +314,7 @@ var payload = []struct {
 	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer", ""},
 	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service", ""},
 	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf", RoleAllInOne},
+	{"files/systemd/iotgw-secrets-gateway.conf", "/etc/systemd/system/iotgw-secrets.service.d/gateway.conf", RoleGateway},
 }
 
 // Files renders every file the host gets: the bootstrap and setup scripts

@@ -628,7 +628,9 @@ gateway_secrets() {
 
 # gateway_iot_identity: the gateways' IoT Core certificate and private key
 # from SSM into /run/iotgw-secrets (memory), readable by the iotgw group
-# only; the environment file next to them stays root's.
+# only; the environment file next to them stays root's. The unit runs with
+# no capabilities but the iotgw group (a drop-in), so the chown below only
+# names the group the files already have.
 gateway_iot_identity() {
 	local dir=$ROOT/run/iotgw-secrets gid i ok=0
 	gid=$(gid_of iotgw)
