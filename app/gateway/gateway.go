@@ -55,6 +55,10 @@ const (
 	maxErrText = 512
 )
 
+// ackPayloadFormatInvalid is the MQTT 5 PUBACK reason code for a message
+// the gateway dead-letters.
+const ackPayloadFormatInvalid = 0x99
+
 // Reasons of the gateway's own, next to app's decode reasons. They are
 // metric label values: they never change once released.
 const (
@@ -357,6 +361,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
 		MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
 		CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
+		Protocol: protocol(mc.Protocol), SessionExpiry: mc.SessionExpiry.Duration,
+		// The broker may have one spool group unacknowledged across all
+		// connections: the appender fsyncs what arrived during the last
+		// fsync, so a larger window would only wait in the inbox.
+		ReceiveMaximum: max(maxGroup/max(mc.Connections, 1), 1),
 	}, g.handle, g.onState, g.log)
 	if err != nil {
 		g.stopAppender()
@@ -407,9 +416,19 @@ func (g *Gateway) closeState() {
 	g.writer.Close()
 }
 
+func protocol(p config.Protocol) byte {
+	if p == config.MQTT311 {
+		return mqtt.V311
+	}
+	return mqtt.V5
+}
+
 func (g *Gateway) onState(conn int, up bool, err error) {
 	if conn < len(g.connected) {
 		g.connected[conn].Store(up)
+	}
+	if de := (*mqtt.DisconnectError)(nil); !up && errors.As(err, &de) && !de.Connack {
+		g.m.disconnects.WithLabelValues(mqtt.ReasonName(de.Code)).Inc()
 	}
 	v := 0.0
 	if up {
@@ -424,7 +443,8 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 // the order the messages arrived, as MQTT requires (3.1.1 §4.6): a bad
 // message must not be acknowledged ahead of good ones still waiting for
 // their fsync.
-func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
+func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
+	msg := m.Message
 	if f == app.FormatLine {
 		g.m.receivedLine.Inc()
 	} else {
@@ -448,8 +468,8 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 		g.deadLetter(msg.Received, msg.Topic, reason, err, msg.Payload)
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
 		// Acknowledged like a spooled one: nothing would ever make it
-		// valid, so the broker must not resend it.
-		g.enqueue(pending{ack: ack})
+		// valid, so the broker must not resend it. MQTT 5 says why.
+		g.enqueue(pending{ack: ack.WithReason(ackPayloadFormatInvalid)})
 		return
 	}
 	g.enqueue(pending{data: data, points: n, ack: ack})

@@ -105,7 +105,7 @@ func (s *stateLog) waitUp(t *testing.T, n int) {
 }
 
 type delivery struct {
-	msg    app.Message
+	msg    Message
 	format app.Format
 	ack    Ack
 }
@@ -122,17 +122,18 @@ type collector struct {
 	got []delivery
 }
 
-func (c *collector) handle(msg app.Message, f app.Format, ack Ack) {
+func (c *collector) handle(msg Message, f app.Format, ack Ack) {
 	// msg.Payload points into the session's read buffer and is valid only
 	// during this call: a handler that keeps it must copy it.
 	msg.Payload = bytes.Clone(msg.Payload)
+	msg.Props = Properties{raw: bytes.Clone(msg.Props.raw)}
 	c.mu.Lock()
 	c.got = append(c.got, delivery{msg, f, ack})
 	c.mu.Unlock()
 	if c.onMsg != nil {
-		c.onMsg(msg)
+		c.onMsg(msg.Message)
 	}
-	if c.ackIf == nil || c.ackIf(msg) {
+	if c.ackIf == nil || c.ackIf(msg.Message) {
 		ack.Ack()
 	}
 }
@@ -966,7 +967,7 @@ func TestMalformedFromBroker(t *testing.T) {
 			var calls atomic.Int32
 			st := &stateLog{}
 			startSource(t, Config{URL: p.URL(), ClientID: "gw-bad", QoS: 1, Topics: []string{"sensors/#"}},
-				func(app.Message, app.Format, Ack) { calls.Add(1) }, st, nil)
+				func(Message, app.Format, Ack) { calls.Add(1) }, st, nil)
 			c1 := p.accept(t, waitLong)
 			handshake(t, c1)
 			st.waitUp(t, 1)
@@ -1095,7 +1096,7 @@ func TestEverySubscriptionRefused(t *testing.T) {
 	st := &stateLog{}
 	log, logs := testLogger()
 	startSource(t, Config{URL: p.URL(), ClientID: "gw-acl", QoS: 1, Topics: []string{"sensors/#", "more/#"}},
-		func(app.Message, app.Format, Ack) {}, st, log)
+		func(Message, app.Format, Ack) {}, st, log)
 	for attempt := 1; attempt <= 2; attempt++ {
 		c := p.accept(t, waitLong)
 		if _, ok := readPacket(t, c).(*packets.ConnectPacket); !ok {
