@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -456,10 +457,12 @@ func TestV5ServerDisconnect(t *testing.T) {
 	startSource(t, Config{URL: p.URL(), ClientID: "gw-disc", QoS: 1, Protocol: V5, Topics: []string{"sensors/#"},
 		MaxReconnectInterval: time.Second}, (&collector{}).handle, st, log)
 
+	ups := 0
 	disconnect := func(code byte, reason string) time.Time {
 		c := p.accept(t, waitLong)
 		handshake5(t, c, &packets5.Connack{Properties: &packets5.Properties{}}, nil)
-		st.waitUp(t, st.count(true)+1)
+		ups++
+		st.waitUp(t, ups)
 		writeV5(t, c, &packets5.Disconnect{ReasonCode: code, Properties: &packets5.Properties{ReasonString: reason}})
 		sent := time.Now()
 		waitClosed(t, c, waitLong)
@@ -615,4 +618,71 @@ func BenchmarkPublishParse(b *testing.B) {
 			}
 		}
 	})
+}
+
+// What real brokers send when they end an MQTT 5 session: iotgw broker
+// (mochi-mqtt) ends a session another connection with the same client id
+// took over with DISCONNECT 0x8E, and its shutdown with 0x8B; mosquitto
+// 2.0 closes the connection in both cases without a DISCONNECT (the
+// session then ends as a lost connection, and a takeover is recognised by
+// its short life, as with 3.1.1). Both are logged once.
+func TestV5ReasonsFromBrokers(t *testing.T) {
+	for _, bname := range []string{"mosquitto", "iotgw broker"} {
+		t.Run(bname, func(t *testing.T) {
+			var addr string
+			var stop func()
+			if bname == "mosquitto" {
+				mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+				addr, stop = mq.Addr(), mq.Stop
+			} else {
+				b, err := broker.New(broker.Options{
+					Listeners:      []broker.Listener{{ID: "plain", Addr: "127.0.0.1:0"}},
+					AllowAnonymous: true,
+					Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { b.Close() })
+				addr, stop = b.Addr("plain"), func() { b.Close() }
+			}
+			cfg := Config{URL: "tcp://" + addr, ClientID: "gw-reasons", QoS: 1, Protocol: V5, Topics: []string{"sensors/#"},
+				MaxReconnectInterval: time.Hour}
+			logA, bufA := testLogger()
+			stA := &stateLog{}
+			srcA := startSource(t, cfg, (&collector{}).handle, stA, logA)
+			stA.waitUp(t, 1)
+			stB := &stateLog{}
+			srcB := startSource(t, cfg, (&collector{}).handle, stB, nil)
+			stB.waitUp(t, 1)
+			eventually(t, waitLong, "the first session to end", func() bool { return stA.count(false) >= 1 })
+			ev := stA.events()
+			var de *DisconnectError
+			gotCode := errors.As(ev[1].err, &de)
+			t.Logf("%s, session taken over: %v", bname, ev[1].err)
+			if bname == "iotgw broker" && (!gotCode || de.Code != packets5.DisconnectSessionTakenOver) {
+				t.Fatalf("takeover ended the session with %v, want DISCONNECT 0x8E", ev[1].err)
+			}
+			if !strings.Contains(bufA.String(), "may be taking it over") {
+				t.Fatalf("the takeover is not logged:\n%s", bufA)
+			}
+			srcA.Close()
+			srcB.Close()
+
+			logC, bufC := testLogger()
+			stC := &stateLog{}
+			startSource(t, Config{URL: "tcp://" + addr, ClientID: "gw-reasons-2", QoS: 1, Protocol: V5,
+				Topics: []string{"sensors/#"}}, (&collector{}).handle, stC, logC)
+			stC.waitUp(t, 1)
+			stop()
+			eventually(t, waitLong, "the session to end with the broker", func() bool { return stC.count(false) >= 1 })
+			t.Logf("%s, shutdown: %v", bname, stC.events()[1].err)
+			if bname == "iotgw broker" && !strings.Contains(bufC.String(), `msg="mqtt broker shutting down; reconnecting" client_id=gw-reasons-2 reason_code=0x8B`) {
+				t.Fatalf("shutdown not logged with 0x8B:\n%s", bufC)
+			}
+		})
+	}
 }
