@@ -105,6 +105,9 @@ func TestSharedSubscriptionFailover(t *testing.T) {
 	if n-stranded == 0 {
 		t.Fatal("nothing waited for the dead slot: the broker did not hold its share (the test shows nothing)")
 	}
+	if v := dead.metric("iotgw_mqtt_sessions_lost_total"); v != 0 {
+		t.Errorf("the replacement reports %v lost sessions", v)
+	}
 	if !strings.Contains(dead.logsAll()[logStart:], "session_present=true") {
 		t.Errorf("the replacement did not resume the slot's session:\n%s", dead.logs())
 	}
@@ -114,4 +117,35 @@ func TestSharedSubscriptionFailover(t *testing.T) {
 func (g *gw) logsAll() string {
 	b, _ := os.ReadFile(filepath.Join(g.dir, "iotgw.log"))
 	return string(b)
+}
+
+// The signal for a slot whose queued messages are gone: a gateway that had
+// a broker session under its client id (recorded in its state directory)
+// starts against a broker that has none (here mosquitto restarted without
+// persistence; in production an expired session) and says so, in the log
+// and in iotgw_mqtt_sessions_lost_total. A restart against a broker that
+// kept the session says nothing.
+func TestSessionLostSignal(t *testing.T) {
+	in := testsvc.StartInflux(t)
+	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+	g := newGateway(t, mq.URL(), in.URL())
+	g.start()
+	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
+	g.stop(syscall.SIGTERM)
+	g.start() // the session is kept
+	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
+	if v := g.metric("iotgw_mqtt_sessions_lost_total"); v != 0 {
+		t.Fatalf("sessions lost = %v after a restart the broker kept the session through", v)
+	}
+	g.stop(syscall.SIGTERM)
+	mq.Stop()
+	mq.Start() // no persistence: the session is gone
+	g.start()
+	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
+	if v := g.metric("iotgw_mqtt_sessions_lost_total"); v != 1 {
+		t.Fatalf("sessions lost = %v, want 1\n%s", v, g.logs())
+	}
+	if !strings.Contains(g.logs(), "had no session for this client id") {
+		t.Fatalf("no log line for the lost session:\n%s", g.logs())
+	}
 }

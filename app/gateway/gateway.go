@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,6 +181,7 @@ type Gateway struct {
 	committed chan struct{} // signalled after each commit, wakes a full spool
 
 	source    *mqtt.Source
+	markOnce  sync.Once
 	http      *httpapi.Server
 	connected []atomic.Bool
 
@@ -366,6 +368,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		// connections: the appender fsyncs what arrived during the last
 		// fsync, so a larger window would only wait in the inbox.
 		ReceiveMaximum: max(maxGroup/max(mc.Connections, 1), 1),
+		ExpectSession:  g.hadSession(),
+		SessionLost:    func(int) { g.m.sessionsLost.Inc() },
 	}, g.handle, g.onState, g.log)
 	if err != nil {
 		g.stopAppender()
@@ -416,6 +420,31 @@ func (g *Gateway) closeState() {
 	g.writer.Close()
 }
 
+// sessionMarker, in the state directory, holds the client id this
+// gateway's broker session was established under. A replacement that takes
+// a slot over (same client id, same state directory) therefore expects the
+// broker to have kept the slot's session, and says so when it has not.
+const sessionMarker = "mqtt-client-id"
+
+// hadSession reports whether a gateway with this client id and state
+// directory has had a broker session before.
+func (g *Gateway) hadSession() bool {
+	b, err := os.ReadFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker))
+	return err == nil && strings.TrimSpace(string(b)) == g.cfg.MQTT.ClientID
+}
+
+// markSession records that the broker holds a session for the client id.
+func (g *Gateway) markSession() {
+	g.markOnce.Do(func() {
+		if g.hadSession() {
+			return
+		}
+		if err := os.WriteFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker), []byte(g.cfg.MQTT.ClientID+"\n"), 0o600); err != nil {
+			g.log.Warn("cannot record the broker session in the state directory", "err", err)
+		}
+	})
+}
+
 func protocol(p config.Protocol) byte {
 	if p == config.MQTT311 {
 		return mqtt.V311
@@ -426,6 +455,9 @@ func protocol(p config.Protocol) byte {
 func (g *Gateway) onState(conn int, up bool, err error) {
 	if conn < len(g.connected) {
 		g.connected[conn].Store(up)
+	}
+	if up {
+		g.markSession()
 	}
 	if de := (*mqtt.DisconnectError)(nil); !up && errors.As(err, &de) && !de.Connack {
 		g.m.disconnects.WithLabelValues(mqtt.ReasonName(de.Code)).Inc()

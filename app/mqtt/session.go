@@ -117,6 +117,9 @@ type client struct {
 
 	up     atomic.Bool
 	upAt   time.Time     // when the session was last subscribed; run's goroutine only
+	// expectSession: the broker should have a session for this id; run's
+	// goroutine only.
+	expectSession bool
 	reads  atomic.Uint64 // packets read and handler returns, for the keep-alive check
 	inCall atomic.Bool   // the read loop is inside the handler
 
@@ -325,6 +328,7 @@ func (c *client) connect5(conn *bufferedConn, keepAlive, timeout time.Duration) 
 		attrs = append(attrs, "broker_receive_maximum", *rm)
 	}
 	c.log.Info("mqtt connected", attrs...)
+	c.sessionPresent(ack.SessionPresent)
 	if a := ack.Properties.SharedSubAvailable; a != nil && *a == 0 && c.shared() {
 		c.log.Error("mqtt broker does not support shared subscriptions; the $share filters will be refused", "client_id", c.id)
 	}
@@ -393,7 +397,23 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	c.log.Info("mqtt connected", "broker", c.url.Redacted(), "client_id", c.id, "session_present", ack.SessionPresent)
+	c.sessionPresent(ack.SessionPresent)
 	return nil
+}
+
+// sessionPresent notes what CONNACK said about the session. Once this
+// client id had a session (an earlier connection, or Config.ExpectSession),
+// a broker without one has dropped what it held for the gateway: its
+// session expired, was removed, or the broker lost its state.
+func (c *client) sessionPresent(present bool) {
+	if c.expectSession && !present {
+		c.log.Warn("mqtt broker had no session for this client id: what it queued for the gateway while it was away is gone (session expired or removed, or the broker lost its state)",
+			"client_id", c.id)
+		if c.cfg.SessionLost != nil {
+			c.cfg.SessionLost(c.idx)
+		}
+	}
+	c.expectSession = true
 }
 
 // readLoop reads packets until the connection fails.

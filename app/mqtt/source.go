@@ -39,7 +39,13 @@ type Config struct {
 	// ReceiveMaximum is the MQTT 5 Receive Maximum per connection: how
 	// many QoS 1/2 messages the broker may have unacknowledged at once
 	// (0: 65535). The gateway sets it to what one spool append takes.
-	ReceiveMaximum       int
+	ReceiveMaximum int
+	// ExpectSession says the broker should already hold a session for
+	// these client ids (the gateway ran with them before); a CONNACK
+	// without one is then logged and reported to SessionLost, as is one
+	// on any later reconnect.
+	ExpectSession        bool
+	SessionLost          func(conn int)
 	MaxPayload           int // largest payload the handler accepts; 0: app.DefaultMaxPayload
 	KeepAlive            time.Duration
 	ConnectTimeout       time.Duration
@@ -136,7 +142,7 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 		if cfg.Connections > 1 {
 			id = fmt.Sprintf("%s-%d", cfg.ClientID, i+1)
 		}
-		s.clients = append(s.clients, &client{idx: i, id: id, version: version, url: u, cfg: cfg, tc: tc,
+		s.clients = append(s.clients, &client{idx: i, id: id, version: version, url: u, cfg: cfg, tc: tc, expectSession: cfg.ExpectSession,
 			filters: filters, qos: qos, lines: lines, h: h, state: state, log: log,
 			topics: map[string]topicInfo{}})
 	}

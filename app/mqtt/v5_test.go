@@ -686,3 +686,42 @@ func TestV5ReasonsFromBrokers(t *testing.T) {
 		})
 	}
 }
+
+// A broker that answers without a session once this client id had one has
+// dropped what it queued: logged and reported, on a reconnect and, with
+// ExpectSession (the gateway ran with this id before), on the first
+// connect; never for a session the broker keeps.
+func TestSessionLost(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		expect  bool
+		present [2]bool
+		want    int32
+	}{
+		{"first start", false, [2]bool{false, true}, 0},
+		{"dropped between connections", false, [2]bool{false, false}, 1},
+		{"expected at start", true, [2]bool{false, true}, 1},
+		{"kept", true, [2]bool{true, true}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startPeer(t)
+			log, logs := testLogger()
+			var lost atomic.Int32
+			st := &stateLog{}
+			startSource(t, Config{URL: p.URL(), ClientID: "gw-lost", QoS: 1, Protocol: V5, Topics: []string{"sensors/#"},
+				ExpectSession: tt.expect, SessionLost: func(int) { lost.Add(1) }}, (&collector{}).handle, st, log)
+			for i, present := range tt.present {
+				c := p.accept(t, waitLong)
+				handshake5(t, c, &packets5.Connack{SessionPresent: present, Properties: &packets5.Properties{}}, nil)
+				st.waitUp(t, i+1)
+				c.Close()
+			}
+			if n := lost.Load(); n != tt.want {
+				t.Fatalf("SessionLost called %d times, want %d:\n%s", n, tt.want, logs)
+			}
+			if got := strings.Count(logs.String(), "had no session for this client id"); got != int(tt.want) {
+				t.Fatalf("%d warnings, want %d", got, tt.want)
+			}
+		})
+	}
+}
