@@ -115,13 +115,13 @@ type client struct {
 	state   StateFunc
 	log     *slog.Logger
 
-	up     atomic.Bool
-	upAt   time.Time     // when the session was last subscribed; run's goroutine only
+	up   atomic.Bool
+	upAt time.Time // when the session was last subscribed; run's goroutine only
 	// expectSession: the broker should have a session for this id; run's
 	// goroutine only.
 	expectSession bool
-	reads  atomic.Uint64 // packets read and handler returns, for the keep-alive check
-	inCall atomic.Bool   // the read loop is inside the handler
+	reads         atomic.Uint64 // packets read and handler returns, for the keep-alive check
+	inCall        atomic.Bool   // the read loop is inside the handler
 
 	mu     sync.Mutex
 	conn   *bufferedConn // the current connection; nil between sessions
