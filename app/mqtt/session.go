@@ -270,7 +270,9 @@ func (c *client) session() error {
 	defer subTimer.Stop()
 	stop := make(chan struct{})
 	defer close(stop)
-	go c.keepAlive(conn, keepAlive, stop)
+	if keepAlive > 0 { // an MQTT 5 broker may turn keep-alive off
+		go c.keepAlive(conn, keepAlive, stop)
+	}
 	return c.readLoop(conn)
 }
 

@@ -725,3 +725,28 @@ func TestSessionLost(t *testing.T) {
 		})
 	}
 }
+
+// A broker keep-alive of 0 turns the pings off (MQTT 5 §3.2.2.3.14): the
+// session comes up and delivers without a PINGREQ.
+func TestV5ServerKeepAliveOff(t *testing.T) {
+	p := startPeer(t)
+	st := &stateLog{}
+	c := &collector{}
+	startSource(t, Config{URL: p.URL(), ClientID: "gw-ka0", QoS: 0, Protocol: V5, Topics: []string{"sensors/#"},
+		KeepAlive: time.Second}, c.handle, st, nil)
+	conn := p.accept(t, waitLong)
+	off := uint16(0)
+	handshake5(t, conn, &packets5.Connack{Properties: &packets5.Properties{ServerKeepAlive: &off}}, nil)
+	st.waitUp(t, 1)
+	writeV5(t, conn, &packets5.Publish{Topic: "sensors/s/d/m", Payload: []byte("x"), Properties: &packets5.Properties{}})
+	c.waitCount(t, 1)
+	// Two of the configured intervals without a PINGREQ (the time is
+	// what is under test).
+	_ = conn.SetReadDeadline(time.Now().Add(2500 * time.Millisecond))
+	var b [1]byte
+	if n, err := conn.Read(b[:]); n > 0 {
+		t.Fatalf("client sent packet type %d with keep-alive off", b[0]>>4)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("connection ended: %v", err)
+	}
+}
