@@ -589,6 +589,11 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 		if err != nil {
 			return nil, errors.New("mqtt: malformed PUBLISH properties")
 		}
+		if pl > maxProps {
+			// Beyond what the advertised Maximum Packet Size leaves for
+			// them: a broken stream, not a reason to allocate it.
+			return nil, fmt.Errorf("mqtt: PUBLISH properties of %d bytes", pl)
+		}
 		hdr += k + pl
 	}
 	limit := hdr + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -909,19 +910,41 @@ func TestLargePublish(t *testing.T) {
 		{"exactly MaxPayload", 1, 100 << 10, "sensors/s/d/m", 100 << 10, 100 << 10},
 		{"between read buffer and MaxPayload", 1, 1 << 20, "sensors/s/d/m", 200 << 10, 200 << 10},
 	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	for k, tt := range slices.Concat(tests, tests) {
+		// Each case with MQTT 3.1.1, then with MQTT 5 (properties between
+		// the packet id and the payload).
+		version, i := V311, k
+		if k >= len(tests) {
+			version, i = V5, k-len(tests)
+		}
+		t.Run(fmt.Sprintf("%s/v%d", tt.name, version), func(t *testing.T) {
 			big := make([]byte, tt.size)
 			for j := range big {
 				big[j] = byte(j*7 + j>>8)
 			}
 			c := &collector{}
 			st := &stateLog{}
-			startSource(t, Config{URL: mq.URL(), ClientID: fmt.Sprintf("gw-large-%d", i), QoS: tt.qos,
-				Topics: []string{"sensors/#"}, MaxPayload: tt.maxPayload}, c.handle, st, nil)
+			startSource(t, Config{URL: mq.URL(), ClientID: fmt.Sprintf("gw-large-%d-%d", i, version), QoS: tt.qos,
+				Topics: []string{"sensors/#"}, MaxPayload: tt.maxPayload, Protocol: version}, c.handle, st, nil)
 			st.waitUp(t, 1)
 			publish(t, pub, tt.topic, tt.qos, big)
 			publish(t, pub, "sensors/s/d/next", tt.qos, []byte(`{"next":true}`))
+			if version == V5 {
+				// The broker discards a packet above the Maximum Packet
+				// Size the session advertised (MQTT 5 §3.1.2.11.4): only
+				// the next message arrives, on the same connection.
+				cl := client{cfg: Config{MaxPayload: tt.maxPayload}}
+				if tt.size+len(tt.topic)+16 > cl.maxPacket() {
+					got := c.waitPayload(t, `{"next":true}`)
+					if len(got) != 1 {
+						t.Fatalf("%d deliveries, want only the next message", len(got))
+					}
+					if ev := st.events(); len(ev) != 1 {
+						t.Errorf("state events %v: the connection was dropped", ev)
+					}
+					return
+				}
+			}
 			got := c.waitCount(t, 2)
 			if len(got) != 2 {
 				t.Fatalf("%d deliveries, want 2", len(got))

@@ -335,8 +335,11 @@ func (c *client) connectV5(user, pass string, keepAlive uint16) *packets.Connect
 // arrives and is dead-lettered as too large; one beyond this the broker
 // discards without sending (MQTT 5 §3.1.2.11.4).
 func (c *client) maxPacket() int {
-	return min(nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload)+128<<10+16, 268435455)
+	return min(nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload)+64<<10+maxProps+16, 268435455)
 }
+
+// maxProps bounds the properties of one PUBLISH.
+const maxProps = 64 << 10
 
 // DefaultSessionExpiry is how long the broker keeps an MQTT 5 session (its
 // subscriptions and queued messages) after the gateway went away, when

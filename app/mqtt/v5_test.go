@@ -531,7 +531,13 @@ func TestV5MalformedProperties(t *testing.T) {
 		{"unknown property", []byte{2, 0x7f, 0}, "malformed PUBLISH property 0x7F"},
 		{"user property cut", []byte{5, 0x26, 0, 9, 'k', 'k'}, "malformed PUBLISH property 0x26"},
 		{"topic alias", []byte{3, 0x23, 0, 1}, "topic alias"},
+		{"properties beyond the packet size advertised", nil, "PUBLISH properties of 131072 bytes"},
 	}
+	// Properties claiming more than the advertised room, in a packet
+	// larger than the read buffer: refused before anything is allocated.
+	huge := append([]byte{0, 3, 's', '/', 'x', 0x80, 0x80, 0x08}, bytes.Repeat([]byte{0}, 70<<10)...)
+	bigProps := append([]byte{packets.Publish << 4}, encodeLen(len(huge))...)
+	bigProps = append(bigProps, huge...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := startPeer(t)
@@ -542,8 +548,12 @@ func TestV5MalformedProperties(t *testing.T) {
 			c := p.accept(t, waitLong)
 			handshake5(t, c, &packets5.Connack{Properties: &packets5.Properties{}}, nil)
 			st.waitUp(t, 1)
-			body := append([]byte{0, 3, 's', '/', 'x'}, tt.props...)
-			write(t, c, append([]byte{packets.Publish << 4, byte(len(body))}, body...))
+			if tt.props == nil {
+				write(t, c, bigProps)
+			} else {
+				body := append([]byte{0, 3, 's', '/', 'x'}, tt.props...)
+				write(t, c, append([]byte{packets.Publish << 4, byte(len(body))}, body...))
+			}
 			waitClosed(t, c, waitLong)
 			p.accept(t, waitLong)
 			ev := st.events()
@@ -748,5 +758,21 @@ func TestV5ServerKeepAliveOff(t *testing.T) {
 		t.Fatalf("client sent packet type %d with keep-alive off", b[0]>>4)
 	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 		t.Fatalf("connection ended: %v", err)
+	}
+}
+
+// encodeLen is an MQTT variable byte integer.
+func encodeLen(n int) []byte {
+	var out []byte
+	for {
+		d := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			d |= 0x80
+		}
+		out = append(out, d)
+		if n == 0 {
+			return out
+		}
 	}
 }
