@@ -68,6 +68,40 @@ type MQTT struct {
 	CertFile             string   `toml:"cert_file"`
 	KeyFile              string   `toml:"key_file"`
 	InsecureSkipVerify   bool     `toml:"insecure_skip_verify"`
+	// Protocol is the MQTT version the session speaks: "5" or "3.1.1".
+	Protocol Protocol `toml:"protocol"`
+	// SessionExpiry bounds how long an MQTT 5 broker keeps this gateway's
+	// session, and the messages queued for it, after the connection ends.
+	SessionExpiry Duration `toml:"session_expiry"`
+}
+
+// Protocol is an MQTT protocol version, "5" or "3.1.1".
+type Protocol string
+
+// MQTT protocol versions.
+const (
+	MQTT5   Protocol = "5"
+	MQTT311 Protocol = "3.1.1"
+)
+
+// UnmarshalTOML accepts "5", "3.1.1" and the numbers 5 and 4 (the
+// protocol level 3.1.1 sends).
+func (p *Protocol) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		switch v {
+		case 5:
+			*p = MQTT5
+			return nil
+		case 4:
+			*p = MQTT311
+			return nil
+		}
+	case string:
+		*p = Protocol(v)
+		return nil
+	}
+	return fmt.Errorf("%v is not \"5\" or \"3.1.1\"", v)
 }
 
 // Mapping is how topics and payloads become points.
@@ -200,6 +234,8 @@ func Default() Config {
 			KeepAlive:            Duration{30 * time.Second},
 			ConnectTimeout:       Duration{10 * time.Second},
 			MaxReconnectInterval: Duration{30 * time.Second},
+			Protocol:             MQTT5,
+			SessionExpiry:        Duration{24 * time.Hour},
 		},
 		Mapping: Mapping{
 			TopicPattern:  app.DefaultTopicPattern,
@@ -323,6 +359,7 @@ var Env = []envVar{
 	{"IOTGW_GATEWAY_ID", str(func(c *Config) *string { return &c.Gateway.ID })},
 	{"IOTGW_LOG_LEVEL", str(func(c *Config) *string { return &c.Log.Level })},
 	{"IOTGW_LOG_FORMAT", str(func(c *Config) *string { return &c.Log.Format })},
+	{"IOTGW_MQTT_PROTOCOL", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -395,6 +432,14 @@ func (c *Config) Validate() error {
 	positive("mqtt.keepalive", c.MQTT.KeepAlive)
 	positive("mqtt.connect_timeout", c.MQTT.ConnectTimeout)
 	positive("mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
+	if c.MQTT.Protocol != MQTT5 && c.MQTT.Protocol != MQTT311 {
+		bad("mqtt.protocol", "%q is not \"5\" or \"3.1.1\"", c.MQTT.Protocol)
+	}
+	// MQTT 5 carries the expiry in whole seconds; 0 would end the session
+	// with the connection and drop what the broker queued meanwhile.
+	if d := c.MQTT.SessionExpiry.Duration; d < time.Second || d > 0xFFFFFFFE*time.Second {
+		bad("mqtt.session_expiry", "%s is not between 1s and 136 years", d)
+	}
 	if _, err := app.NewMapper(c.MapperConfig()); err != nil {
 		bad("mapping", "%v", err)
 	}

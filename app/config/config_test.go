@@ -68,6 +68,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad gzip", "[influx]\ngzip = \"maybe\"\n", nil, `maybe is not true, false or "auto"`},
 		{"syntax", "[mqtt\n", nil, "gw.toml"},
 		{"bad env int", "", map[string]string{"IOTGW_MQTT_QOS": "high"}, "environment IOTGW_MQTT_QOS"},
+		{"bad protocol number", "[mqtt]\nprotocol = 3\n", nil, `3 is not "5" or "3.1.1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,6 +108,8 @@ func TestValidate(t *testing.T) {
 		{"policy", func(c *Config) { c.Spool.Policy = "drop" }, "spool.policy"},
 		{"http", func(c *Config) { c.HTTP.Addr = "9273" }, "http.addr"},
 		{"log", func(c *Config) { c.Log.Level = "loud" }, "log.level"},
+		{"protocol", func(c *Config) { c.MQTT.Protocol = "3" }, "mqtt.protocol"},
+		{"session expiry zero", func(c *Config) { c.MQTT.SessionExpiry.Duration = 0 }, "mqtt.session_expiry"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +120,26 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestProtocol(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		env  string
+		want Protocol
+	}{
+		{`protocol = "5"`, "", MQTT5}, {`protocol = "3.1.1"`, "", MQTT311}, {"protocol = 5", "", MQTT5},
+		{"protocol = 4", "", MQTT311}, {"", "", MQTT5}, {"", "3.1.1", MQTT311},
+	} {
+		env := func(k string) (string, bool) { return tt.env, k == "IOTGW_MQTT_PROTOCOL" && tt.env != "" }
+		c, err := Load(write(t, "[mqtt]\n"+tt.body+"\n"), env)
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil || c.MQTT.Protocol != tt.want {
+			t.Errorf("%q env %q: %q, %v; want %q", tt.body, tt.env, c.MQTT.Protocol, err, tt.want)
+		}
 	}
 }
 

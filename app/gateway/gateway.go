@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,10 @@ const (
 	// letters: a server may echo a whole request back.
 	maxErrText = 512
 )
+
+// ackPayloadFormatInvalid is the MQTT 5 PUBACK reason code for a message
+// the gateway dead-letters.
+const ackPayloadFormatInvalid = 0x99
 
 // Reasons of the gateway's own, next to app's decode reasons. They are
 // metric label values: they never change once released.
@@ -176,6 +181,7 @@ type Gateway struct {
 	committed chan struct{} // signalled after each commit, wakes a full spool
 
 	source    *mqtt.Source
+	markOnce  sync.Once
 	http      *httpapi.Server
 	connected []atomic.Bool
 
@@ -357,6 +363,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
 		MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
 		CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
+		Protocol: protocol(mc.Protocol), SessionExpiry: mc.SessionExpiry.Duration,
+		// The broker may have one spool group unacknowledged across all
+		// connections: the appender fsyncs what arrived during the last
+		// fsync, so a larger window would only wait in the inbox.
+		ReceiveMaximum: max(maxGroup/max(mc.Connections, 1), 1),
+		ExpectSession:  g.hadSession(),
+		SessionLost:    func(int) { g.m.sessionsLost.Inc() },
 	}, g.handle, g.onState, g.log)
 	if err != nil {
 		g.stopAppender()
@@ -407,9 +420,47 @@ func (g *Gateway) closeState() {
 	g.writer.Close()
 }
 
+// sessionMarker, in the state directory, holds the client id this
+// gateway's broker session was established under. A replacement that takes
+// a slot over (same client id, same state directory) therefore expects the
+// broker to have kept the slot's session, and says so when it has not.
+const sessionMarker = "mqtt-client-id"
+
+// hadSession reports whether a gateway with this client id and state
+// directory has had a broker session before.
+func (g *Gateway) hadSession() bool {
+	b, err := os.ReadFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker))
+	return err == nil && strings.TrimSpace(string(b)) == g.cfg.MQTT.ClientID
+}
+
+// markSession records that the broker holds a session for the client id.
+func (g *Gateway) markSession() {
+	g.markOnce.Do(func() {
+		if g.hadSession() {
+			return
+		}
+		if err := os.WriteFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker), []byte(g.cfg.MQTT.ClientID+"\n"), 0o600); err != nil {
+			g.log.Warn("cannot record the broker session in the state directory", "err", err)
+		}
+	})
+}
+
+func protocol(p config.Protocol) byte {
+	if p == config.MQTT311 {
+		return mqtt.V311
+	}
+	return mqtt.V5
+}
+
 func (g *Gateway) onState(conn int, up bool, err error) {
 	if conn < len(g.connected) {
 		g.connected[conn].Store(up)
+	}
+	if up {
+		g.markSession()
+	}
+	if de := (*mqtt.DisconnectError)(nil); !up && errors.As(err, &de) && !de.Connack {
+		g.m.disconnects.WithLabelValues(mqtt.ReasonName(de.Code)).Inc()
 	}
 	v := 0.0
 	if up {
@@ -424,7 +475,8 @@ func (g *Gateway) onState(conn int, up bool, err error) {
 // the order the messages arrived, as MQTT requires (3.1.1 §4.6): a bad
 // message must not be acknowledged ahead of good ones still waiting for
 // their fsync.
-func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
+func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
+	msg := m.Message
 	if f == app.FormatLine {
 		g.m.receivedLine.Inc()
 	} else {
@@ -448,8 +500,8 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 		g.deadLetter(msg.Received, msg.Topic, reason, err, msg.Payload)
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
 		// Acknowledged like a spooled one: nothing would ever make it
-		// valid, so the broker must not resend it.
-		g.enqueue(pending{ack: ack})
+		// valid, so the broker must not resend it. MQTT 5 says why.
+		g.enqueue(pending{ack: ack.WithReason(ackPayloadFormatInvalid)})
 		return
 	}
 	g.enqueue(pending{data: data, points: n, ack: ack})

@@ -346,7 +346,7 @@ func TestDeadLetterFailureCountedAndReady(t *testing.T) {
 	}
 	g.dead = dead
 	bad := func() {
-		g.handle(app.Message{Topic: "sensors/s/d/env", Payload: []byte("not json"), Received: time.Now()}, app.FormatJSON, mqtt.Ack{})
+		g.handle(mqtt.Message{Message: app.Message{Topic: "sensors/s/d/env", Payload: []byte("not json"), Received: time.Now()}}, app.FormatJSON, mqtt.Ack{})
 	}
 	bad()
 	if err := os.Rename(dir, dir+".gone"); err != nil {
@@ -502,7 +502,8 @@ func (p *brokerPeer) publish(t *testing.T, id uint16, topic, payload string) {
 func TestAcksInArrivalOrder(t *testing.T) {
 	peer := startBrokerPeer(t)
 	_, url := newFakeInflux(t, true)
-	g, _ := testGateway(t, url, func(c *config.Config) { c.MQTT.URL = peer.URL() })
+	// The scripted broker speaks MQTT 3.1.1, where the order is required.
+	g, _ := testGateway(t, url, func(c *config.Config) { c.MQTT.URL, c.MQTT.Protocol = peer.URL(), config.MQTT311 })
 	mem := newMemStore()
 	if err := g.spool.Close(); err != nil {
 		t.Fatal(err)

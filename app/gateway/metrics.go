@@ -26,6 +26,8 @@ type metrics struct {
 	fsync         prometheus.Histogram
 	appendErrors  *prometheus.CounterVec
 	connected     *prometheus.GaugeVec
+	disconnects   *prometheus.CounterVec
+	sessionsLost  prometheus.Counter
 	ignored       *prometheus.CounterVec
 	deadErrors    prometheus.Counter
 }
@@ -58,6 +60,10 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 			Help: "Spool appends that failed, by kind (full, io)."}, []string{"kind"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "iotgw_mqtt_connected",
 			Help: "1 while the MQTT connection is up."}, []string{"connection"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_mqtt_disconnects_total",
+			Help: "MQTT 5 sessions the broker ended with a DISCONNECT, by reason (session_taken_over, server_shutting_down, quota_exceeded, ...)."}, []string{"reason"}),
+		sessionsLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_mqtt_sessions_lost_total",
+			Help: "Connects where the broker had no session although this client id had one: what it queued for the gateway is gone."}),
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_ignored_total",
 			Help: "MQTT messages acknowledged but deliberately not stored, by reason (retained)."}, []string{"reason"}),
 		deadErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_dead_letter_write_errors_total",
@@ -67,7 +73,7 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 	m.receivedLine = m.received.WithLabelValues(string(app.FormatLine))
 	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(stats()) } }
 	reg.MustRegister(m.received, m.rejected, m.acked, m.pointsSpooled, m.points, m.batches, m.writeLatency,
-		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected, m.ignored, m.deadErrors,
+		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected, m.disconnects, m.sessionsLost, m.ignored, m.deadErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_bytes", Help: "Bytes in the spool waiting for InfluxDB."},
 			stat(func(s spool.Stats) float64 { return float64(s.Bytes) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_entries", Help: "Messages in the spool waiting for InfluxDB."},

@@ -12,10 +12,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	packets5 "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/iot-gateway/iot-gateway/app"
@@ -60,6 +62,19 @@ type Ack struct {
 	id       uint16
 	kind     byte // packets.Puback for QoS 1, packets.Pubrec for QoS 2
 	retained bool
+	v5       bool
+	reason   byte
+}
+
+// WithReason returns the Ack with an MQTT 5 reason code (e.g. 0x99,
+// payload format invalid, for a message the gateway dead-letters): the
+// broker still takes the message as delivered, and a broker that logs
+// reason codes says why. On an MQTT 3.1.1 session it changes nothing.
+func (a Ack) WithReason(code byte) Ack {
+	if a.v5 {
+		a.reason = code
+	}
+	return a
 }
 
 // Retained reports the PUBLISH's RETAIN flag. In MQTT 3.1.1 a broker sets
@@ -74,7 +89,12 @@ func (a Ack) Retained() bool { return a.retained }
 // later connection, where the same packet id may name another message.
 // Safe to call from any goroutine; call it once.
 func (a Ack) Ack() {
-	if a.conn != nil {
+	switch {
+	case a.conn == nil:
+	case a.reason != 0:
+		_, _ = a.conn.Write([]byte{a.kind << 4, 3, byte(a.id >> 8), byte(a.id), a.reason})
+	default:
+		// Without a reason code an MQTT 5 PUBACK means success (§3.4.2.1).
 		_, _ = a.conn.Write([]byte{a.kind << 4, 2, byte(a.id >> 8), byte(a.id)})
 	}
 }
@@ -84,6 +104,7 @@ func (a Ack) Ack() {
 type client struct {
 	idx     int
 	id      string
+	version byte // V311 or V5
 	url     *url.URL
 	cfg     Config
 	tc      *tls.Config
@@ -94,10 +115,13 @@ type client struct {
 	state   StateFunc
 	log     *slog.Logger
 
-	up     atomic.Bool
-	upAt   time.Time     // when the session was last subscribed; run's goroutine only
-	reads  atomic.Uint64 // packets read and handler returns, for the keep-alive check
-	inCall atomic.Bool   // the read loop is inside the handler
+	up   atomic.Bool
+	upAt time.Time // when the session was last subscribed; run's goroutine only
+	// expectSession: the broker should have a session for this id; run's
+	// goroutine only.
+	expectSession bool
+	reads         atomic.Uint64 // packets read and handler returns, for the keep-alive check
+	inCall        atomic.Bool   // the read loop is inside the handler
 
 	mu     sync.Mutex
 	conn   *bufferedConn // the current connection; nil between sessions
@@ -127,6 +151,14 @@ func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 	short := 0 // sessions ended soon after they were established, since the last warning
 	for {
 		err := c.session()
+		var de *DisconnectError
+		if errors.As(err, &de) {
+			wait = max(wait, backoffFloor(de.Code))
+			if de.Code == packets5.DisconnectServerShuttingDown {
+				// A restart, most likely: try again soon, then back off.
+				wait = firstRetry
+			}
+		}
 		if c.up.Swap(false) {
 			lasted := time.Since(c.upAt)
 			if lasted >= stableAfter {
@@ -137,6 +169,19 @@ func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 			}
 			switch {
 			case c.isClosed():
+			case de != nil && de.Code == packets5.DisconnectServerShuttingDown:
+				c.log.Warn("mqtt broker shutting down; reconnecting", "client_id", c.id,
+					"reason_code", fmt.Sprintf("0x%02X", de.Code), "err", err, "retry_in", wait)
+			case de != nil && de.Code != packets5.DisconnectSessionTakenOver:
+				c.log.Warn("mqtt broker ended the session", "client_id", c.id,
+					"reason_code", fmt.Sprintf("0x%02X", de.Code), "err", err, "retry_in", wait)
+			case de != nil && lasted >= stableAfter:
+				// Once, after a long session: a replacement taking over
+				// this slot (the intended failover), or a second process
+				// started with the same id. Repeated short sessions are
+				// the default case below.
+				c.log.Warn("mqtt session taken over by another connection with the same client id", "client_id", c.id,
+					"reason_code", fmt.Sprintf("0x%02X", de.Code), "lasted", lasted.Round(time.Millisecond), "retry_in", wait)
 			case lasted >= stableAfter:
 				c.log.Warn("mqtt connection lost", "client_id", c.id, "err", err, "retry_in", wait)
 			default:
@@ -150,7 +195,12 @@ func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 				}
 			}
 		} else if !c.isClosed() {
-			c.log.Warn("mqtt connect failed", "broker", c.url.Redacted(), "client_id", c.id, "retry_in", wait, "err", err)
+			if de != nil {
+				c.log.Warn("mqtt connect failed", "broker", c.url.Redacted(), "client_id", c.id, "retry_in", wait,
+					"reason_code", fmt.Sprintf("0x%02X", de.Code), "err", err)
+			} else {
+				c.log.Warn("mqtt connect failed", "broker", c.url.Redacted(), "client_id", c.id, "retry_in", wait, "err", err)
+			}
 		}
 		select {
 		// Up to half again as long: sessions that failed together (a
@@ -197,13 +247,16 @@ func (c *client) session() error {
 
 	// CONNECT carries whole seconds; tick at what the broker is told.
 	keepAlive := max(nonZero(c.cfg.KeepAlive, 30*time.Second).Round(time.Second), time.Second)
-	if err := c.connect(conn, keepAlive, timeout); err != nil {
-		return err
+	var err2 error
+	if c.version == V5 {
+		keepAlive, err2 = c.connect5(conn, keepAlive, timeout)
+	} else {
+		err2 = c.connect(conn, keepAlive, timeout)
 	}
-	sub := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
-	sub.MessageID = 1
-	sub.Topics, sub.Qoss = c.filters, c.qos
-	if err := sub.Write(conn); err != nil {
+	if err2 != nil {
+		return err2
+	}
+	if err := c.subscribe(conn); err != nil {
 		return err
 	}
 	// A broker that never answers the subscription would leave the
@@ -217,8 +270,91 @@ func (c *client) session() error {
 	defer subTimer.Stop()
 	stop := make(chan struct{})
 	defer close(stop)
-	go c.keepAlive(conn, keepAlive, stop)
+	if keepAlive > 0 { // an MQTT 5 broker may turn keep-alive off
+		go c.keepAlive(conn, keepAlive, stop)
+	}
 	return c.readLoop(conn)
+}
+
+// subscribe sends one SUBSCRIBE with every filter.
+func (c *client) subscribe(conn *bufferedConn) error {
+	if c.version != V5 {
+		sub := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+		sub.MessageID = 1
+		sub.Topics, sub.Qoss = c.filters, c.qos
+		return sub.Write(conn)
+	}
+	sub := &packets5.Subscribe{PacketID: 1, Properties: &packets5.Properties{}}
+	for i, f := range c.filters {
+		sub.Subscriptions = append(sub.Subscriptions, packets5.SubOptions{Topic: f, QoS: c.qos[i]})
+	}
+	_, err := sub.WriteTo(conn)
+	return err
+}
+
+// connect5 sends an MQTT 5 CONNECT and waits for CONNACK; it returns the
+// keep-alive to use (the broker may set its own).
+func (c *client) connect5(conn *bufferedConn, keepAlive, timeout time.Duration) (time.Duration, error) {
+	user, pass := c.credentials()
+	cp := c.connectV5(user, pass, uint16(min(keepAlive/time.Second, 65535)))
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	if _, err := cp.WriteTo(conn); err != nil {
+		return 0, err
+	}
+	typ, n, err := readHeader(conn.r)
+	if err != nil {
+		return 0, fmt.Errorf("waiting for CONNACK: %w", err)
+	}
+	if typ>>4 != packets.Connack {
+		return 0, fmt.Errorf("mqtt: expected CONNACK, the broker sent %s", packetName(typ))
+	}
+	ack := &packets5.Connack{Properties: &packets5.Properties{}}
+	if err := readV5(conn, ack, typ, n); err != nil {
+		return 0, fmt.Errorf("mqtt: bad CONNACK: %w", err)
+	}
+	if ack.ReasonCode >= 0x80 {
+		return 0, &DisconnectError{Code: ack.ReasonCode, Reason: ack.Properties.ReasonString, Connack: true,
+			ServerReference: ack.Properties.ServerReference}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	if ka := ack.Properties.ServerKeepAlive; ka != nil {
+		// The broker's keep-alive overrides ours (§3.2.2.3.14); 0 turns it
+		// off, where a silent broker is still found by the next write.
+		keepAlive = time.Duration(*ka) * time.Second
+	}
+	attrs := []any{"broker", c.url.Redacted(), "client_id", c.id, "protocol", "5", "session_present", ack.SessionPresent}
+	if e := ack.Properties.SessionExpiryInterval; e != nil {
+		attrs = append(attrs, "session_expiry_by_broker", time.Duration(*e)*time.Second)
+	}
+	if rm := ack.Properties.ReceiveMaximum; rm != nil {
+		attrs = append(attrs, "broker_receive_maximum", *rm)
+	}
+	c.log.Info("mqtt connected", attrs...)
+	c.sessionPresent(ack.SessionPresent)
+	if a := ack.Properties.SharedSubAvailable; a != nil && *a == 0 && c.shared() {
+		c.log.Error("mqtt broker does not support shared subscriptions; the $share filters will be refused", "client_id", c.id)
+	}
+	return keepAlive, nil
+}
+
+func (c *client) shared() bool {
+	for _, f := range c.filters {
+		if strings.HasPrefix(f, "$share/") {
+			return true
+		}
+	}
+	return false
+}
+
+// credentials are the configured user name and password; those in the
+// URL win, as they did with paho's client.
+func (c *client) credentials() (user, pass string) {
+	user, pass = c.cfg.Username, c.cfg.Password
+	if u := c.url.User; u != nil {
+		user = u.Username()
+		pass, _ = u.Password()
+	}
+	return user, pass
 }
 
 // connect sends CONNECT (MQTT 3.1.1, persistent session) and waits for
@@ -231,12 +367,7 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 	cp.CleanSession = false
 	cp.Keepalive = uint16(min(keepAlive/time.Second, 65535))
 	cp.ClientIdentifier = c.id
-	user, pass := c.cfg.Username, c.cfg.Password
-	if u := c.url.User; u != nil {
-		// Credentials in the URL win, as they did with paho's client.
-		user = u.Username()
-		pass, _ = u.Password()
-	}
+	user, pass := c.credentials()
 	// MQTT 3.1.1 allows a password only together with a user name.
 	if user != "" {
 		cp.UsernameFlag, cp.Username = true, user
@@ -268,7 +399,23 @@ func (c *client) connect(conn *bufferedConn, keepAlive, timeout time.Duration) e
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	c.log.Info("mqtt connected", "broker", c.url.Redacted(), "client_id", c.id, "session_present", ack.SessionPresent)
+	c.sessionPresent(ack.SessionPresent)
 	return nil
+}
+
+// sessionPresent notes what CONNACK said about the session. Once this
+// client id had a session (an earlier connection, or Config.ExpectSession),
+// a broker without one has dropped what it held for the gateway: its
+// session expired, was removed, or the broker lost its state.
+func (c *client) sessionPresent(present bool) {
+	if c.expectSession && !present {
+		c.log.Warn("mqtt broker had no session for this client id: what it queued for the gateway while it was away is gone (session expired or removed, or the broker lost its state)",
+			"client_id", c.id)
+		if c.cfg.SessionLost != nil {
+			c.cfg.SessionLost(c.idx)
+		}
+	}
+	c.expectSession = true
 }
 
 // readLoop reads packets until the connection fails.
@@ -296,6 +443,8 @@ func (c *client) readLoop(conn *bufferedConn) error {
 			}
 		case packets.Pingresp:
 			_, err = conn.r.Discard(n)
+		case packets.Disconnect:
+			err = c.serverDisconnect(conn, typ, n)
 		default:
 			err = fmt.Errorf("mqtt: unexpected %s packet from the broker", packetName(typ))
 		}
@@ -305,15 +454,48 @@ func (c *client) readLoop(conn *bufferedConn) error {
 	}
 }
 
+// serverDisconnect reads the DISCONNECT an MQTT 5 broker sends before it
+// closes the connection, and ends the session with its reason.
+func (c *client) serverDisconnect(conn *bufferedConn, typ byte, n int) error {
+	if c.version != V5 {
+		return fmt.Errorf("mqtt: unexpected %s packet from the broker", packetName(typ))
+	}
+	d := &packets5.Disconnect{Properties: &packets5.Properties{}}
+	if n > 0 {
+		if err := readV5(conn, d, typ, n); err != nil {
+			return fmt.Errorf("mqtt: bad DISCONNECT: %w", err)
+		}
+	}
+	return &DisconnectError{Code: d.ReasonCode, Reason: d.Properties.ReasonString, ServerReference: d.Properties.ServerReference}
+}
+
 func (c *client) suback(conn *bufferedConn, n int) error {
-	pk, err := readControl(conn.r, packets.Suback, n)
-	if err != nil {
-		return fmt.Errorf("mqtt: bad SUBACK: %w", err)
+	var codes []byte
+	var reason string
+	if c.version == V5 {
+		pk := &packets5.Suback{Properties: &packets5.Properties{}}
+		if err := readV5(conn, pk, packets.Suback<<4, n); err != nil {
+			return fmt.Errorf("mqtt: bad SUBACK: %w", err)
+		}
+		codes, reason = pk.Reasons, pk.Properties.ReasonString
+	} else {
+		pk, err := readControl(conn.r, packets.Suback, n)
+		if err != nil {
+			return fmt.Errorf("mqtt: bad SUBACK: %w", err)
+		}
+		codes = pk.(*packets.SubackPacket).ReturnCodes
 	}
 	granted := 0
-	for i, code := range pk.(*packets.SubackPacket).ReturnCodes {
+	for i, code := range codes {
 		if code >= 0x80 && i < len(c.filters) {
-			c.log.Error("mqtt subscription refused", "client_id", c.id, "topic", c.filters[i], "code", code)
+			attrs := []any{"client_id", c.id, "topic", c.filters[i], "code", fmt.Sprintf("0x%02X", code)}
+			if c.version == V5 {
+				attrs = append(attrs, "reason", ReasonName(code))
+				if reason != "" {
+					attrs = append(attrs, "reason_string", reason)
+				}
+			}
+			c.log.Error("mqtt subscription refused", attrs...)
 		} else if code < 0x80 {
 			granted++
 			if i < len(c.qos) && code < c.qos[i] {
@@ -354,31 +536,20 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 	} else if body, err = c.readLarge(conn.r, qos, n); err != nil {
 		return err
 	}
-	if len(body) < 2 {
-		return errors.New("mqtt: malformed PUBLISH")
+	p, err := parsePublish(body, qos, c.version)
+	if err != nil {
+		return err
 	}
-	tl := int(body[0])<<8 | int(body[1])
-	rest := body[2:]
-	if tl > len(rest) {
-		return errors.New("mqtt: malformed PUBLISH topic")
-	}
-	topic, rest := rest[:tl], rest[tl:]
-	ack := Ack{retained: typ&1 != 0}
+	ack := Ack{retained: typ&1 != 0, v5: c.version == V5}
 	if qos > 0 {
-		if len(rest) < 2 {
-			return errors.New("mqtt: malformed PUBLISH packet id")
-		}
-		ack.conn, ack.id, ack.kind = conn, uint16(rest[0])<<8|uint16(rest[1]), packets.Puback
+		ack.conn, ack.id, ack.kind = conn, p.id, packets.Puback
 		if qos == 2 {
 			ack.kind = packets.Pubrec
 		}
-		rest = rest[2:]
 	}
-	t := c.topic(topic)
+	t := c.topic(p.topic)
 	c.inCall.Store(true)
-	// Capacity cut to the payload: it points into the read buffer, and an
-	// append by the handler must not write over the packets after it.
-	c.h(app.Message{Topic: t.name, Payload: rest[:len(rest):len(rest)], Received: time.Now()}, t.format, ack)
+	c.h(Message{Message: app.Message{Topic: t.name, Payload: p.payload, Received: time.Now()}, Props: Properties{raw: p.props}}, t.format, ack)
 	// Packets that arrived while the handler held the read loop are read
 	// only after it returns. Count the return as progress, before clearing
 	// inCall: keepAlive loads inCall first, so it sees either the call or
@@ -399,10 +570,33 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	limit := 2 + (int(tl[0])<<8 | int(tl[1])) + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
+	hdr := 2 + (int(tl[0])<<8 | int(tl[1]))
 	if qos > 0 {
-		limit += 2
+		hdr += 2
 	}
+	if c.version == V5 {
+		// The properties are kept whole: they sit between the packet id
+		// and the payload. (The broker keeps them below the advertised
+		// Maximum Packet Size.)
+		if hdr+4 > r.Size() {
+			return nil, errors.New("mqtt: PUBLISH topic longer than the read buffer")
+		}
+		b, err := r.Peek(min(hdr+4, n))
+		if err != nil {
+			return nil, err
+		}
+		pl, k, err := uvarint(b[min(hdr, len(b)):])
+		if err != nil {
+			return nil, errors.New("mqtt: malformed PUBLISH properties")
+		}
+		if pl > maxProps {
+			// Beyond what the advertised Maximum Packet Size leaves for
+			// them: a broken stream, not a reason to allocate it.
+			return nil, fmt.Errorf("mqtt: PUBLISH properties of %d bytes", pl)
+		}
+		hdr += k + pl
+	}
+	limit := hdr + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
 	keep := min(n, limit)
 	if cap(c.scratch) < keep {
 		c.scratch = make([]byte, keep)

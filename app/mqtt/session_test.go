@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,7 +106,7 @@ func (s *stateLog) waitUp(t *testing.T, n int) {
 }
 
 type delivery struct {
-	msg    app.Message
+	msg    Message
 	format app.Format
 	ack    Ack
 }
@@ -122,17 +123,18 @@ type collector struct {
 	got []delivery
 }
 
-func (c *collector) handle(msg app.Message, f app.Format, ack Ack) {
+func (c *collector) handle(msg Message, f app.Format, ack Ack) {
 	// msg.Payload points into the session's read buffer and is valid only
 	// during this call: a handler that keeps it must copy it.
 	msg.Payload = bytes.Clone(msg.Payload)
+	msg.Props = Properties{raw: bytes.Clone(msg.Props.raw)}
 	c.mu.Lock()
 	c.got = append(c.got, delivery{msg, f, ack})
 	c.mu.Unlock()
 	if c.onMsg != nil {
-		c.onMsg(msg)
+		c.onMsg(msg.Message)
 	}
-	if c.ackIf == nil || c.ackIf(msg) {
+	if c.ackIf == nil || c.ackIf(msg.Message) {
 		ack.Ack()
 	}
 }
@@ -506,14 +508,23 @@ func waitClosed(t *testing.T, c net.Conn, within time.Duration) {
 
 // ---- tests ----
 
+// bothVersions runs a session test with MQTT 3.1.1 and with MQTT 5.
+func bothVersions(t *testing.T, f func(t *testing.T, version byte)) {
+	for _, v := range []byte{V311, V5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { f(t, v) })
+	}
+}
+
 // QoS 1 against mosquitto: every message is delivered once, with its topic,
 // payload and format; messages left unacknowledged come back when the
 // session is opened again with the same client id, acknowledged ones do not.
-func TestQoS1DeliveryAndRedelivery(t *testing.T) {
+func TestQoS1DeliveryAndRedelivery(t *testing.T) { bothVersions(t, testQoS1DeliveryAndRedelivery) }
+
+func testQoS1DeliveryAndRedelivery(t *testing.T, version byte) {
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	tp := startTap(t, mq.Addr())
 	pub := publisher(t, mq.URL())
-	cfg := Config{URL: tp.URL(), ClientID: "gw-qos1", QoS: 1, Topics: []string{"sensors/#"}, LineTopics: []string{"lp/#"}}
+	cfg := Config{Protocol: version, URL: tp.URL(), ClientID: "gw-qos1", QoS: 1, Topics: []string{"sensors/#"}, LineTopics: []string{"lp/#"}}
 
 	type sent struct {
 		topic, payload string
@@ -594,11 +605,13 @@ func TestQoS1DeliveryAndRedelivery(t *testing.T) {
 
 // QoS 2 against mosquitto: Ack answers with PUBREC, PUBREL is answered with
 // PUBCOMP, and a completed message is not delivered again.
-func TestQoS2Flow(t *testing.T) {
+func TestQoS2Flow(t *testing.T) { bothVersions(t, testQoS2Flow) }
+
+func testQoS2Flow(t *testing.T, version byte) {
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	tp := startTap(t, mq.Addr())
 	pub := publisher(t, mq.URL())
-	cfg := Config{URL: tp.URL(), ClientID: "gw-qos2", QoS: 2, Topics: []string{"sensors/#"}}
+	cfg := Config{Protocol: version, URL: tp.URL(), ClientID: "gw-qos2", QoS: 2, Topics: []string{"sensors/#"}}
 	const n = 6
 	hold := map[string]bool{"q2-1": true, "q2-4": true} // not acknowledged in the first session
 
@@ -704,7 +717,9 @@ func checkQoS2Wire(t *testing.T, tp *tap, conn int, acked map[uint16]bool) {
 
 // A broker that refuses the connection is never reported up, and the log
 // says why; valid credentials on the same broker connect.
-func TestConnectRefused(t *testing.T) {
+func TestConnectRefused(t *testing.T) { bothVersions(t, testConnectRefused) }
+
+func testConnectRefused(t *testing.T, version byte) {
 	hash, err := bcrypt.GenerateFromPassword([]byte("gw-secret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
@@ -725,6 +740,12 @@ func TestConnectRefused(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	url := "tcp://" + b.Addr("plain")
 
+	// iotgw broker refuses bad credentials with 3.1.1 code 0x04 and
+	// MQTT 5 reason code 0x86.
+	refusal := "connection refused: bad user name or password"
+	if version == V5 {
+		refusal = "connection refused: bad_user_name_or_password (0x86)"
+	}
 	tests := []struct {
 		name, user, pass string
 		url              string // "" = the broker's plain URL
@@ -747,7 +768,7 @@ func TestConnectRefused(t *testing.T) {
 			if tt.url != "" {
 				u = tt.url
 			}
-			cfg := Config{URL: u, ClientID: "gw-auth", Username: tt.user, Password: tt.pass, QoS: 1,
+			cfg := Config{Protocol: version, URL: u, ClientID: "gw-auth", Username: tt.user, Password: tt.pass, QoS: 1,
 				Topics: []string{"sensors/#"}, MaxReconnectInterval: 200 * time.Millisecond}
 			src := startSource(t, cfg, (&collector{}).handle, st, log)
 			if !tt.refused {
@@ -762,7 +783,7 @@ func TestConnectRefused(t *testing.T) {
 			}
 			// Refused, and retried: the reason is logged on every attempt.
 			eventually(t, waitLong, "two refused attempts in the log", func() bool {
-				return strings.Count(buf.String(), "connection refused: bad user name or password") >= 2
+				return strings.Count(buf.String(), refusal) >= 2
 			})
 			if ev := st.events(); len(ev) != 0 {
 				t.Fatalf("state reported %v for a refused connection", ev)
@@ -839,6 +860,10 @@ func TestKeepAliveSilentBroker(t *testing.T) {
 // A handler that holds the read loop for longer than two keep-alive
 // intervals (the spool refusing appends) is not a dead broker.
 func TestBlockingHandlerKeepsConnection(t *testing.T) {
+	bothVersions(t, testBlockingHandlerKeepsConnection)
+}
+
+func testBlockingHandlerKeepsConnection(t *testing.T, version byte) {
 	const keepAlive = time.Second
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	pub := publisher(t, mq.URL())
@@ -853,7 +878,7 @@ func TestBlockingHandlerKeepsConnection(t *testing.T) {
 	}}
 	log, buf := testLogger()
 	st := &stateLog{}
-	src := startSource(t, Config{URL: mq.URL(), ClientID: "gw-block", QoS: 1, Topics: []string{"sensors/#"}, KeepAlive: keepAlive},
+	src := startSource(t, Config{Protocol: version, URL: mq.URL(), ClientID: "gw-block", QoS: 1, Topics: []string{"sensors/#"}, KeepAlive: keepAlive},
 		c.handle, st, log)
 	letGo := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(letGo) // runs before src.Close, which waits for the handler
@@ -908,19 +933,41 @@ func TestLargePublish(t *testing.T) {
 		{"exactly MaxPayload", 1, 100 << 10, "sensors/s/d/m", 100 << 10, 100 << 10},
 		{"between read buffer and MaxPayload", 1, 1 << 20, "sensors/s/d/m", 200 << 10, 200 << 10},
 	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+	for k, tt := range slices.Concat(tests, tests) {
+		// Each case with MQTT 3.1.1, then with MQTT 5 (properties between
+		// the packet id and the payload).
+		version, i := V311, k
+		if k >= len(tests) {
+			version, i = V5, k-len(tests)
+		}
+		t.Run(fmt.Sprintf("%s/v%d", tt.name, version), func(t *testing.T) {
 			big := make([]byte, tt.size)
 			for j := range big {
 				big[j] = byte(j*7 + j>>8)
 			}
 			c := &collector{}
 			st := &stateLog{}
-			startSource(t, Config{URL: mq.URL(), ClientID: fmt.Sprintf("gw-large-%d", i), QoS: tt.qos,
-				Topics: []string{"sensors/#"}, MaxPayload: tt.maxPayload}, c.handle, st, nil)
+			startSource(t, Config{URL: mq.URL(), ClientID: fmt.Sprintf("gw-large-%d-%d", i, version), QoS: tt.qos,
+				Topics: []string{"sensors/#"}, MaxPayload: tt.maxPayload, Protocol: version}, c.handle, st, nil)
 			st.waitUp(t, 1)
 			publish(t, pub, tt.topic, tt.qos, big)
 			publish(t, pub, "sensors/s/d/next", tt.qos, []byte(`{"next":true}`))
+			if version == V5 {
+				// The broker discards a packet above the Maximum Packet
+				// Size the session advertised (MQTT 5 §3.1.2.11.4): only
+				// the next message arrives, on the same connection.
+				cl := client{cfg: Config{MaxPayload: tt.maxPayload}}
+				if tt.size+len(tt.topic)+16 > cl.maxPacket() {
+					got := c.waitPayload(t, `{"next":true}`)
+					if len(got) != 1 {
+						t.Fatalf("%d deliveries, want only the next message", len(got))
+					}
+					if ev := st.events(); len(ev) != 1 {
+						t.Errorf("state events %v: the connection was dropped", ev)
+					}
+					return
+				}
+			}
 			got := c.waitCount(t, 2)
 			if len(got) != 2 {
 				t.Fatalf("%d deliveries, want 2", len(got))
@@ -966,7 +1013,7 @@ func TestMalformedFromBroker(t *testing.T) {
 			var calls atomic.Int32
 			st := &stateLog{}
 			startSource(t, Config{URL: p.URL(), ClientID: "gw-bad", QoS: 1, Topics: []string{"sensors/#"}},
-				func(app.Message, app.Format, Ack) { calls.Add(1) }, st, nil)
+				func(Message, app.Format, Ack) { calls.Add(1) }, st, nil)
 			c1 := p.accept(t, waitLong)
 			handshake(t, c1)
 			st.waitUp(t, 1)
@@ -990,11 +1037,13 @@ func TestMalformedFromBroker(t *testing.T) {
 // Close while connected: acknowledgements given before Close reach the
 // broker ahead of DISCONNECT, Close returns promptly, Connected is false
 // after, and only the unacknowledged messages come back on the next start.
-func TestCloseFlushesAcks(t *testing.T) {
+func TestCloseFlushesAcks(t *testing.T) { bothVersions(t, testCloseFlushesAcks) }
+
+func testCloseFlushesAcks(t *testing.T, version byte) {
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	tp := startTap(t, mq.Addr())
 	pub := publisher(t, mq.URL())
-	cfg := Config{URL: tp.URL(), ClientID: "gw-close", QoS: 1, Topics: []string{"sensors/#"}}
+	cfg := Config{Protocol: version, URL: tp.URL(), ClientID: "gw-close", QoS: 1, Topics: []string{"sensors/#"}}
 
 	first := &collector{ackIf: func(app.Message) bool { return false }} // acknowledged below, from the test
 	st := &stateLog{}
@@ -1057,13 +1106,15 @@ func TestCloseFlushesAcks(t *testing.T) {
 // An Ack called after its connection is gone is dropped: it must not go
 // out on the next connection, where the broker redelivers the message
 // under the same packet id.
-func TestStaleAckDropped(t *testing.T) {
+func TestStaleAckDropped(t *testing.T) { bothVersions(t, testStaleAckDropped) }
+
+func testStaleAckDropped(t *testing.T, version byte) {
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	tp := startTap(t, mq.Addr())
 	pub := publisher(t, mq.URL())
 	c := &collector{ackIf: func(app.Message) bool { return false }}
 	st := &stateLog{}
-	src := startSource(t, Config{URL: tp.URL(), ClientID: "gw-stale", QoS: 1, Topics: []string{"sensors/#"}}, c.handle, st, nil)
+	src := startSource(t, Config{Protocol: version, URL: tp.URL(), ClientID: "gw-stale", QoS: 1, Topics: []string{"sensors/#"}}, c.handle, st, nil)
 	st.waitUp(t, 1)
 	publish(t, pub, "sensors/s/d/m", 1, []byte("m"))
 	old := c.waitCount(t, 1)[0]
@@ -1095,7 +1146,7 @@ func TestEverySubscriptionRefused(t *testing.T) {
 	st := &stateLog{}
 	log, logs := testLogger()
 	startSource(t, Config{URL: p.URL(), ClientID: "gw-acl", QoS: 1, Topics: []string{"sensors/#", "more/#"}},
-		func(app.Message, app.Format, Ack) {}, st, log)
+		func(Message, app.Format, Ack) {}, st, log)
 	for attempt := 1; attempt <= 2; attempt++ {
 		c := p.accept(t, waitLong)
 		if _, ok := readPacket(t, c).(*packets.ConnectPacket); !ok {
@@ -1193,9 +1244,11 @@ func TestCloseHalfCloses(t *testing.T) {
 // session that ended soon after it was established does not reset the
 // backoff, so over 3 s the two connect a bounded number of times (not
 // ~20 times a second), and the takeover is warned about once per client.
-func TestSameClientIDBacksOff(t *testing.T) {
+func TestSameClientIDBacksOff(t *testing.T) { bothVersions(t, testSameClientIDBacksOff) }
+
+func testSameClientIDBacksOff(t *testing.T, version byte) {
 	m := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
-	cfg := Config{URL: m.URL(), ClientID: "iotgw", QoS: 1, Topics: []string{"sensors/#"}, MaxReconnectInterval: 30 * time.Second}
+	cfg := Config{Protocol: version, URL: m.URL(), ClientID: "iotgw", QoS: 1, Topics: []string{"sensors/#"}, MaxReconnectInterval: 30 * time.Second}
 	h := (&collector{}).handle
 	logA, bufA := testLogger()
 	logB, bufB := testLogger()

@@ -1,9 +1,9 @@
-// Package mqtt subscribes to the broker (MQTT 3.1.1, persistent session)
-// and hands every message to the pipeline together with its Ack.
+// Package mqtt subscribes to the broker (MQTT 5 or 3.1.1, persistent
+// session) and hands every message to the pipeline together with its Ack.
 // Acknowledgement is manual: the broker keeps a message until the pipeline
 // says it is safe on disk. Control packets are encoded and decoded with
-// paho.mqtt.golang's packet codec; see session.go for why the session
-// itself is not paho's client.
+// paho.golang's packets codec (MQTT 5) and paho.mqtt.golang's (3.1.1); see
+// session.go for why the session itself is not paho's client.
 package mqtt
 
 import (
@@ -23,14 +23,30 @@ import (
 
 // Config is the broker connection.
 type Config struct {
-	URL                  string
-	ClientID             string
-	Username, Password   string
-	QoS                  byte
-	Topics               []string // JSON payloads
-	LineTopics           []string // line-protocol payloads
-	Connections          int      // >1: one client per connection, ids suffixed -1, -2, ...
-	MaxPayload           int      // largest payload the handler accepts; 0: app.DefaultMaxPayload
+	URL                string
+	ClientID           string
+	Username, Password string
+	QoS                byte
+	Topics             []string // JSON payloads
+	LineTopics         []string // line-protocol payloads
+	Connections        int      // >1: one client per connection, ids suffixed -1, -2, ...
+	// Protocol is V5 (MQTT 5) or V311 (MQTT 3.1.1, also for 0).
+	Protocol byte
+	// SessionExpiry is how long an MQTT 5 broker keeps the session (the
+	// subscriptions and the messages queued for it) after the connection
+	// ends: 0 is DefaultSessionExpiry, negative never expires.
+	SessionExpiry time.Duration
+	// ReceiveMaximum is the MQTT 5 Receive Maximum per connection: how
+	// many QoS 1/2 messages the broker may have unacknowledged at once
+	// (0: 65535). The gateway sets it to what one spool append takes.
+	ReceiveMaximum int
+	// ExpectSession says the broker should already hold a session for
+	// these client ids (the gateway ran with them before); a CONNACK
+	// without one is then logged and reported to SessionLost, as is one
+	// on any later reconnect.
+	ExpectSession        bool
+	SessionLost          func(conn int)
+	MaxPayload           int // largest payload the handler accepts; 0: app.DefaultMaxPayload
 	KeepAlive            time.Duration
 	ConnectTimeout       time.Duration
 	MaxReconnectInterval time.Duration
@@ -42,7 +58,7 @@ type Config struct {
 // Handler receives each message on the connection's read loop, so it must
 // return quickly and must not keep msg.Payload after it returns (it points
 // into the read buffer); ack may be called later from any goroutine, once.
-type Handler func(msg app.Message, format app.Format, ack Ack)
+type Handler func(msg Message, format app.Format, ack Ack)
 
 // StateFunc is told when a connection goes up (subscribed) or down.
 type StateFunc func(conn int, connected bool, err error)
@@ -91,6 +107,14 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 	if cfg.Connections < 1 {
 		cfg.Connections = 1
 	}
+	version := V311
+	switch cfg.Protocol {
+	case 0, V311:
+	case V5:
+		version = V5
+	default:
+		return nil, fmt.Errorf("mqtt: protocol version %d is not 4 (3.1.1) or 5", cfg.Protocol)
+	}
 	tc, err := TLSConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -118,7 +142,7 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 		if cfg.Connections > 1 {
 			id = fmt.Sprintf("%s-%d", cfg.ClientID, i+1)
 		}
-		s.clients = append(s.clients, &client{idx: i, id: id, url: u, cfg: cfg, tc: tc,
+		s.clients = append(s.clients, &client{idx: i, id: id, version: version, url: u, cfg: cfg, tc: tc, expectSession: cfg.ExpectSession,
 			filters: filters, qos: qos, lines: lines, h: h, state: state, log: log,
 			topics: map[string]topicInfo{}})
 	}

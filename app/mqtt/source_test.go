@@ -43,7 +43,8 @@ type received struct {
 	got  chan struct{}
 }
 
-func (r *received) handle(m app.Message, f app.Format, ack Ack) {
+func (r *received) handle(msg Message, f app.Format, ack Ack) {
+	m := msg.Message
 	m.Payload = bytes.Clone(m.Payload) // it points into the read buffer
 	r.mu.Lock()
 	r.msgs = append(r.msgs, m)
@@ -133,7 +134,7 @@ func TestTLSRefused(t *testing.T) {
 			up := make(chan bool, 10)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			src, err := Start(ctx, cfg, func(app.Message, app.Format, Ack) {}, func(_ int, c bool, _ error) { up <- c }, nil)
+			src, err := Start(ctx, cfg, func(Message, app.Format, Ack) {}, func(_ int, c bool, _ error) { up <- c }, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
