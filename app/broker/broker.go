@@ -286,6 +286,9 @@ func (b *Broker) Start() error {
 	if err := srv.AddHook(b.access, nil); err != nil {
 		return fmt.Errorf("broker: add access hook: %w", err)
 	}
+	if err := srv.AddHook(&expiryHook{srv: srv}, nil); err != nil {
+		return fmt.Errorf("broker: add expiry hook: %w", err)
+	}
 	if err := b.addLimits(srv); err != nil {
 		return fmt.Errorf("broker: add limits hook: %w", err)
 	}

@@ -512,3 +512,40 @@ func TestStoreLockedByAnotherBroker(t *testing.T) {
 		t.Fatalf("second broker on the same DataDir: %v", err)
 	}
 }
+
+// TestExpiredSharedMemberLosesItsTurn: once a departed member's session
+// expires, the live members of its shared group get every message.
+func TestExpiredSharedMemberLosesItsTurn(t *testing.T) {
+	o := plainOptions(t)
+	o.SessionExpiry = time.Second
+	b := startBroker(t, o)
+	url := "tcp://" + b.Addr("plain")
+	msgs := make(chan paho.Message, 200)
+	live := mustConnect(t, clientConf{url: url, user: "gateway", pass: "gw-secret", id: "gw-live", persistent: true, onMessage: msgs})
+	subscribe(t, live, "$share/g/sensors/#", 1)
+	gone := mustConnect(t, clientConf{url: url, user: "gateway", pass: "gw-secret", id: "gw-gone", persistent: true})
+	subscribe(t, gone, "$share/g/sensors/#", 1)
+	gone.Disconnect(100)
+	deadline := time.Now().Add(waitFor)
+	for {
+		if _, ok := b.srv.Clients.Get("gw-gone"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the departed session did not expire")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	dev := mustConnect(t, clientConf{url: url, user: "dev1", pass: "dev1-secret"})
+	const n = 50
+	for i := range n {
+		wait(t, dev.Publish("sensors/plant-a/dev1/seq", 1, false, fmt.Sprint(i)))
+	}
+	for i := range n {
+		select {
+		case <-msgs:
+		case <-time.After(waitFor):
+			t.Fatalf("live member got %d of %d", i, n)
+		}
+	}
+}

@@ -307,12 +307,6 @@ func TestSharedDeadMemberShare(t *testing.T) {
 			probe("last")
 			after := len(live.deliveries()) - before
 			t.Logf("%s: after the session expired, the live member got %d of 30", bname, after)
-			if bname == "iotgw broker" {
-				// mochi v2.7.9 deletes an expired client without removing
-				// its subscriptions, and drops its turn of a shared
-				// subscription from then on (documented in the README).
-				return
-			}
 			if after < 21 {
 				t.Fatalf("after the dead member's session expired the live member got %d of 30", after)
 			}
