@@ -630,33 +630,44 @@ func (c *client) topic(b []byte) topicInfo {
 	return t
 }
 
-// keepAlive sends PINGREQ every interval and ends the session when a whole
-// interval passed without any packet from the broker although one was
-// asked for. A handler that holds the read loop (the spool refusing
-// appends) is not a dead broker.
+// keepAlive looks at the connection every half interval. It sends PINGREQ
+// when a half interval passed without a packet from the broker, and at
+// least once an interval (what MQTT asks of a client), and it ends the
+// session when a PINGREQ is still unanswered, by any packet, half an
+// interval later. A dead broker is thus noticed at most 1.5 intervals
+// after its last packet. A handler that holds the read loop (the spool
+// refusing appends) is not a dead broker.
 func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan struct{}) {
-	t := time.NewTicker(every)
+	t := time.NewTicker(every / 2)
 	defer t.Stop()
-	last, asked := c.reads.Load(), false
+	last, pending, ticks := c.reads.Load(), false, 0
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 		}
+		ticks++
 		busy := c.inCall.Load() // before reads: see publish
 		now := c.reads.Load()
-		if asked && now == last && !busy {
+		quiet := now == last && !busy
+		if quiet && pending {
 			c.log.Warn("mqtt broker silent for a keep-alive interval; reconnecting", "client_id", c.id, "keepalive", every)
 			_ = conn.Conn.Close() // the read loop fails and the session ends
 			return
 		}
+		if !quiet {
+			pending = false // whatever was read answers an earlier PINGREQ
+		}
 		last = now
+		if !quiet && ticks%2 != 0 {
+			continue
+		}
 		if _, err := conn.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
 			_ = conn.Conn.Close() // the read loop ends with the session
 			return
 		}
-		asked = true
+		pending = true
 	}
 }
 
