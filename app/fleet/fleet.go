@@ -159,6 +159,14 @@ func (w *Watch) Sweep(now time.Time) int {
 	return w.silent
 }
 
+// Known reports whether the device has been heard from (and is tracked).
+func (w *Watch) Known(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.index[id]
+	return ok
+}
+
 // Stats is the fleet in numbers.
 type Stats struct {
 	Devices   int    // tracked

@@ -21,9 +21,9 @@ func every(w *Watch, id string, start time.Time, interval time.Duration, n int) 
 
 func TestSilentAfterItsOwnHabit(t *testing.T) {
 	w := New(Options{SilentFactor: 5, MinSilence: time.Second})
-	fastLast := every(w, "s/fast", t0, time.Second, 10)  // every second
-	slowLast := every(w, "s/slow", t0, time.Minute, 10)  // every minute
-	every(w, "s/new", t0, time.Second, 2)                // too few to know its habit
+	fastLast := every(w, "s/fast", t0, time.Second, 10) // every second
+	slowLast := every(w, "s/slow", t0, time.Minute, 10) // every minute
+	every(w, "s/new", t0, time.Second, 2)               // too few to know its habit
 	now := slowLast.Add(10 * time.Second)
 	if fastLast.After(now) {
 		t.Fatal("test clock wrong")

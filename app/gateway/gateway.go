@@ -25,6 +25,7 @@ import (
 	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/deadletter"
+	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
 	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
@@ -196,6 +197,11 @@ type Gateway struct {
 
 	appended chan struct{} // closed when the appender has finished
 
+	fleet      *fleet.Watch
+	devKey     deviceKey
+	recentDead deadRing
+	routes     []route
+
 	body       []byte // writer loop only: the request body, reused
 	lastReject error  // writer loop only: the rejection a split is narrowing down
 	onWritten  func(lines [][]byte, at time.Time)
@@ -256,6 +262,10 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		degraded:   cfg.Spool.DegradedBytes,
 	}
 	g.m = newMetrics(reg, func() spool.Stats { return g.spool.Stats() })
+	g.fleet = fleet.New(fleet.Options{MaxDevices: cfg.Fleet.MaxDevices, SilentFactor: cfg.Fleet.SilentFactor,
+		MinSilence: cfg.Fleet.MinSilence.Duration})
+	g.devKey = newDeviceKey(cfg.Mapping.TopicPattern)
+	registerFleetMetrics(reg, g.fleet)
 	if g.degraded == 0 {
 		g.degraded = cfg.Spool.MaxBytes / 10 * 8
 	}
@@ -331,7 +341,11 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 // drainTimeout. Only failures to start are returned.
 func (g *Gateway) Run(ctx context.Context) error {
 	if g.cfg.HTTP.Addr != "" {
-		srv, err := httpapi.Listen(g.cfg.HTTP.Addr, httpapi.Handler(g.reg, g.checks()))
+		mux := httpapi.HandlerWith(g.reg, g.checks(), map[string]httpapi.Detail{"fleet": g.fleetDetail})
+		for _, r := range g.routes {
+			mux.Handle(r.pattern, r.h)
+		}
+		srv, err := httpapi.ListenTLS(g.cfg.HTTP.Addr, mux, g.cfg.Commands.TLSCertFile, g.cfg.Commands.TLSKeyFile)
 		if err != nil {
 			g.closeState()
 			return fmt.Errorf("http.addr: %w", err)
@@ -370,6 +384,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.source = src
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 	go g.watchdog(ctx)
+	go g.sweepLoop(ctx)
 
 	<-ctx.Done()
 	g.log.Info("shutting down")
@@ -445,6 +460,7 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 			reason = de.Reason
 		}
 		g.m.rejected.WithLabelValues(reason).Inc()
+		g.seen(msg.Topic, msg.Received, true)
 		g.deadLetter(msg.Received, msg.Topic, reason, err, msg.Payload)
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
 		// Acknowledged like a spooled one: nothing would ever make it
@@ -452,6 +468,7 @@ func (g *Gateway) handle(msg app.Message, f app.Format, ack mqtt.Ack) {
 		g.enqueue(pending{ack: ack})
 		return
 	}
+	g.seen(msg.Topic, msg.Received, false)
 	g.enqueue(pending{data: data, points: n, ack: ack})
 }
 
@@ -472,6 +489,7 @@ func (g *Gateway) enqueue(p pending) {
 // deadLetter records a rejected message or point; a record that cannot be
 // written is counted and shown in /readyz, never dropped in silence.
 func (g *Gateway) deadLetter(at time.Time, topic, reason string, cause error, payload []byte) {
+	g.recentDead.add(at, topic, reason, cause, payload)
 	if derr := g.dead.Add(at, topic, reason, cause, payload); derr != nil {
 		g.m.deadErrors.Inc()
 		class := "io"

@@ -30,7 +30,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd())
+	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newCommandCmd())
 	return root
 }
 
