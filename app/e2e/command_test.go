@@ -316,3 +316,21 @@ func TestCommandRoundTripBroker(t *testing.T) {
 		t.Errorf("unmatched replies = %v: the forged reply reached the gateway", v)
 	}
 }
+
+// `iotgw simulate --obey` answers commands for its devices.
+func TestSimulateObeys(t *testing.T) {
+	in := testsvc.StartInflux(t)
+	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+	g := newGateway(t, mq.URL(), in.URL(), "IOTGW_COMMANDS_TOKEN="+testToken)
+	g.start()
+	simCmd := exec.Command(binPath, "simulate", "--obey", "--devices", "2", "--sites", "1", "--rate", "5", "--duration", "60s", "--mqtt-url", mq.URL())
+	if err := simCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = simCmd.Process.Kill(); _ = simCmd.Wait() })
+	g.waitFor("2 devices known", 30*time.Second, func() bool { return g.metric("iotgw_devices_tracked") == 2 })
+	out, err := g.cli(t, tokenFile(t), "send", "--device", "site-01/dev-0002", "--name", "set_interval", "--arg", "seconds=5", "--wait", "10s")
+	if err != nil || !strings.Contains(out, "state     answered") || !strings.Contains(out, `"interval_s":5`) {
+		t.Fatalf("send: %v\n%s", err, out)
+	}
+}
