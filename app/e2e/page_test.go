@@ -14,11 +14,12 @@ import (
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
-// chromium finds Debian's chromium: outside CI a missing one skips the
-// test, in CI it fails it.
+// chromium finds Debian's chromium (or Google Chrome, which GitHub's
+// Ubuntu runners carry; Ubuntu's chromium package is a snap stub): outside
+// CI a missing one skips the test, in CI it fails it.
 func chromium(t *testing.T) string {
 	t.Helper()
-	for _, p := range []string{os.Getenv("IOTGW_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+	for _, p := range []string{os.Getenv("IOTGW_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/google-chrome", "/usr/bin/google-chrome-stable"} {
 		if p == "" {
 			continue
 		}
