@@ -318,7 +318,10 @@ func (m *Manager) Send(ctx context.Context, r Request) (Command, error) {
 		return Command{}, m.fail(ReasonNotConnected, "no command connection to the broker")
 	}
 	m.record(c, nil)
-	err := pub.Publish(ctx, c.Topic(), payload, Properties{ResponseTopic: c.ReplyTopic(), CorrelationData: []byte(c.ID), Expiry: expiry})
+	// A client that goes away must not turn a command already on its way
+	// into a failure: the publish runs to its PUBACK (bounded by the
+	// publisher).
+	err := pub.Publish(context.WithoutCancel(ctx), c.Topic(), payload, Properties{ResponseTopic: c.ReplyTopic(), CorrelationData: []byte(c.ID), Expiry: expiry})
 	final, _ := m.update(c.ID, func(c *Command) bool {
 		if c.State != Sent {
 			return false // the reply came before the PUBACK was seen, and marked it delivered

@@ -112,6 +112,9 @@ func TestCommandRoundTripMosquitto(t *testing.T) {
 	tok := tokenFile(t)
 	startFleet(t, mq.URL(), 4, 5)
 	g.waitFor("4 devices known", 30*time.Second, func() bool { return g.metric("iotgw_devices_tracked") == 4 })
+	if ok, body := g.ready(); !ok || !strings.Contains(body, `"commands":{"client_id":`) || !strings.Contains(body, `"connected":true`) {
+		t.Errorf("/readyz does not show the command connection up: %s", body)
+	}
 
 	out, err := g.cli(t, tok, "send", "--device", "site-01/dev-0001", "--name", "set_interval", "--arg", "seconds=2", "--wait", "10s", "--json")
 	if err != nil {
@@ -204,6 +207,13 @@ func TestCommandRoundTripMosquitto(t *testing.T) {
 	})
 
 	// The record survives a restart of the gateway.
+	// Only messages are acknowledged to the broker, not the lifecycle
+	// points the gateway spools of its own. (Acked is read first: while
+	// the fleet publishes, received may be ahead, never behind.)
+	acked := g.metric("iotgw_messages_acked_total")
+	if recv := g.metric(`iotgw_messages_received_total{format="json"}`); acked > recv {
+		t.Errorf("acked %v > received %v: the gateway's own points were counted as acknowledged messages", acked, recv)
+	}
 	g.stop(15)
 	g.startAgain()
 	out, err = g.cli(t, tok, "status", c.ID, "--json")

@@ -76,6 +76,7 @@ type pending struct {
 	data   []byte // from lineBufs, given back once spooled; nil: nothing to spool
 	points int
 	ack    mqtt.Ack
+	own    bool // a point of the gateway's own (Record): no message to acknowledge
 }
 
 // store is what the pipeline needs of the spool (*spool.Spool). Tests put
@@ -199,6 +200,8 @@ type Gateway struct {
 
 	fleet      *fleet.Watch
 	devKey     deviceKey
+	ownDropped prometheus.Counter
+	details    map[string]httpapi.Detail
 	recentDead deadRing
 	routes     []route
 
@@ -265,7 +268,8 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 	g.fleet = fleet.New(fleet.Options{MaxDevices: cfg.Fleet.MaxDevices, SilentFactor: cfg.Fleet.SilentFactor,
 		MinSilence: cfg.Fleet.MinSilence.Duration})
 	g.devKey = newDeviceKey(cfg.Mapping.TopicPattern)
-	registerFleetMetrics(reg, g.fleet)
+	g.ownDropped = registerFleetMetrics(reg, g.fleet)
+	g.details = map[string]httpapi.Detail{"fleet": g.fleetDetail}
 	if g.degraded == 0 {
 		g.degraded = cfg.Spool.MaxBytes / 10 * 8
 	}
@@ -341,7 +345,7 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 // drainTimeout. Only failures to start are returned.
 func (g *Gateway) Run(ctx context.Context) error {
 	if g.cfg.HTTP.Addr != "" {
-		mux := httpapi.HandlerWith(g.reg, g.checks(), map[string]httpapi.Detail{"fleet": g.fleetDetail})
+		mux := httpapi.HandlerWith(g.reg, g.checks(), g.details)
 		for _, r := range g.routes {
 			mux.Handle(r.pattern, r.h)
 		}
@@ -545,11 +549,15 @@ func (g *Gateway) appendLoop() {
 		if len(records) > 0 && !g.appendWithRetry(records) {
 			continue // shutting down with a full spool: not acknowledged, the broker keeps them
 		}
+		acked := 0
 		for _, p := range group {
-			p.ack.Ack()
+			if !p.own {
+				p.ack.Ack()
+				acked++
+			}
 		}
 		lineBufs.put(group)
-		g.m.acked.Add(float64(len(group)))
+		g.m.acked.Add(float64(acked))
 		g.m.pointsSpooled.Add(float64(points))
 	}
 }

@@ -139,19 +139,35 @@ type route struct {
 }
 
 // Record spools one line-protocol point of the gateway's own (the command
-// lifecycle) so it reaches InfluxDB with the readings. It returns false
-// when the gateway is not running.
+// lifecycle) so it reaches InfluxDB with the readings. It never waits: when
+// the gateway is not running or its inbox is full (the spool is full and
+// holding the broker back), the point is dropped, counted in
+// iotgw_own_points_dropped_total, and false returned; the caller keeps its
+// own record.
 func (g *Gateway) Record(line []byte) bool {
+	g.sendMu.RLock()
+	defer g.sendMu.RUnlock()
 	if !g.accepting.Load() {
+		g.ownDropped.Inc()
 		return false
 	}
 	b := append(lineBufs.get(), line...)
 	if len(b) == 0 || b[len(b)-1] != '\n' {
 		b = append(b, '\n')
 	}
-	g.enqueue(pending{data: b, points: 1})
-	return true
+	select {
+	case g.inbox <- pending{data: b, points: 1, own: true}:
+		return true
+	default:
+		lineBufs.put([]pending{{data: b}})
+		g.ownDropped.Inc()
+		return false
+	}
 }
+
+// Detail adds information to /readyz's detail (never failing readiness).
+// Call before Run.
+func (g *Gateway) Detail(name string, f func() any) { g.details[name] = f }
 
 // seen tells the fleet watch about a message from topic.
 func (g *Gateway) seen(topic string, at time.Time, rejected bool) {
@@ -197,8 +213,10 @@ func (g *Gateway) fleetDetail() any {
 	return d
 }
 
-func registerFleetMetrics(reg *prometheus.Registry, w *fleet.Watch) {
-	reg.MustRegister(
+func registerFleetMetrics(reg *prometheus.Registry, w *fleet.Watch) prometheus.Counter {
+	dropped := prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_own_points_dropped_total",
+		Help: "Points of the gateway's own (command lifecycle) not spooled: the gateway was stopping or its inbox full."})
+	reg.MustRegister(dropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_devices_silent",
 			Help: "Devices silent for longer than fleet.silent_factor times their usual interval."},
 			func() float64 { return float64(w.Stats().Silent) }),
@@ -208,4 +226,5 @@ func registerFleetMetrics(reg *prometheus.Registry, w *fleet.Watch) {
 			Help: "Messages from devices beyond fleet.max_devices (not tracked)."},
 			func() float64 { return float64(w.Stats().Untracked) }),
 	)
+	return dropped
 }

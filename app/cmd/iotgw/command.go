@@ -30,6 +30,9 @@ import (
 // file commands.token_file names.
 func commandToken(c config.Commands) (string, error) {
 	if c.Token != "" {
+		if len(c.Token) < 16 {
+			return "", fmt.Errorf("commands.token has %d characters; use at least 16", len(c.Token))
+		}
 		return c.Token, nil
 	}
 	b, err := os.ReadFile(c.TokenFile)
@@ -87,6 +90,9 @@ func startCommands(ctx context.Context, cfg config.Config, g *gateway.Gateway, l
 	}
 	m.SetPublisher(conn)
 	go m.Run(cctx)
+	g.Detail("commands", func() any {
+		return map[string]any{"connected": conn.Connected(), "client_id": clientID}
+	})
 	api := &httpapi.API{Token: tok, Commands: m, Fleet: g.Fleet(), Registry: g.Registry(),
 		DeadLetters: func(n int) any { return g.DeadLetters(n) }}
 	for pattern, h := range api.Routes() {
