@@ -46,6 +46,23 @@ func commandToken(c config.Commands) (string, error) {
 	return tok, nil
 }
 
+// checkCommands fails at start, naming the key, on a token or TLS pair
+// that cannot be used.
+func checkCommands(c config.Commands) error {
+	if !c.Enabled() {
+		return nil
+	}
+	if _, err := commandToken(c); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+	}
+	if c.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("config: commands.tls_cert_file, commands.tls_key_file: %w", err)}
+		}
+	}
+	return nil
+}
+
 // startCommands wires commands into the gateway when the API is
 // configured: the journal, the MQTT 5 command connection, the API and the
 // page on http.addr. The returned stop closes them; nil when off.

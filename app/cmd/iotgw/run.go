@@ -99,6 +99,9 @@ for profiling; it is off by default.`,
 			}); err != nil {
 				return err
 			}
+			if err := checkCommands(cfg.Commands); err != nil {
+				return err
+			}
 			if check {
 				fmt.Fprintln(cmd.OutOrStdout(), "configuration ok")
 				return nil
