@@ -112,6 +112,19 @@ func TestLivePage(t *testing.T) {
 		t.Errorf("devices %q, dead letters %q: want 12 devices and the not_json letter with its payload", devices, dead)
 	}
 
+	// Search narrows the device list, as the server filters it.
+	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS("#dev-search"), "dev-0011")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the device list to show only dev-0011", 10*time.Second, func() bool {
+		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#devices span.mono").length`))
+		txt, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#devices")))
+		return err == nil && n == 1 && strings.Contains(txt, "site-01/dev-0011")
+	}, g.logs)
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`const s = document.getElementById("dev-search"); s.value = ""; s.dispatchEvent(new Event("input")); true`)); err != nil {
+		t.Fatal(err)
+	}
+
 	// A command sent from the page is answered by the simulated device.
 	if err := chromedp.Do(ctx,
 		chromedp.SendKeys(chromedp.CSS("#cmd-device"), "site-01/dev-0002"),
