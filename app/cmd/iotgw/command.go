@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -171,7 +172,7 @@ type apiClient struct {
 // newAPIClient finds the API: --url, else http(s)://<http.addr> of the
 // configuration; the token from --token-file, IOTGW_COMMANDS_TOKEN or the
 // configuration's commands.token / token_file.
-func newAPIClient(cfgPath, apiURL, tokenFile string) (*apiClient, error) {
+func newAPIClient(cfgPath, apiURL, tokenFile, caFile string) (*apiClient, error) {
 	cfg, err := config.Load(cfgPath, os.LookupEnv)
 	if err != nil {
 		return nil, &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
@@ -200,7 +201,19 @@ func newAPIClient(cfgPath, apiURL, tokenFile string) (*apiClient, error) {
 	if err != nil {
 		return nil, &exitError{code: 2, err: err}
 	}
-	return &apiClient{base: strings.TrimSuffix(apiURL, "/"), token: tok, http: &http.Client{Timeout: maxWaitFlag + 30*time.Second}}, nil
+	hc := &http.Client{Timeout: maxWaitFlag + 30*time.Second}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, &exitError{code: 2, err: fmt.Errorf("--ca-file: %w", err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, &exitError{code: 2, err: fmt.Errorf("--ca-file: %s holds no PEM certificate", caFile)}
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}}
+	}
+	return &apiClient{base: strings.TrimSuffix(apiURL, "/"), token: tok, http: hc}, nil
 }
 
 // maxWaitFlag bounds --wait (the API's own bound).
@@ -253,7 +266,7 @@ func parseArg(s string) (string, json.RawMessage, error) {
 }
 
 func newCommandCmd() *cobra.Command {
-	var cfgPath, apiURL, tokenFile string
+	var cfgPath, apiURL, tokenFile, caFile string
 	root := &cobra.Command{
 		Use:   "command",
 		Short: "Send commands to devices through a running gateway and follow them",
@@ -266,6 +279,7 @@ lifecycle (sent, delivered, answered, failed, expired). The API is found at
 	pf.StringVarP(&cfgPath, "config", "c", "", "the gateway's TOML configuration (for http.addr and the token)")
 	pf.StringVar(&apiURL, "url", "", "the gateway's API, e.g. http://127.0.0.1:9273")
 	pf.StringVar(&tokenFile, "token-file", "", "file holding the API's bearer token")
+	pf.StringVar(&caFile, "ca-file", "", "PEM CA bundle to trust for an https:// API (default system roots)")
 
 	var device, name string
 	var args []string
@@ -290,7 +304,7 @@ lifecycle (sent, delivered, answered, failed, expired). The API is found at
 				}
 				a[k] = v
 			}
-			c, err := newAPIClient(cfgPath, apiURL, tokenFile)
+			c, err := newAPIClient(cfgPath, apiURL, tokenFile, caFile)
 			if err != nil {
 				return err
 			}
@@ -323,7 +337,7 @@ lifecycle (sent, delivered, answered, failed, expired). The API is found at
 		Short: "Show a command's lifecycle",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			c, err := newAPIClient(cfgPath, apiURL, tokenFile)
+			c, err := newAPIClient(cfgPath, apiURL, tokenFile, caFile)
 			if err != nil {
 				return err
 			}

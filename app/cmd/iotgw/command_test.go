@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	lp "github.com/influxdata/line-protocol/v2/lineprotocol"
 
 	"github.com/iot-gateway/iot-gateway/app/command"
+	"github.com/iot-gateway/iot-gateway/app/httpapi"
+	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
 // The command API is refused at start, naming the key, when it would be
@@ -94,5 +98,33 @@ func TestCommandPoint(t *testing.T) {
 		if ts, err := dec.Time(lp.Nanosecond, time.Time{}); err != nil || ts.IsZero() {
 			t.Errorf("%s: time %v %v", line, ts, err)
 		}
+	}
+}
+
+// Over TLS the CLI trusts the CA it is given, and nothing else.
+func TestCommandCLIOverTLS(t *testing.T) {
+	certs := testsvc.MakeCerts(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/commands/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer 0123456789abcdef" {
+			w.WriteHeader(401)
+			return
+		}
+		_, _ = w.Write([]byte(`{"id":"` + r.PathValue("id") + `","device":"s/d","name":"x","state":"answered","latency_ms":1.5,"result":{}}`))
+	})
+	srv, err := httpapi.ListenTLS("127.0.0.1:0", mux, certs.ServerCert, certs.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	tok := filepath.Join(t.TempDir(), "tok")
+	_ = os.WriteFile(tok, []byte("0123456789abcdef"), 0o600)
+	url := "https://localhost:" + strings.Split(srv.Addr(), ":")[1]
+	code, out := execute(t, "command", "--url", url, "--token-file", tok, "--ca-file", certs.CA, "status", "abc")
+	if code != 0 || !strings.Contains(out, "state     answered") {
+		t.Fatalf("over TLS with the CA: exit %d %s", code, out)
+	}
+	if code, out := execute(t, "command", "--url", url, "--token-file", tok, "--ca-file", certs.OtherCA, "status", "abc"); code != 1 || !strings.Contains(out, "certificate") {
+		t.Fatalf("another CA: exit %d %s", code, out)
 	}
 }
