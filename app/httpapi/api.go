@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,37 @@ type API struct {
 
 	unauthorized prometheus.Counter
 	badRequests  *prometheus.CounterVec
+
+	// The live device lists, shared by the page's streams: a list is one
+	// pass over the whole fleet under its lock.
+	devMu    sync.Mutex
+	devCache map[string]cachedList
+}
+
+type cachedList struct {
+	at   time.Time
+	list []fleet.Device
+}
+
+// liveDevices returns the page's device list for search q, computed at
+// most once per Interval (every 10 Intervals past 100,000 devices) for all
+// the streams together.
+func (a *API) liveDevices(q string, devices int) []fleet.Device {
+	refresh := a.Interval
+	if devices > 100_000 {
+		refresh *= 10
+	}
+	a.devMu.Lock()
+	defer a.devMu.Unlock()
+	if c, ok := a.devCache[q]; ok && time.Since(c.at) < refresh-refresh/10 {
+		return c.list
+	}
+	if a.devCache == nil || len(a.devCache) > 64 {
+		a.devCache = map[string]cachedList{}
+	}
+	l := a.Fleet.List(q, listedLive)
+	a.devCache[q] = cachedList{at: time.Now(), list: l}
+	return l
 }
 
 // Limits of the API.
@@ -325,7 +357,7 @@ func (a *API) snapshot(s *sampler, q string) Status {
 	st.WriteLatencyMS = s.latency
 	s.at, s.received, s.written, s.writeSum, s.writeCount = now, st.Received, st.Written, writeSum, writeCount
 	st.Devices = a.Fleet.Stats()
-	st.DeviceList = a.Fleet.List(q, listedLive)
+	st.DeviceList = a.liveDevices(q, st.Devices.Devices)
 	st.Recent = a.DeadLetters(10)
 	st.Commands = a.Commands.List("", listedLive)
 	return st
