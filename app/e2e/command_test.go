@@ -344,3 +344,53 @@ func TestSimulateObeys(t *testing.T) {
 		t.Fatalf("send: %v\n%s", err, out)
 	}
 }
+
+// A reply that arrives while the gateway is down is not lost: the command
+// connection's session keeps it at the broker, and after the restart the
+// command is answered.
+func TestReplyWhileGatewayDown(t *testing.T) {
+	in := testsvc.StartInflux(t)
+	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
+	g := newGateway(t, mq.URL(), in.URL(), "IOTGW_COMMANDS_TOKEN="+testToken)
+	g.start()
+	tok := tokenFile(t)
+
+	// A device that holds its answer back until told.
+	got := make(chan paho.Message, 1)
+	dev := paho.NewClient(paho.NewClientOptions().AddBroker(mq.URL()).SetClientID("slow-device"))
+	if tk := dev.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatal(tk.Error())
+	}
+	defer dev.Disconnect(100)
+	if tk := dev.Subscribe("commands/s1/slow/+", 1, func(_ paho.Client, m paho.Message) { got <- m }); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatal(tk.Error())
+	}
+	if tk := dev.Publish("sensors/s1/slow/env", 1, false, `{"v":1}`); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatal(tk.Error())
+	}
+	g.waitFor("the device known", 30*time.Second, func() bool { return g.metric("iotgw_devices_tracked") == 1 })
+	out, err := g.cli(t, tok, "send", "--device", "s1/slow", "--name", "report_state", "--json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	c := decodeCommand(t, out)
+	var cmd command.Payload
+	select {
+	case m := <-got:
+		if err := json.Unmarshal(m.Payload(), &cmd); err != nil || cmd.ID != c.ID || cmd.ReplyTo != c.ReplyTopic() {
+			t.Fatalf("device got %s, want id %s and reply_to %s", m.Payload(), c.ID, c.ReplyTopic())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command did not reach the device")
+	}
+
+	g.stop(15)
+	if tk := dev.Publish(cmd.ReplyTo, 1, false, `{"id":"`+cmd.ID+`","ok":true,"result":{"late":"but kept"}}`); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatal(tk.Error())
+	}
+	g.startAgain()
+	out, err = g.cli(t, tok, "status", c.ID, "--wait", "15s", "--json")
+	if got := decodeCommand(t, out); err != nil || got.State != command.Answered || !strings.Contains(string(got.Result), "but kept") {
+		t.Fatalf("after the restart: %v\n%s\n%s", err, out, g.logs())
+	}
+}
