@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -144,7 +145,6 @@ func TestCommandRoundTripMosquitto(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("grew %v", grew)
 	if grew["site-01/dev-0001"] > 3 || grew["site-01/dev-0002"] < 8 {
 		t.Errorf("messages in 3 s after set_interval 2: %v; want dev-0001 <= 3 and dev-0002 >= 8", grew)
 	}
@@ -198,12 +198,19 @@ func TestCommandRoundTripMosquitto(t *testing.T) {
 		return g.metric(`iotgw_command_errors_total{reason="unmatched"}`) == 1
 	})
 
-	// The lifecycle reaches InfluxDB: sent, delivered, answered for the
-	// first command.
+	// The lifecycle reaches InfluxDB: sent and answered for the first
+	// command, and delivered unless the reply overtook the PUBACK (then
+	// the answered point carries the delivery).
+	var states []string
 	g.waitFor("command points in InfluxDB", 30*time.Second, func() bool {
 		rows, err := in.Query(`from(bucket: "` + testsvc.Bucket + `") |> range(start: 0)
 		  |> filter(fn: (r) => r._measurement == "iotgw_command" and r._field == "id" and r._value == "` + c.ID + `")`)
-		return err == nil && len(rows) == 3
+		states = states[:0]
+		for _, r := range rows {
+			states = append(states, fmt.Sprint(r["state"]))
+		}
+		slices.Sort(states)
+		return err == nil && (slices.Equal(states, []string{"answered", "delivered", "sent"}) || slices.Equal(states, []string{"answered", "sent"}))
 	})
 
 	// The record survives a restart of the gateway.
