@@ -449,6 +449,15 @@ func (m *Manager) HandleReply(topic string, correlation, payload []byte) error {
 		r.OK, r.Error = false, fmt.Sprintf("result of %d bytes dropped (over %d)", n, maxReply)
 	}
 	var wrong, late bool
+	// A reply proves delivery: when it overtakes the PUBACK, delivered is
+	// recorded first, so every answered command went through it.
+	m.update(id, func(c *Command) bool {
+		if c.Device != device || c.State != Sent {
+			return false
+		}
+		c.State, c.Delivered = Delivered, m.o.Now().UTC()
+		return true
+	})
 	_, found := m.update(id, func(c *Command) bool {
 		if c.Device != device {
 			wrong = true
@@ -459,9 +468,6 @@ func (m *Manager) HandleReply(topic string, correlation, payload []byte) error {
 			return false
 		}
 		now := m.o.Now().UTC()
-		if c.Delivered.IsZero() {
-			c.Delivered = now // a reply proves delivery, when it overtakes the PUBACK
-		}
 		c.Finished = now
 		c.LatencyMS = float64(now.Sub(c.Created).Microseconds()) / 1000
 		if r.OK {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -203,5 +204,34 @@ func TestWait(t *testing.T) {
 	}
 	if got := <-done; got.State != Failed || got.Error != "device: busy" {
 		t.Fatalf("waited: %+v", got)
+	}
+}
+
+// slowAck is a Publisher whose PUBACK comes after the device's reply.
+type slowAck struct{ m *Manager }
+
+func (s *slowAck) Publish(_ context.Context, _ string, payload []byte, p Properties) error {
+	var pl Payload
+	_ = json.Unmarshal(payload, &pl)
+	return s.m.HandleReply(pl.ReplyTo, p.CorrelationData, []byte(`{"ok":true}`))
+}
+
+// A reply that overtakes the PUBACK still leaves a delivered transition
+// before the answered one.
+func TestReplyBeforePuback(t *testing.T) {
+	now := time.Now()
+	var seen []State
+	m, err := Open(Options{Dir: t.TempDir(), OnChange: func(c Command) { seen = append(seen, c.State) }, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.SetPublisher(&slowAck{m: m})
+	c, err := m.Send(context.Background(), Request{Device: "s1/d1", Name: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State != Answered || c.Delivered.IsZero() || !slices.Equal(seen, []State{Sent, Delivered, Answered}) {
+		t.Fatalf("command %+v, transitions %v", c, seen)
 	}
 }
