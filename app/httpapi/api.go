@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,7 +43,12 @@ type API struct {
 	// pass over the whole fleet under its lock.
 	devMu    sync.Mutex
 	devCache map[string]cachedList
+	streams  atomic.Int32
 }
+
+// maxStreams bounds the live streams open at once: each gathers the
+// metrics every Interval.
+const maxStreams = 32
 
 type cachedList struct {
 	at   time.Time
@@ -376,6 +382,12 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		a.bad(w, http.StatusInternalServerError, "no_stream", "streaming unsupported")
 		return
 	}
+	if a.streams.Add(1) > maxStreams {
+		a.streams.Add(-1)
+		a.bad(w, http.StatusServiceUnavailable, "too_many_streams", "%d live streams are open already", maxStreams)
+		return
+	}
+	defer a.streams.Add(-1)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")

@@ -136,3 +136,15 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("%d events", events)
 	}
 }
+
+func TestStreamsBounded(t *testing.T) {
+	a, srv := newAPI(t)
+	a.streams.Store(maxStreams)
+	resp, v := call(t, srv, "GET", "/api/events", token, "")
+	if resp.StatusCode != 503 || v["reason"] != "too_many_streams" {
+		t.Fatalf("stream past the bound: %d %v", resp.StatusCode, v)
+	}
+	if n := a.streams.Load(); n != maxStreams {
+		t.Fatalf("streams = %d after a refusal", n)
+	}
+}
