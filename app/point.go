@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -45,7 +46,11 @@ const (
 	ReasonNoFields  = "no_fields"
 	ReasonBadTopic  = "bad_topic"
 	ReasonBadLine   = "bad_line_protocol"
-	ReasonRejected  = "rejected_by_database" // InfluxDB answered 400 for the point
+	// ReasonNewline: a string value holds a newline. Line protocol ends a
+	// point at a newline and has no escape InfluxDB turns back into one, so
+	// the value cannot be stored as sent.
+	ReasonNewline  = "newline_in_string"
+	ReasonRejected = "rejected_by_database" // InfluxDB answered 400 for the point
 )
 
 // DecodeError says why a message cannot become points.
@@ -100,6 +105,7 @@ type Mapper struct {
 	tags        []tagSource
 	staticOnly  []tagSource // static tags alone, for line-protocol payloads
 	maxPayload  int
+	precisions  []linePrecision
 
 	// prefixes caches, per topic, the escaped start of its lines
 	// ("measurement,tag=value,..."): sensors publish on a bounded set of
@@ -124,6 +130,63 @@ type MapperConfig struct {
 	StaticTags map[string]string
 	// MaxPayload bounds a payload's size in bytes; 0 means DefaultMaxPayload.
 	MaxPayload int
+	// LinePrecision maps topic filters to the unit of the timestamps in
+	// line-protocol payloads on matching topics: "ns" (the default), "us",
+	// "ms" or "s". When several filters match, the first in sorted order wins.
+	LinePrecision map[string]string
+}
+
+// linePrecision is one LinePrecision entry.
+type linePrecision struct {
+	filter []string // levels
+	prec   lineprotocol.Precision
+}
+
+// ParsePrecision reads "ns", "us" (or "µs"), "ms" or "s".
+func ParsePrecision(s string) (lineprotocol.Precision, error) {
+	switch s {
+	case "ns":
+		return lineprotocol.Nanosecond, nil
+	case "us", "µs":
+		return lineprotocol.Microsecond, nil
+	case "ms":
+		return lineprotocol.Millisecond, nil
+	case "s":
+		return lineprotocol.Second, nil
+	}
+	return 0, fmt.Errorf("precision %q is not ns, us, ms or s", s)
+}
+
+// linePrecision returns the timestamp unit of line-protocol payloads on topic.
+func (m *Mapper) linePrecision(topic string) lineprotocol.Precision {
+	for _, lp := range m.precisions {
+		if matchFilter(lp.filter, topic) {
+			return lp.prec
+		}
+	}
+	return lineprotocol.Nanosecond
+}
+
+// matchFilter reports whether an MQTT topic filter (split into levels,
+// without a $share/group/ prefix) matches topic.
+func matchFilter(filter []string, topic string) bool {
+	if strings.HasPrefix(topic, "$") && len(filter) > 0 && (filter[0] == "#" || filter[0] == "+") {
+		return false // wildcards do not match $SYS-style topics
+	}
+	for i, f := range filter {
+		if f == "#" {
+			return true
+		}
+		level, rest, more := strings.Cut(topic, "/")
+		if f != "+" && f != level {
+			return false
+		}
+		if !more {
+			return i == len(filter)-1 || (i == len(filter)-2 && filter[i+1] == "#")
+		}
+		topic = rest
+	}
+	return false
 }
 
 // NewMapper validates cfg and prepares a Mapper.
@@ -167,6 +230,10 @@ func NewMapper(cfg MapperConfig) (*Mapper, error) {
 	if !hasMeas && !validName(cfg.Measurement) {
 		return nil, fmt.Errorf("topic pattern %q has no {_measurement}, so a measurement name is required", cfg.TopicPattern)
 	}
+	if strings.HasPrefix(cfg.Measurement, "#") {
+		// A line starting with # is a comment, and no escape changes that.
+		return nil, fmt.Errorf("measurement %q: a name starting with # cannot be written in line protocol", cfg.Measurement)
+	}
 	for k, v := range cfg.StaticTags {
 		if !validName(k) || strings.HasPrefix(k, "_") {
 			return nil, fmt.Errorf("static tag: bad name %q", k)
@@ -181,23 +248,113 @@ func NewMapper(cfg MapperConfig) (*Mapper, error) {
 		m.tags = append(m.tags, ts)
 		m.staticOnly = append(m.staticOnly, ts)
 	}
+	for _, f := range slices.Sorted(maps.Keys(cfg.LinePrecision)) {
+		p, err := ParsePrecision(cfg.LinePrecision[f])
+		if err != nil {
+			return nil, fmt.Errorf("line_precision %q: %w", f, err)
+		}
+		levels := strings.Split(f, "/")
+		if levels[0] == "$share" {
+			if len(levels) < 3 {
+				return nil, fmt.Errorf("line_precision: filter %q has no topic after $share/<group>/", f)
+			}
+			levels = levels[2:]
+		}
+		for i, l := range levels {
+			if (l == "#" && i != len(levels)-1) || (l != "#" && l != "+" && strings.ContainsAny(l, "#+")) || f == "" {
+				return nil, fmt.Errorf("line_precision: %q is not a topic filter", f)
+			}
+		}
+		m.precisions = append(m.precisions, linePrecision{filter: levels, prec: p})
+	}
 	byKey := func(a, b tagSource) int { return strings.Compare(a.key, b.key) }
 	slices.SortFunc(m.tags, byKey)
 	slices.SortFunc(m.staticOnly, byKey)
 	return m, nil
 }
 
-// validName reports whether s can be a measurement, tag key or tag value.
+// validName reports whether s can be a measurement, tag key, tag value or
+// field key that InfluxDB stores exactly as it is: printable UTF-8, and no
+// backslash before a comma, space or equals sign, or at the end. InfluxDB's
+// parser reads a backslash and the next byte as a pair in some places and
+// takes a delimiter after a backslash for an escaped one in others, so such
+// a backslash followed by the encoder's own escape changes where the name
+// ends, or makes the line unparsable. (A measurement does not escape "=",
+// but the same rule keeps it simple.)
 func validName(s string) bool {
-	if s == "" || !utf8.ValidString(s) || strings.HasSuffix(s, `\`) {
+	if s == "" || !utf8.ValidString(s) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
+		switch c := s[i]; {
+		case c < 0x20 || c == 0x7f:
 			return false
+		case c == '\\':
+			if i+1 == len(s) {
+				return false
+			}
+			if n := s[i+1]; n == ',' || n == ' ' || n == '=' {
+				return false
+			}
 		}
 	}
 	return true
+}
+
+func validNameBytes(b []byte) bool { return validName(unsafe.String(unsafe.SliceData(b), len(b))) }
+
+// appendName appends a measurement (escaping comma and space) or a key or
+// tag value (also equals) as line protocol; validName has checked it.
+func appendName(dst []byte, s string, equals bool) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == ',' || c == ' ' || (equals && c == '=') {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// AppendString appends s as a line-protocol string field value that
+// InfluxDB stores byte for byte. Its parser undoes only the escapes of
+// backslash and double quote (not the \\n, \\t, \\r the line-protocol
+// library writes), so every other byte, tab, carriage return and newline
+// included, is written as it is. (The mapper refuses newlines before: see
+// ReasonNewline.)
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '"' || c == '\\' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, s[i])
+	}
+	return append(dst, '"')
+}
+
+// AppendKey appends a field key, escaping comma, space and equals sign; it
+// reports false for a key ValidName refuses.
+func AppendKey(dst []byte, k string) ([]byte, bool) {
+	if !validName(k) {
+		return dst, false
+	}
+	return appendName(dst, k, true), true
+}
+
+// ValidName reports whether s can be a measurement, tag key, tag value or
+// field key that InfluxDB stores exactly as it is (see validName).
+func ValidName(s string) bool { return validName(s) }
+
+// appendValue appends a field value.
+func appendValue(dst []byte, v lineprotocol.Value) ([]byte, bool) {
+	if v.Kind() == lineprotocol.String {
+		if strings.IndexByte(v.StringV(), '\n') >= 0 {
+			return dst, false
+		}
+		return AppendString(dst, v.StringV()), true
+	}
+	return v.AppendBytes(dst), true
 }
 
 // Append decodes msg and appends its points to dst as line protocol with
@@ -357,27 +514,19 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 	if len(fields) == 0 {
 		return dst, 0, decodeErr(ReasonNoFields, "payload has no fields")
 	}
-	// The encoder has no way to start a line from already escaped bytes,
-	// so it starts one with a placeholder measurement "m" right after all
-	// but the last byte of the cached prefix, and that byte replaces the
-	// placeholder: the line is the prefix followed by the encoder's fields.
-	var enc lineprotocol.Encoder
-	at := len(dst) + len(prefix) - 1
-	enc.SetBuffer(append(dst, prefix[:len(prefix)-1]...))
-	enc.SetPrecision(lineprotocol.Nanosecond)
-	// Field names were checked by validName above (the encoder's own
-	// rules) and sorted: skip the second check.
-	enc.SetLax(true)
-	enc.StartLine("m")
-	for _, f := range fields {
-		enc.AddField(f.key, f.val)
+	out := append(dst, prefix...)
+	for i, f := range fields {
+		sep := byte(',')
+		if i == 0 {
+			sep = ' '
+		}
+		out = appendName(append(out, sep), f.key, true)
+		var ok bool
+		if out, ok = appendValue(append(out, '='), f.val); !ok {
+			return dst, 0, decodeErr(ReasonNewline, "field %q: a newline in a string value cannot be stored in line protocol", f.key)
+		}
 	}
-	enc.EndLine(ts)
-	if err := enc.Err(); err != nil {
-		return dst, 0, decodeErr(ReasonBadField, "%v", err)
-	}
-	out := enc.Bytes()
-	out[at] = prefix[len(prefix)-1]
+	out = append(strconv.AppendInt(append(out, ' '), ts.UnixNano(), 10), '\n')
 	return out, 1, nil
 }
 
@@ -442,41 +591,52 @@ func dedupLast(fields []jsonField) []jsonField {
 // appendLine validates line-protocol payloads and re-encodes them with the
 // static tags and a fixed timestamp, so a redelivery overwrites the same
 // point. A payload with any bad line is rejected whole: half a message in
-// the database is harder to reason about than none.
+// the database is harder to reason about than none. Values are stored as
+// InfluxDB would store the same lines written to it directly.
 func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
-	dec := lineprotocol.NewDecoderWithBytes(msg.Payload)
-	var enc lineprotocol.Encoder
-	enc.SetBuffer(dst)
-	enc.SetPrecision(lineprotocol.Nanosecond)
+	prec := m.linePrecision(msg.Topic)
+	dec := lineprotocol.NewDecoderWithBytes(serverEscapes(msg.Payload))
+	out := dst
 	type kv struct{ k, v []byte }
 	var tags []kv
 	// The decoder's slices are valid only until its next call, so keep
 	// the measurement and tags in a scratch arena while sorting them. The
-	// arena is reused line after line: the encoder has copied a line's
-	// bytes by the time the next one starts. (When it grows, the slices
-	// kept so far still point into the old array, which nothing changes.)
+	// arena is reused line after line: they are copied into out by the
+	// time the next one starts. (When it grows, the slices kept so far
+	// still point into the old array, which nothing changes.)
 	scratch := make([]byte, 0, 256)
 	keep := func(b []byte) []byte {
 		start := len(scratch)
 		scratch = append(scratch, b...)
 		return scratch[start:len(scratch):len(scratch)]
 	}
+	// untimed counts, per series, the lines without a timestamp so far.
+	var untimed map[string]int64
 	n := 0
+	fail := func(reason, format string, args ...any) ([]byte, int, error) {
+		return dst, 0, decodeErr(reason, "line %d: %s", n+1, fmt.Sprintf(format, args...))
+	}
 	for dec.Next() {
 		scratch = scratch[:0]
 		meas, err := dec.Measurement()
 		if err != nil {
-			return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
+			return fail(ReasonBadLine, "%v", err)
+		}
+		if !validNameBytes(meas) {
+			return fail(ReasonBadLine, "measurement %q cannot be stored as it is", meas)
 		}
 		meas = keep(meas)
 		tags = tags[:0]
 		for {
 			k, v, err := dec.NextTag()
 			if err != nil {
-				return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
+				return fail(ReasonBadLine, "%v", err)
 			}
 			if k == nil {
 				break
+			}
+			if !validNameBytes(k) || !validNameBytes(v) {
+				return fail(ReasonBadLine, "tag %q=%q cannot be stored as it is", k, v)
 			}
 			tags = append(tags, kv{keep(k), keep(v)})
 		}
@@ -484,36 +644,67 @@ func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
 			tags = append(tags, kv{[]byte(s.key), []byte(s.static)})
 		}
 		slices.SortFunc(tags, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
-		enc.StartLineRaw(meas)
+		lineStart := len(out)
+		out = appendName(out, unsafeString(meas), false)
 		for i, t := range tags {
 			if i > 0 && bytes.Equal(tags[i-1].k, t.k) {
-				return dst, 0, decodeErr(ReasonBadLine, "line %d: tag %q given twice", n+1, t.k)
+				return fail(ReasonBadLine, "tag %q given twice", t.k)
 			}
-			enc.AddTagRaw(t.k, t.v)
+			out = appendName(append(out, ','), unsafeString(t.k), true)
+			out = appendName(append(out, '='), unsafeString(t.v), true)
 		}
+		series := out[lineStart:]
 		fields := 0
 		for {
 			k, v, err := dec.NextField()
 			if err != nil {
-				return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
+				return fail(ReasonBadLine, "%v", err)
 			}
 			if k == nil {
 				break
 			}
-			enc.AddFieldRaw(k, v)
+			if !validNameBytes(k) {
+				return fail(ReasonBadLine, "field key %q cannot be stored as it is", k)
+			}
+			sep := byte(',')
+			if fields == 0 {
+				sep = ' '
+			}
+			out = appendName(append(out, sep), unsafeString(k), true)
+			var ok bool
+			if out, ok = appendValue(append(out, '='), v); !ok {
+				return fail(ReasonNewline, "field %q: a newline in a string value cannot be stored in line protocol", k)
+			}
 			fields++
 		}
 		if fields == 0 {
-			return dst, 0, decodeErr(ReasonBadLine, "line %d: no fields", n+1)
+			return fail(ReasonBadLine, "no fields")
 		}
-		ts, err := dec.Time(lineprotocol.Nanosecond, msg.Received)
+		raw, err := dec.TimeBytes()
 		if err != nil {
-			return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
+			return fail(ReasonBadLine, "%v", err)
 		}
-		enc.EndLine(ts)
-		if err := enc.Err(); err != nil {
-			return dst, 0, decodeErr(ReasonBadLine, "line %d: %v", n+1, err)
+		var ts int64
+		if raw == nil {
+			// Lines without a timestamp take the receive time. A second
+			// line of the same series in the message would overwrite the
+			// first at that time, so the k-th is stamped k-1 ns later.
+			ts = msg.Received.UnixNano()
+			if untimed == nil {
+				untimed = map[string]int64{}
+			}
+			k := untimed[string(series)]
+			untimed[string(series)] = k + 1
+			ts += k
+		} else {
+			ts, err = strconv.ParseInt(unsafeString(raw), 10, 64)
+			d := int64(prec.Duration())
+			if err != nil || ts > math.MaxInt64/d || ts < math.MinInt64/d+1 {
+				return fail(ReasonBadLine, "timestamp %s (precision %s) is out of range", raw, prec)
+			}
+			ts *= d
 		}
+		out = append(strconv.AppendInt(append(out, ' '), ts, 10), '\n')
 		n++
 	}
 	if err := dec.Err(); err != nil {
@@ -522,5 +713,85 @@ func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
 	if n == 0 {
 		return dst, 0, decodeErr(ReasonNoFields, "payload has no lines")
 	}
-	return enc.Bytes(), n, nil
+	return out, n, nil
+}
+
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// serverEscapes makes the line-protocol library read string field values
+// as InfluxDB does. InfluxDB's parser turns only \\ and \" back into one
+// byte, so a device's "C:\new" is stored with its backslash; the library
+// also turns \n, \r and \t into control characters. Inside quoted field
+// values, such a backslash is doubled, which the library reads back as the
+// backslash InfluxDB would have kept. Everything else is left alone, and a
+// payload without a backslash is not copied.
+func serverEscapes(p []byte) []byte {
+	if bytes.IndexByte(p, '\\') < 0 {
+		return p
+	}
+	var out []byte // nil until the first change
+	copied := 0    // p[:copied] is in out
+	// toEOL moves i past the end of the line.
+	toEOL := func(i int) int {
+		if j := bytes.IndexByte(p[min(i, len(p)):], '\n'); j >= 0 {
+			return i + j + 1
+		}
+		return len(p)
+	}
+	for i := 0; i < len(p); {
+		// A comment or blank line runs to its end.
+		if p[i] == '#' || p[i] == '\n' {
+			i = toEOL(i)
+			continue
+		}
+		// Measurement and tags, up to the first unescaped space.
+		for i < len(p) && p[i] != ' ' && p[i] != '\n' {
+			if p[i] == '\\' {
+				i++
+			}
+			i++
+		}
+		for i < len(p) && p[i] == ' ' {
+			i++
+		}
+		// Fields: key=value pairs up to the next unescaped space.
+		for i < len(p) && p[i] != ' ' && p[i] != '\n' {
+			switch {
+			case p[i] == '\\':
+				i += 2
+			case p[i] != '=':
+				i++
+			case i+1 < len(p) && p[i+1] == '"':
+				// A quoted string: \ and the next byte are a pair; the
+				// pairs \n, \r, \t get their backslash doubled.
+				for i += 2; i < len(p) && p[i] != '"'; i++ {
+					if p[i] != '\\' || i+1 >= len(p) {
+						continue
+					}
+					if c := p[i+1]; c == 'n' || c == 'r' || c == 't' {
+						if out == nil {
+							out = make([]byte, 0, len(p)+8)
+						}
+						out = append(append(out, p[copied:i+1]...), '\\')
+						copied = i + 1
+					}
+					i++
+				}
+				i++ // the closing quote
+			default:
+				// Any other value runs to the next comma or space.
+				for i++; i < len(p) && p[i] != ',' && p[i] != ' ' && p[i] != '\n'; i++ {
+				}
+			}
+			if i < len(p) && p[i] == ',' {
+				i++
+			}
+		}
+		// The timestamp, to the end of the line.
+		i = toEOL(i)
+	}
+	if out == nil {
+		return p
+	}
+	return append(out, p[copied:]...)
 }

@@ -3,11 +3,14 @@ package app
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/influxdata/line-protocol/v2/lineprotocol"
+	"github.com/tidwall/gjson"
 )
 
 var recv = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -125,6 +128,99 @@ func TestMapperLineProtocol(t *testing.T) {
 	}
 }
 
+// Lines without a timestamp in one message: a series seen again is stamped
+// a nanosecond later each time, so no line overwrites another; different
+// series keep the same receive time. Timestamps are read in the precision
+// configured for the topic.
+func TestMapperLineTimestamps(t *testing.T) {
+	m := mustMapper(t, MapperConfig{LinePrecision: map[string]string{"lp/ms/#": "ms", "$share/g/lp/s/+": "s", "lp/us": "us"}})
+	r := recv.UnixNano()
+	tests := []struct {
+		name, topic, payload, want, reason string
+	}{
+		{"same series twice untimed", "lp/x", "cpu,h=a v=1\ncpu,h=a v=2\ncpu,h=b v=3\nmem v=4\ncpu,h=a v=5",
+			fmt.Sprintf("cpu,h=a v=1 %d\ncpu,h=a v=2 %d\ncpu,h=b v=3 %d\nmem v=4 %d\ncpu,h=a v=5 %d\n", r, r+1, r, r, r+2), ""},
+		{"tag order does not make another series", "lp/x", "cpu,a=1,b=2 v=1\ncpu,b=2,a=1 v=2",
+			fmt.Sprintf("cpu,a=1,b=2 v=1 %d\ncpu,a=1,b=2 v=2 %d\n", r, r+1), ""},
+		{"timed lines kept as they are", "lp/x", "cpu v=1 5\ncpu v=2 5", "cpu v=1 5\ncpu v=2 5\n", ""},
+		{"milliseconds", "lp/ms/a/b", "cpu v=1 1764158400123", "cpu v=1 1764158400123000000\n", ""},
+		{"seconds under a shared subscription's filter", "lp/s/x", "cpu v=1 1764158400", "cpu v=1 1764158400000000000\n", ""},
+		{"microseconds", "lp/us", "cpu v=1 -5", "cpu v=1 -5000\n", ""},
+		{"untimed in ms topic still ns receive time", "lp/ms", "cpu v=1", fmt.Sprintf("cpu v=1 %d\n", r), ""},
+		{"ms timestamp overflows", "lp/ms/x", "cpu v=1 9223372036854775", "", ReasonBadLine},
+		{"s timestamp overflows", "lp/s/x", "cpu v=1 -9223372036", "", ReasonBadLine},
+		{"ns not multiplied", "lp/other", "cpu v=1 9223372036854775807", "cpu v=1 9223372036854775807\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, _, err := m.Append(nil, Message{Topic: tt.topic, Payload: []byte(tt.payload), Received: recv}, FormatLine)
+			if tt.reason != "" {
+				var de *DecodeError
+				if !errors.As(err, &de) || de.Reason != tt.reason {
+					t.Fatalf("err = %v, want reason %s", err, tt.reason)
+				}
+				return
+			}
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("got %q (%v)\nwant %q", got, err, tt.want)
+			}
+		})
+	}
+	for _, bad := range []map[string]string{{"lp/#": "minutes"}, {"lp/#/x": "ms"}, {"$share/g": "ms"}, {"a+/b": "s"}} {
+		if _, err := NewMapper(MapperConfig{LinePrecision: bad}); err == nil {
+			t.Errorf("LinePrecision %v accepted", bad)
+		}
+	}
+}
+
+// Strings keep every byte but newline; names refuse a backslash that would
+// merge with an escape.
+func TestMapperStrings(t *testing.T) {
+	m := mustMapper(t, MapperConfig{TopicPattern: "{_measurement}/{k}"})
+	tests := []struct{ topic, payload, want, reason string }{
+		{"m/a", `{"s":"t\tc\rq\"b\\e\u0000x"}`, "m,k=a s=\"t\tc\rq\\\"b\\\\e\x00x\" 1795694400000000000\n", ""},
+		{"m/a", `{"s":"\\n"}`, `m,k=a s="\\n" 1795694400000000000` + "\n", ""},
+		{"m/a", `{"s":"x\ny"}`, "", ReasonNewline},
+		{`m/a\`, `{"v":1}`, "", ReasonBadTopic},
+		{`m/a\,b`, `{"v":1}`, "", ReasonBadTopic},
+		{`m/a\b`, `{"v":1}`, `m,k=a\b v=1 1795694400000000000` + "\n", ""},
+		{"m/a", `{"f\\ k":1}`, "", ReasonBadField},
+	}
+	for _, tt := range tests {
+		got, _, err := m.Append(nil, Message{Topic: tt.topic, Payload: []byte(tt.payload), Received: recv}, FormatJSON)
+		if tt.reason != "" {
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Reason != tt.reason {
+				t.Errorf("%s %s: err = %v, want reason %s", tt.topic, tt.payload, err, tt.reason)
+			}
+			continue
+		}
+		if err != nil || string(got) != tt.want {
+			t.Errorf("%s %s: got %q (%v)\nwant %q", tt.topic, tt.payload, got, err, tt.want)
+		}
+	}
+	lines := []struct{ payload, want, reason string }{
+		{`m s="C:\new\\x\"q\t"`, `m s="C:\\new\\x\"q\\t" 1`, ""},
+		{"m s=\"raw\ttab\"", "m s=\"raw\ttab\" 1", ""},
+		{"m s=\"raw\nnewline\"", "", ReasonNewline},
+		{`m,k=a\\,b v=1`, "", ReasonBadLine},
+		{`# comment with \n` + "\n" + `m s="\n"`, `m s="\\n" 1`, ""},
+	}
+	for _, tt := range lines {
+		got, _, err := m.Append(nil, Message{Topic: "x", Payload: []byte(tt.payload), Received: time.Unix(0, 1)}, FormatLine)
+		if tt.reason != "" {
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Reason != tt.reason {
+				t.Errorf("%q: err = %v, want reason %s", tt.payload, err, tt.reason)
+			}
+			continue
+		}
+		if err != nil || string(got) != tt.want+"\n" {
+			t.Errorf("%q: got %q (%v)\nwant %q", tt.payload, got, err, tt.want+"\n")
+		}
+	}
+}
+
 func TestNewMapperErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -137,6 +233,7 @@ func TestNewMapperErrors(t *testing.T) {
 		{"wildcard", MapperConfig{TopicPattern: "a/#/{_measurement}"}, "bad level"},
 		{"static clashes", MapperConfig{StaticTags: map[string]string{"site": "x"}}, "also a topic level"},
 		{"static empty value", MapperConfig{StaticTags: map[string]string{"gw": ""}}, "bad value"},
+		{"comment measurement", MapperConfig{TopicPattern: "a/{x}", Measurement: "#m"}, "starting with #"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,16 +250,29 @@ func TestNewMapperErrors(t *testing.T) {
 	}
 }
 
-// FuzzMapper feeds arbitrary topics and payloads: the mapper must never
-// panic, and whatever it accepts must be valid line protocol.
+// FuzzMapper feeds arbitrary topics and payloads to mappers of several
+// topic patterns: a mapper must never panic, whatever it accepts must be
+// valid line protocol with as many lines as it reports, and every string a
+// JSON payload carries must come out as it went in.
 func FuzzMapper(f *testing.F) {
 	for _, s := range []string{`{"ts":1764158400123,"t":21.5}`, `{"v":"x","b":true}`, `{"ts":"2026-11-26T10:00:00Z","v":1}`,
-		`{`, `[]`, `{"v":{"x":1}}`, "cpu,host=a v=1 1700000000000000000", "m v=1i\nm v=2"} {
-		f.Add("sensors/s/d/m", []byte(s), false)
-		f.Add("sensors/s/d/m", []byte(s), true)
+		`{`, `[]`, `{"v":{"x":1}}`, `{"s":"a\\b\"c\t\r\u0000","s":"last"}`, "cpu,host=a v=1 1700000000000000000",
+		"m v=1i\nm v=2", `m s="C:\new\\x\"q",t="\t"`, "# c\nm,k=a\\ b f\\,k=\"x\" 12"} {
+		for i := range 4 {
+			f.Add(uint8(i), "sensors/s/d/m", []byte(s), false)
+			f.Add(uint8(i), "plant/x/l1", []byte(s), true)
+		}
 	}
-	m := mustMapper(f, MapperConfig{StaticTags: map[string]string{"gateway": "gw"}})
-	f.Fuzz(func(t *testing.T, topic string, payload []byte, line bool) {
+	f.Add(uint8(2), "m/site/x/dev", []byte(`{"v":1}`), false)
+	f.Add(uint8(3), "a/b\\c/m", []byte(`{"v":1}`), false)
+	mappers := []*Mapper{
+		mustMapper(f, MapperConfig{StaticTags: map[string]string{"gateway": "gw"}}),
+		mustMapper(f, MapperConfig{TopicPattern: "plant/+/{line}", Measurement: "machine", LinePrecision: map[string]string{"#": "ms"}}),
+		mustMapper(f, MapperConfig{TopicPattern: "{_measurement}/{site}/+/{dev}", StaticTags: map[string]string{"a b": "c,d"}}),
+		mustMapper(f, MapperConfig{TopicPattern: "a/{x}/{_measurement}", LinePrecision: map[string]string{"plant/+/+": "s"}}),
+	}
+	f.Fuzz(func(t *testing.T, which uint8, topic string, payload []byte, line bool) {
+		m := mappers[int(which)%len(mappers)]
 		format := FormatJSON
 		if line {
 			format = FormatLine
@@ -180,6 +290,7 @@ func FuzzMapper(f *testing.F) {
 		if again, _, err := m.Append(nil, Message{Topic: topic, Payload: payload, Received: recv}, format); err != nil || !bytes.Equal(again, out) {
 			t.Fatalf("second encoding differs: %q (%v), first %q", again, err, out)
 		}
+		strs := map[string]string{} // string fields of the output
 		dec := lineprotocol.NewDecoderWithBytes(out)
 		lines := 0
 		for dec.Next() {
@@ -196,12 +307,15 @@ func FuzzMapper(f *testing.F) {
 				}
 			}
 			for {
-				k, _, err := dec.NextField()
+				k, v, err := dec.NextField()
 				if err != nil {
 					t.Fatalf("output %q: %v", out, err)
 				}
 				if k == nil {
 					break
+				}
+				if v.Kind() == lineprotocol.String {
+					strs[string(k)] = v.StringV()
 				}
 			}
 			if _, err := dec.Time(lineprotocol.Nanosecond, time.Time{}); err != nil {
@@ -211,6 +325,21 @@ func FuzzMapper(f *testing.F) {
 		}
 		if dec.Err() != nil || lines != n {
 			t.Fatalf("output %q: %d lines, reported %d, err %v", out, lines, n, dec.Err())
+		}
+		if format != FormatJSON {
+			return
+		}
+		want := map[string]string{}
+		gjson.ParseBytes(payload).ForEach(func(k, v gjson.Result) bool {
+			if v.Type == gjson.String && k.Str != TimestampKey {
+				want[k.Str] = v.Str
+			} else {
+				delete(want, k.Str)
+			}
+			return true
+		})
+		if !maps.Equal(strs, want) {
+			t.Fatalf("payload %q: strings out %q, in %q", payload, strs, want)
 		}
 	})
 }

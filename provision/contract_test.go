@@ -308,7 +308,9 @@ func TestSetupPathsMatchUnits(t *testing.T) {
 		"dst=$ROOT" + BrokerUsersFile,
 		`"$dir/server.crt"`, `"$dir/server.key"`,
 		"BROKER_VERIFY=(-CAfile " + BrokerTLSDir + "/ca.crt",
-		"/data/iotgw-broker " + BrokerDataDir + " none bind",
+		// The bind mounts: /data/<name> on /var/lib/<name>, the broker's
+		// among them (TestSetupTempRoot reads the fstab a run writes).
+		"/data/$b /var/lib/$b none bind", "binds=(influxdb iotgw " + strings.TrimPrefix(BrokerDataDir, "/var/lib/") + ")",
 	} {
 		if !strings.Contains(script, want) {
 			t.Errorf("setup-host.sh lacks %q", want)

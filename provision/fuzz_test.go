@@ -8,8 +8,9 @@ import (
 )
 
 // FuzzRender: whatever stack values come in, either Validate refuses them
-// or the user-data is well-formed with each value in place and nothing
-// injected (no extra lines in host.env, the same files, valid YAML).
+// or the host files are well-formed with each value in place and nothing
+// injected (no extra lines in host.env, the same files, valid YAML after the
+// round trip through the host parameters and a cloud-config document).
 func FuzzRender(f *testing.F) {
 	f.Add("iot", "sensors", "sensors/#", "exports/", "bucket-1")
 	f.Add("a'b", "x\ny", "$SYS/#", "e x/", `b"c`)
@@ -17,9 +18,21 @@ func FuzzRender(f *testing.F) {
 	f.Fuzz(func(t *testing.T, org, bucket, topic, prefix, exportBucket string) {
 		p := baseParams()
 		p.InfluxOrg, p.InfluxBucket, p.MQTTTopics, p.ExportPrefix, p.ExportBucket = org, bucket, []string{topic}, prefix, exportBucket
-		ud, err := RenderUserData(p)
+		hp, err := HostParams(p)
 		if err != nil {
 			return
+		}
+		back, err := ParseHostParams(hp, p.SigningPublicKey)
+		if err != nil {
+			t.Fatalf("host parameters do not parse back: %v", err)
+		}
+		fl, err := Files(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ud, err := yaml.Marshal(map[string]any{"write_files": fl})
+		if err != nil {
+			t.Fatal(err)
 		}
 		var doc struct {
 			WriteFiles []struct{ Path, Content string } `yaml:"write_files"`

@@ -155,7 +155,7 @@ func TestVerifySignatureStep(t *testing.T) {
 }
 
 func TestSigningKeyParam(t *testing.T) {
-	p := baseParams()
+	p := baseBootstrap()
 	p.SigningPublicKey = ""
 	if _, err := RenderUserData(p); err == nil || !strings.Contains(err.Error(), "SigningPublicKey") {
 		t.Errorf("no key: %v", err)
@@ -168,7 +168,17 @@ func TestSigningKeyParam(t *testing.T) {
 	if _, err := RenderUserData(p); err == nil {
 		t.Error("text after the key accepted")
 	}
-	ud, err := RenderUserData(baseParams())
+	for _, edit := range []func(*Params){
+		func(p *Params) { p.SigningPublicKey = "" },
+		func(p *Params) { p.SigningPublicKey = string(testSigner.key) },
+	} {
+		hp := baseParams()
+		edit(&hp)
+		if _, err := Files(hp); err == nil || !strings.Contains(err.Error(), "SigningPublicKey") {
+			t.Errorf("host files rendered with a bad key: %v", err)
+		}
+	}
+	ud, err := RenderUserData(baseBootstrap())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,16 +1,21 @@
 // Package provision renders what a fresh Amazon Linux 2023 host needs to run
-// iot-gateway: the cloud-init user-data, the systemd units, the configuration
-// files and the setup script. The files live next to this package and are
-// embedded, so the Pulumi program and the tests use the same bytes.
+// iot-gateway: the cloud-init user-data (a small bootstrap), the systemd
+// units, the configuration files and the setup script. The files live next
+// to this package and are embedded, so the Pulumi program, the tests and the
+// gateway binary (`iotgw provision-files`, which writes them on the host) use
+// the same bytes.
 package provision
 
 import (
 	"bytes"
 	"compress/gzip"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"text/template"
@@ -25,11 +30,17 @@ var files embed.FS
 // MaxUserData is EC2's limit on user-data, counted before base64.
 const MaxUserData = 16 * 1024
 
-// Where cloud-init stages the rendered files; the setup script installs
-// them from here into place, so rerunning it converges on them.
+// UserDataBudget is what a role's user-data may use: half of EC2's limit,
+// so that new roles and settings have room.
+const UserDataBudget = MaxUserData / 2
+
+// Where `iotgw provision-files` stages the rendered files; the setup script
+// installs them from here into place, so rerunning it converges on them.
 const (
-	PayloadDir  = "/usr/local/lib/iotgw/payload"
-	SetupScript = "/usr/local/sbin/iotgw-setup"
+	PayloadDir      = "/usr/local/lib/iotgw/payload"
+	SetupScript     = "/usr/local/sbin/iotgw-setup"
+	BootstrapScript = "/usr/local/sbin/iotgw-bootstrap"
+	BootstrapEnv    = "/etc/iotgw/bootstrap.env"
 )
 
 // Defaults for Params fields left empty.
@@ -73,12 +84,42 @@ var (
 // until iotgw-setup writes the real token.
 const TokenPlaceholder = "pending:"
 
+// Host roles: what a host runs.
+const (
+	// RoleAllInOne runs the broker, InfluxDB 2 and the gateway.
+	RoleAllInOne = "all-in-one"
+	// RoleGateway runs only the gateway (a slot of the scale topology): it
+	// subscribes to AWS IoT Core over mutual TLS and writes to Amazon
+	// Timestream for InfluxDB.
+	RoleGateway = "gateway"
+)
+
+// IoT Core client certificate and key of a gateway slot: iotgw-setup
+// gateway-secrets copies them from SSM (IoTCertParam, IoTKeyParam under
+// ParamPath) into memory, readable by the iotgw group only.
+const (
+	IoTCertParam = "iot-gateway-cert"
+	IoTKeyParam  = "iot-gateway-key"
+	IoTCertFile  = "/run/iotgw-secrets/iot.crt"
+	IoTKeyFile   = "/run/iotgw-secrets/iot.key"
+)
+
 // Params are the stack settings the host needs. None of them is secret:
 // secrets stay in SSM under ParamPath and are fetched by the host.
 type Params struct {
 	Stack     string // Pulumi stack name
 	Region    string // AWS region, for the aws CLI and SDK on the host
 	ParamPath string // SSM path of the stack's parameters, e.g. /iot-gateway/dev
+	Role      string // RoleAllInOne (default) or RoleGateway
+
+	// RoleGateway only.
+	Slot            int    // the slot's number; its client id and data volume are the slot's
+	BrokerURL       string // ssl://<IoT Core ATS endpoint>:8883
+	MQTTConnections int    // connections of this slot to the shared subscription
+	InfluxURL       string // https://<Timestream for InfluxDB endpoint>:8086
+	// InfluxAdmin: this slot makes the gateways' and the export's InfluxDB
+	// tokens (signing in as the admin) and runs the daily export.
+	InfluxAdmin bool
 
 	DataVolumeID string // EBS volume id of the data volume (found by NVMe serial)
 	DataDevice   string // device name it is attached as; fallback when no id
@@ -104,8 +145,11 @@ type Params struct {
 	ExportPrefix string // key prefix of the daily export, ending in "/"
 
 	// SigningPublicKey is the Ed25519 public key (PEM) the host checks the
-	// gateway artifact's signature with (package provision/signing).
-	SigningPublicKey string
+	// gateway artifact's signature with (package provision/signing). It
+	// reaches the host in the user-data only, never with the host
+	// parameters: whoever can write those cannot change what the host
+	// trusts.
+	SigningPublicKey string `json:"-"`
 }
 
 // File is one rendered file and where it goes on the host.
@@ -138,6 +182,10 @@ func (p Params) withDefaults() Params {
 	def(&p.MQTTClientID, "iotgw-"+p.Stack)
 	def(&p.HTTPAddr, DefaultHTTPAddr)
 	def(&p.ExportPrefix, "exports/")
+	def(&p.Role, RoleAllInOne)
+	if p.Role == RoleGateway && p.MQTTConnections == 0 {
+		p.MQTTConnections = 1
+	}
 	if len(p.MQTTTopics) == 0 {
 		p.MQTTTopics = []string{"sensors/#"}
 	}
@@ -169,12 +217,15 @@ func (p Params) Validate() error {
 		{"HTTPAddr", p.HTTPAddr, true},
 		{"ExportBucket", p.ExportBucket, true},
 		{"ExportPrefix", p.ExportPrefix, true},
+		{"Role", p.Role, true},
+		{"BrokerURL", p.BrokerURL, p.Role == RoleGateway},
+		{"InfluxURL", p.InfluxURL, p.Role == RoleGateway},
 	}
 	for i, t := range p.MQTTTopics {
 		fields = append(fields, struct {
 			name, value string
 			required    bool
-		}{fmt.Sprintf("MQTTTopics[%d]", i), t, true})
+		}{fmt.Sprintf("MQTTTopics[%d]", i), shareGroup.ReplaceAllString(t, ""), true})
 	}
 	for _, f := range fields {
 		if f.required && f.value == "" {
@@ -192,10 +243,38 @@ func (p Params) Validate() error {
 		return fmt.Errorf("provision: ExportPrefix %q must end with / and have no leading or double slashes", p.ExportPrefix)
 	}
 	for i, t := range p.MQTTTopics {
-		// The broker lets the gateway subscribe only under sensors/.
-		if t != "sensors/#" && !strings.HasPrefix(t, "sensors/") {
+		// The broker (and the IoT policy) let the gateway subscribe only
+		// under sensors/.
+		if f := shareGroup.ReplaceAllString(t, ""); f != "sensors/#" && !strings.HasPrefix(f, "sensors/") {
 			return fmt.Errorf("provision: MQTTTopics[%d] %q is not under sensors/, which is all the broker lets the gateway subscribe to", i, t)
 		}
+		if p.Role == RoleGateway && !shareGroup.MatchString(t) {
+			return fmt.Errorf("provision: MQTTTopics[%d] %q is not a shared subscription ($share/<group>/...): each message would reach every slot", i, t)
+		}
+	}
+	switch p.Role {
+	case RoleAllInOne:
+		if p.BrokerURL != "" || p.InfluxURL != "" || p.InfluxAdmin || p.MQTTConnections != 0 || p.Slot != 0 {
+			return errors.New("provision: BrokerURL, InfluxURL, InfluxAdmin, MQTTConnections and Slot are for the gateway role only")
+		}
+	case RoleGateway:
+		if !strings.HasPrefix(p.BrokerURL, "ssl://") {
+			return fmt.Errorf("provision: BrokerURL %q is not ssl://host:port: a gateway slot reaches its broker over TLS only", p.BrokerURL)
+		}
+		if !strings.HasPrefix(p.InfluxURL, "https://") {
+			return fmt.Errorf("provision: InfluxURL %q is not https://: a gateway slot reaches InfluxDB over TLS only", p.InfluxURL)
+		}
+		if p.MQTTConnections < 1 || p.MQTTConnections > 64 {
+			return fmt.Errorf("provision: MQTTConnections %d is outside 1..64", p.MQTTConnections)
+		}
+		if p.Slot < 0 {
+			return fmt.Errorf("provision: Slot %d is negative", p.Slot)
+		}
+		if p.MQTTPlaintextPublic || p.InfluxListenPublic {
+			return errors.New("provision: MQTTPlaintextPublic and InfluxListenPublic are for the all-in-one role: a gateway slot runs no broker and no InfluxDB")
+		}
+	default:
+		return fmt.Errorf("provision: Role %q is not %s or %s", p.Role, RoleAllInOne, RoleGateway)
 	}
 	if p.MQTTQoS < 0 || p.MQTTQoS > 2 {
 		return fmt.Errorf("provision: MQTTQoS %d is not 0, 1 or 2", p.MQTTQoS)
@@ -212,29 +291,35 @@ func (p Params) Validate() error {
 	return nil
 }
 
-// payload maps each embedded file to its place on the host.
+// shareGroup matches the $share/<group>/ prefix of a shared subscription.
+var shareGroup = regexp.MustCompile(`^\$share/[A-Za-z0-9_-]+/`)
+
+// payload maps each embedded file to its place on the host, and the role
+// that gets it ("" for every role).
 var payload = []struct {
-	src, dst string
+	src, dst, role string
 }{
-	{"files/host.env.tmpl", "/etc/iotgw/host.env"},
-	{"files/gateway.toml.tmpl", GatewayConfig},
-	{"files/broker.toml.tmpl", BrokerConfig},
-	{"files/export.env.tmpl", ExportEnvFile},
-	{"signing-key", SigningKeyFile},
+	{"files/host.env.tmpl", "/etc/iotgw/host.env", ""},
+	{"files/gateway.toml.tmpl", GatewayConfig, ""},
+	{"files/broker.toml.tmpl", BrokerConfig, RoleAllInOne},
+	{"files/export.env.tmpl", ExportEnvFile, ""},
+	{"signing-key", SigningKeyFile, ""},
 	// The dashboard as code, the same file `iotgw export` round-trips.
-	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json"},
-	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml"},
-	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf"},
-	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service"},
-	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service"},
-	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service"},
-	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer"},
-	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service"},
-	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf"},
+	{"dashboards:sensors.json", "/etc/iotgw/dashboards/iotgw.json", ""},
+	{"files/influxdb-config.toml.tmpl", "/etc/influxdb/config.toml", RoleAllInOne},
+	{"files/sysusers-iotgw.conf", "/etc/sysusers.d/iotgw.conf", ""},
+	{"files/systemd/iotgw.service", "/etc/systemd/system/iotgw.service", ""},
+	{"files/systemd/iotgw-broker.service", "/etc/systemd/system/iotgw-broker.service", RoleAllInOne},
+	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service", ""},
+	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer", ""},
+	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service", ""},
+	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf", RoleAllInOne},
+	{"files/systemd/iotgw-secrets-gateway.conf", "/etc/systemd/system/iotgw-secrets.service.d/gateway.conf", RoleGateway},
 }
 
-// Files renders every file the host gets: the setup script and the payload
-// it installs. Paths are where cloud-init writes them.
+// Files renders every file the host gets: the bootstrap and setup scripts
+// and the payload the setup installs. Paths are where `iotgw
+// provision-files` writes them.
 func Files(p Params) ([]File, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -244,8 +329,14 @@ func Files(p Params) ([]File, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []File{{Path: SetupScript, Mode: "0755", Content: string(script)}}
+	out := []File{
+		{Path: BootstrapScript, Mode: "0755", Content: string(BootstrapScriptSource())},
+		{Path: SetupScript, Mode: "0755", Content: string(script)},
+	}
 	for _, f := range payload {
+		if f.role != "" && f.role != p.Role {
+			continue
+		}
 		content, err := render(f.src, p)
 		if err != nil {
 			return nil, err
@@ -287,9 +378,17 @@ func (p Params) templateData() any {
 	if p.MQTTPlaintextPublic {
 		plain = ":" + MQTTPlainPort
 	}
+	mqttURL, influxURL := "tcp://127.0.0.1:"+MQTTPlainPort, "http://127.0.0.1:8086"
+	if p.Role == RoleGateway {
+		mqttURL, influxURL = p.BrokerURL, p.InfluxURL
+	}
 	return struct {
 		Params
-		MQTTURL         string // the gateway's broker: plain MQTT on loopback
+		MQTTURL         string // the gateway's broker: plain MQTT on loopback, or IoT Core
+		InfluxWriteURL  string // the gateway's InfluxDB
+		Gateway         bool   // RoleGateway
+		IoTCertFile     string
+		IoTKeyFile      string
 		MQTTPlainAddr   string // the broker's plain listener
 		MQTTTLSAddr     string
 		ExportKeyPrefix string // export.prefix takes no trailing slash
@@ -298,7 +397,11 @@ func (p Params) templateData() any {
 		SpoolDir, ExportDir, BrokerDataDir, BrokerTLSDir, BrokerUsersFile string
 	}{
 		Params:          p,
-		MQTTURL:         "tcp://127.0.0.1:" + MQTTPlainPort,
+		MQTTURL:         mqttURL,
+		InfluxWriteURL:  influxURL,
+		Gateway:         p.Role == RoleGateway,
+		IoTCertFile:     IoTCertFile,
+		IoTKeyFile:      IoTKeyFile,
 		MQTTPlainAddr:   plain,
 		MQTTTLSAddr:     ":" + MQTTTLSPort,
 		ExportKeyPrefix: strings.TrimSuffix(p.ExportPrefix, "/"),
@@ -310,13 +413,120 @@ func (p Params) templateData() any {
 	}
 }
 
-// RenderUserData renders the #cloud-config document for the host.
-func RenderUserData(p Params) ([]byte, error) {
-	fl, err := Files(p)
+// HostParams encodes the host's parameters for the SSM parameter the
+// bootstrap reads (infra/stack writes it). The signing key is left out.
+func HostParams(p Params) ([]byte, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(p.withDefaults())
+}
+
+// ParseHostParams decodes what HostParams encoded and adds the signing key
+// the host got from its user-data; unknown fields are refused, so a newer
+// stack's parameters are not half applied by an older binary.
+func ParseHostParams(b []byte, signingPublicKey string) (Params, error) {
+	var p Params
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return Params{}, fmt.Errorf("provision: host parameters: %w", err)
+	}
+	p.SigningPublicKey = signingPublicKey
+	if err := p.Validate(); err != nil {
+		return Params{}, err
+	}
+	return p, nil
+}
+
+// WriteFiles writes fl under root ("/" on a host), each file through a
+// temporary file and a rename so that a running script is never rewritten
+// under itself. The payload directory is emptied first: it holds exactly
+// what this render produced.
+func WriteFiles(root string, fl []File) error {
+	if err := os.RemoveAll(filepath.Join(root, PayloadDir)); err != nil {
+		return err
+	}
+	for _, f := range fl {
+		var mode uint32
+		if _, err := fmt.Sscanf(f.Mode, "%o", &mode); err != nil {
+			return fmt.Errorf("provision: %s: mode %q: %w", f.Path, f.Mode, err)
+		}
+		dst := filepath.Join(root, f.Path)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		tmp := dst + ".new"
+		if err := os.WriteFile(tmp, []byte(f.Content), fs.FileMode(mode)); err != nil {
+			return err
+		}
+		if err := os.Chmod(tmp, fs.FileMode(mode)); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bootstrap is what a host's user-data carries: where it is, where its
+// parameters are, and the key its gateway binary must be signed with.
+// Everything else comes from the verified binary (`iotgw provision-files`)
+// and the host parameters, so the user-data stays small for every role.
+type Bootstrap struct {
+	Stack      string
+	Region     string
+	ParamPath  string // the stack's SSM path; the artifact is ParamPath/artifact
+	HostParams string // SSM parameter holding the host's Params (HostParams)
+
+	SigningPublicKey string
+}
+
+// Validate reports the first field that is missing or unsafe, by name.
+func (b Bootstrap) Validate() error {
+	for _, f := range []struct{ name, value string }{
+		{"Stack", b.Stack}, {"Region", b.Region}, {"ParamPath", b.ParamPath}, {"HostParams", b.HostParams},
+	} {
+		if f.value == "" {
+			return fmt.Errorf("provision: bootstrap %s is required", f.name)
+		}
+		if !safe.MatchString(f.value) {
+			return fmt.Errorf("provision: bootstrap %s %q has characters other than letters, digits and ._:/#+@=-", f.name, f.value)
+		}
+	}
+	if !strings.HasPrefix(b.HostParams, b.ParamPath+"/") {
+		return fmt.Errorf("provision: bootstrap HostParams %q is not under ParamPath %s, which is all the host may read", b.HostParams, b.ParamPath)
+	}
+	if b.SigningPublicKey == "" {
+		return errors.New("provision: SigningPublicKey is required: the host refuses an unsigned gateway binary")
+	}
+	if _, err := signing.ParsePublicKey([]byte(b.SigningPublicKey)); err != nil {
+		return fmt.Errorf("provision: SigningPublicKey: %w", err)
+	}
+	return nil
+}
+
+// BootstrapFiles are the files the user-data writes.
+func BootstrapFiles(b Bootstrap) ([]File, error) {
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	env := fmt.Sprintf("# Written by cloud-init from the Pulumi stack; read by iotgw-bootstrap.\n"+
+		"STACK='%s'\nAWS_REGION='%s'\nPARAM_PATH='%s'\nHOST_PARAMS='%s'\n", b.Stack, b.Region, b.ParamPath, b.HostParams)
+	return []File{
+		{Path: SigningKeyFile, Mode: "0644", Content: strings.TrimSpace(b.SigningPublicKey) + "\n"},
+		{Path: BootstrapEnv, Mode: "0644", Content: env},
+		{Path: BootstrapScript, Mode: "0755", Content: string(BootstrapScriptSource())},
+	}, nil
+}
+
+// RenderUserData renders the #cloud-config document that bootstraps a host.
+func RenderUserData(b Bootstrap) ([]byte, error) {
+	fl, err := BootstrapFiles(b)
 	if err != nil {
 		return nil, err
 	}
-	p = p.withDefaults()
 	src, err := files.ReadFile("files/cloud-config.yaml.tmpl")
 	if err != nil {
 		return nil, err
@@ -327,9 +537,10 @@ func RenderUserData(p Params) ([]byte, error) {
 	}
 	var buf bytes.Buffer
 	err = t.Execute(&buf, struct {
-		Params
+		Bootstrap
 		Files []File
-	}{p, fl})
+		Run   string
+	}{b, fl, BootstrapScript})
 	if err != nil {
 		return nil, fmt.Errorf("provision: render cloud-config: %w", err)
 	}
@@ -337,10 +548,10 @@ func RenderUserData(p Params) ([]byte, error) {
 }
 
 // GzipUserData renders the user-data and gzips it (cloud-init recognises
-// gzip by its magic bytes), failing when it would not fit EC2's limit.
-// The output is the same for the same Params, so it does not cause diffs.
-func GzipUserData(p Params) ([]byte, error) {
-	ud, err := RenderUserData(p)
+// gzip by its magic bytes), failing when it would not fit UserDataBudget.
+// The output is the same for the same Bootstrap, so it does not cause diffs.
+func GzipUserData(b Bootstrap) ([]byte, error) {
+	ud, err := RenderUserData(b)
 	if err != nil {
 		return nil, err
 	}
@@ -355,8 +566,8 @@ func GzipUserData(p Params) ([]byte, error) {
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
-	if buf.Len() > MaxUserData {
-		return nil, fmt.Errorf("provision: user-data is %d bytes gzipped, over EC2's %d", buf.Len(), MaxUserData)
+	if buf.Len() > UserDataBudget {
+		return nil, fmt.Errorf("provision: user-data is %d bytes gzipped, over the budget of %d (EC2 takes %d)", buf.Len(), UserDataBudget, MaxUserData)
 	}
 	return buf.Bytes(), nil
 }
@@ -395,5 +606,11 @@ func Units() (map[string][]byte, error) {
 // SetupScriptSource returns the setup script as embedded.
 func SetupScriptSource() []byte {
 	b, _ := files.ReadFile("files/setup-host.sh")
+	return b
+}
+
+// BootstrapScriptSource returns the bootstrap script as embedded.
+func BootstrapScriptSource() []byte {
+	b, _ := files.ReadFile("files/bootstrap.sh")
 	return b
 }

@@ -80,20 +80,38 @@ func configs() map[string]Params {
 	return map[string]Params{"defaults": baseParams(), "everything-on": all, "device-name-only": noVolumeID}
 }
 
+func baseBootstrap() Bootstrap {
+	return Bootstrap{
+		Stack:            "dev",
+		Region:           "eu-central-1",
+		ParamPath:        "/iot-gateway/dev",
+		HostParams:       "/iot-gateway/dev/host-params",
+		SigningPublicKey: string(testSigner.pub),
+	}
+}
+
+// bootstraps are the user-data shapes: the all-in-one host and a gateway
+// slot of the scale topology, which reads its own parameters.
+func bootstraps() map[string]Bootstrap {
+	slot := baseBootstrap()
+	slot.Stack, slot.ParamPath, slot.HostParams = "prod-eu", "/iot-gateway/prod-eu", "/iot-gateway/prod-eu/slots/11/host-params"
+	return map[string]Bootstrap{"all-in-one": baseBootstrap(), "gateway-slot": slot}
+}
+
 func TestRenderUserData(t *testing.T) {
-	for name, p := range configs() {
+	for name, b := range bootstraps() {
 		t.Run(name, func(t *testing.T) {
-			ud, err := RenderUserData(p)
+			ud, err := RenderUserData(b)
 			if err != nil {
 				t.Fatal(err)
 			}
-			gz, err := GzipUserData(p)
+			gz, err := GzipUserData(b)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("user-data: %d bytes, %d gzipped (limit %d)", len(ud), len(gz), MaxUserData)
-			if len(gz) > MaxUserData {
-				t.Errorf("gzipped user-data %d bytes > %d", len(gz), MaxUserData)
+			t.Logf("user-data: %d bytes, %d gzipped (budget %d, EC2 %d)", len(ud), len(gz), UserDataBudget, MaxUserData)
+			if len(gz) > UserDataBudget {
+				t.Errorf("gzipped user-data %d bytes > budget %d", len(gz), UserDataBudget)
 			}
 			zr, err := gzip.NewReader(bytes.NewReader(gz))
 			if err != nil {
@@ -103,7 +121,7 @@ func TestRenderUserData(t *testing.T) {
 			if !bytes.Equal(back, ud) {
 				t.Error("gzip does not round-trip")
 			}
-			if gz2, _ := GzipUserData(p); !bytes.Equal(gz, gz2) {
+			if gz2, _ := GzipUserData(b); !bytes.Equal(gz, gz2) {
 				t.Error("GzipUserData is not deterministic")
 			}
 
@@ -117,7 +135,7 @@ func TestRenderUserData(t *testing.T) {
 			if err := yaml.Unmarshal(ud, &doc); err != nil {
 				t.Fatalf("user-data is not YAML: %v", err)
 			}
-			want, _ := Files(p)
+			want, _ := BootstrapFiles(b)
 			if len(doc.WriteFiles) != len(want) {
 				t.Fatalf("%d files in user-data, want %d", len(doc.WriteFiles), len(want))
 			}
@@ -126,12 +144,68 @@ func TestRenderUserData(t *testing.T) {
 					t.Errorf("file %s differs after the YAML round trip", want[i].Path)
 				}
 			}
-			if len(doc.Runcmd) != 1 || doc.Runcmd[0][0] != SetupScript {
+			if len(doc.Runcmd) != 1 || doc.Runcmd[0][0] != BootstrapScript {
 				t.Errorf("runcmd = %v", doc.Runcmd)
+			}
+			for _, w := range []string{"HOST_PARAMS='" + b.HostParams + "'", "PARAM_PATH='" + b.ParamPath + "'", "AWS_REGION='" + b.Region + "'"} {
+				if !bytes.Contains(ud, []byte(w)) {
+					t.Errorf("user-data lacks %s", w)
+				}
 			}
 
 			cloudInitSchema(t, ud)
 		})
+	}
+}
+
+// TestUserDataBudget: the budget is enforced, not only measured.
+func TestUserDataBudget(t *testing.T) {
+	b := baseBootstrap()
+	var noise strings.Builder
+	for h := sha256.Sum256(nil); noise.Len() < 3*UserDataBudget; h = sha256.Sum256(h[:]) {
+		noise.WriteString(hex.EncodeToString(h[:]))
+	}
+	b.HostParams = b.ParamPath + "/" + noise.String()
+	if _, err := GzipUserData(b); err == nil || !strings.Contains(err.Error(), "budget") {
+		t.Errorf("incompressible oversized user-data: %v", err)
+	}
+	b = baseBootstrap()
+	b.HostParams = "/elsewhere/host-params"
+	if _, err := RenderUserData(b); err == nil || !strings.Contains(err.Error(), "HostParams") {
+		t.Errorf("host parameters outside the stack's path: %v", err)
+	}
+}
+
+func TestHostParamsRoundTrip(t *testing.T) {
+	for name, p := range configs() {
+		b, err := HostParams(p)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if bytes.Contains(b, []byte("PUBLIC KEY")) {
+			t.Errorf("%s: host parameters carry the signing key", name)
+		}
+		back, err := ParseHostParams(b, p.SigningPublicKey)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want, _ := Files(p)
+		got, err := Files(back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(want) != fmt.Sprint(got) {
+			t.Errorf("%s: files from the parsed parameters differ", name)
+		}
+	}
+	b, _ := HostParams(baseParams())
+	// A key smuggled into the parameters is refused, not used.
+	evil := bytes.Replace(b, []byte("{"), []byte(`{"SigningPublicKey":"x",`), 1)
+	if _, err := ParseHostParams(evil, string(testSigner.pub)); err == nil {
+		t.Error("host parameters with a signing key accepted")
+	}
+	if _, err := ParseHostParams(bytes.Replace(b, []byte(`"InfluxOrg":"iot"`), []byte(`"InfluxOrg":"a'b"`), 1), string(testSigner.pub)); err == nil {
+		t.Error("unsafe value in host parameters accepted")
 	}
 }
 
@@ -208,7 +282,7 @@ func TestParamsValidate(t *testing.T) {
 	for name, edit := range tests {
 		p := baseParams()
 		edit(&p)
-		if _, err := RenderUserData(p); err == nil {
+		if _, err := Files(p); err == nil {
 			t.Errorf("%s: rendered without error", name)
 		}
 	}
@@ -378,7 +452,11 @@ func TestShellcheck(t *testing.T) {
 	if err := os.WriteFile(script, SetupScriptSource(), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	scripts := []string{script}
+	boot := filepath.Join(dir, "iotgw-bootstrap")
+	if err := os.WriteFile(boot, BootstrapScriptSource(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	scripts := []string{script, boot}
 	// The repository's own scripts too.
 	more, _ := filepath.Glob("../scripts/*.sh")
 	scripts = append(scripts, more...)

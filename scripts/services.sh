@@ -14,6 +14,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools/bin"
 influxd_version=v1.8.10
+# IOTGW_INFLUXD names an influxd binary to use instead of the one in .tools/bin.
+influxd_bin=${IOTGW_INFLUXD:-$tools/influxd}
 
 install_packages() {
 	local need=()
@@ -30,7 +32,7 @@ install_packages() {
 }
 
 install_influxd() {
-	if [ -x "$tools/influxd" ]; then
+	if [ -x "$influxd_bin" ]; then
 		return
 	fi
 	echo "building influxd $influxd_version from the Go module proxy (about two minutes)" >&2
@@ -70,7 +72,7 @@ bind-address = "127.0.0.1:$rpc"
 [logging]
   level = "warn"
 CONF
-	"$tools/influxd" -config "$dir/influxd.conf" >"$dir/influxd.log" 2>&1 &
+	"$influxd_bin" -config "$dir/influxd.conf" >"$dir/influxd.log" 2>&1 &
 	local pid=$!
 	for _ in $(seq 1 600); do
 		if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then

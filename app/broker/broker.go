@@ -21,7 +21,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
@@ -96,6 +95,30 @@ type Options struct {
 
 	// Logger receives the broker's logs; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Connection-level limits (limits.go; the package README's "Limits"
+	// table says what a client sees when it hits each). Zero means the
+	// Default* value.
+
+	// MaxPacketSize bounds every packet, CONNECT included, in bytes from
+	// the fixed header on; a larger one closes the connection at its
+	// header, before its body is read.
+	MaxPacketSize int
+	// ConnectTimeout bounds the time from accept to a complete CONNECT,
+	// TLS handshake included.
+	ConnectTimeout time.Duration
+	// MaxConnections bounds open sockets, authenticated or not, over all
+	// listeners; MaxConnectionsPerAddress bounds them per source IP.
+	MaxConnections           int
+	MaxConnectionsPerAddress int
+	// WriteTimeout bounds one write to a client; a client that does not
+	// read for that long is disconnected.
+	WriteTimeout time.Duration
+	// MaxQueuedBytes bounds the payload bytes waiting to be written to one
+	// connected client; a client that would exceed it is disconnected.
+	MaxQueuedBytes int
+
+	noLimits bool // benchmarks only: mochi's listener, no limits, no per-message access hooks
 }
 
 // Listener is one network endpoint. TLS nil means plain MQTT.
@@ -130,6 +153,8 @@ type Broker struct {
 	srv     *mqtt.Server
 	started bool
 	closed  bool
+
+	limits *limiter // set by Start
 }
 
 // New validates o and returns a broker that is not yet listening.
@@ -148,6 +173,9 @@ func New(o Options) (*Broker, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if err := o.checkLimits(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
@@ -254,8 +282,12 @@ func (b *Broker) Start() error {
 	})
 	b.srv = srv
 	b.access.clients = srv.Clients
+	b.access.bare = b.opts.noLimits
 	if err := srv.AddHook(b.access, nil); err != nil {
 		return fmt.Errorf("broker: add access hook: %w", err)
+	}
+	if err := b.addLimits(srv); err != nil {
+		return fmt.Errorf("broker: add limits hook: %w", err)
 	}
 	if b.opts.DataDir != "" {
 		if err := os.MkdirAll(b.opts.DataDir, 0o700); err != nil {
@@ -271,8 +303,7 @@ func (b *Broker) Start() error {
 		}
 	}
 	for _, l := range b.opts.Listeners {
-		tl := listeners.NewTCP(listeners.Config{ID: l.ID, Address: l.Addr, TLSConfig: l.TLS})
-		if err := srv.AddListener(tl); err != nil {
+		if err := srv.AddListener(b.listener(l)); err != nil {
 			b.shutdown()
 			return fmt.Errorf("broker: listener %s on %s: %w", l.ID, l.Addr, err)
 		}

@@ -24,6 +24,8 @@ var SampleConfig string
 // Config is the broker.toml read by `iotgw broker --config`. Keys absent from
 // the file keep the values of DefaultConfig.
 type Config struct {
+	LimitsConfig // connection-level limits, top-level keys (limits.go)
+
 	DataDir          string        `toml:"data_dir"`
 	UsersFile        string        `toml:"users_file"`
 	Users            []UserConfig  `toml:"users"`
@@ -78,6 +80,7 @@ type TLSConfig struct {
 // DefaultConfig returns the values used for keys a broker.toml leaves out.
 func DefaultConfig() Config {
 	return Config{
+		LimitsConfig:  defaultLimitsConfig(),
 		DataDir:       "/var/lib/iotgw-broker",
 		MaxInflight:   DefaultMaxInflight,
 		MaxQueued:     DefaultMaxQueued,
@@ -185,6 +188,9 @@ func (c *Config) validate() error {
 	if c.CloseTimeout < 0 {
 		return keyErr("close_timeout", "must not be negative, got %s", c.CloseTimeout)
 	}
+	if err := c.LimitsConfig.validate(); err != nil {
+		return err
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return keyErr("log_level", "%v", err)
 	}
@@ -255,6 +261,7 @@ func (c Config) Options(log *slog.Logger) (Options, error) {
 		Throttle:         ThrottleOptions(c.Auth),
 		Logger:           log,
 	}
+	c.LimitsConfig.apply(&o)
 	if c.UsersFile != "" {
 		f, err := os.Open(c.UsersFile)
 		if err != nil {

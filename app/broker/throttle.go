@@ -222,10 +222,3 @@ func (t *throttle) check(fn func() bool) (ok, ran bool) {
 	}
 	return fn(), true
 }
-
-// tracked is how many addresses and usernames have failure records.
-func (t *throttle) tracked() (addrs, users int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.byAddr), len(t.byUser)
-}

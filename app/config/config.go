@@ -108,6 +108,9 @@ type Mapping struct {
 	Measurement  string            `toml:"measurement"`
 	MaxPayload   int               `toml:"max_payload"`
 	Tags         map[string]string `toml:"tags"`
+	// LinePrecision maps topic filters to the unit of the timestamps in
+	// line-protocol payloads on matching topics ("ns", "us", "ms", "s").
+	LinePrecision map[string]string `toml:"line_precision"`
 }
 
 // Influx is the InfluxDB 2 write target.
@@ -231,9 +234,10 @@ func Default() Config {
 			MaxReconnectInterval: Duration{30 * time.Second},
 		},
 		Mapping: Mapping{
-			TopicPattern: app.DefaultTopicPattern,
-			MaxPayload:   app.DefaultMaxPayload,
-			Tags:         map[string]string{},
+			TopicPattern:  app.DefaultTopicPattern,
+			MaxPayload:    app.DefaultMaxPayload,
+			Tags:          map[string]string{},
+			LinePrecision: map[string]string{},
 		},
 		Influx: Influx{
 			URL:              "http://127.0.0.1:8086",
@@ -272,7 +276,7 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 		}
 		// Tables present in the file replace the default map rather than
 		// merging into it; list-valued defaults likewise.
-		c.Mapping.Tags = nil
+		c.Mapping.Tags, c.Mapping.LinePrecision = nil, nil
 		md, err := toml.Decode(string(b), &c)
 		if err != nil {
 			return c, fmt.Errorf("%s: %w", path, err)
@@ -286,6 +290,9 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 		}
 		if c.Mapping.Tags == nil {
 			c.Mapping.Tags = map[string]string{}
+		}
+		if c.Mapping.LinePrecision == nil {
+			c.Mapping.LinePrecision = map[string]string{}
 		}
 	}
 	if err := c.applyEnv(lookup); err != nil {
@@ -520,10 +527,11 @@ func (c *Config) MapperConfig() app.MapperConfig {
 		tags["gateway"] = id
 	}
 	return app.MapperConfig{
-		TopicPattern: c.Mapping.TopicPattern,
-		Measurement:  c.Mapping.Measurement,
-		StaticTags:   tags,
-		MaxPayload:   c.Mapping.MaxPayload,
+		TopicPattern:  c.Mapping.TopicPattern,
+		Measurement:   c.Mapping.Measurement,
+		StaticTags:    tags,
+		MaxPayload:    c.Mapping.MaxPayload,
+		LinePrecision: c.Mapping.LinePrecision,
 	}
 }
 

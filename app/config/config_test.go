@@ -187,3 +187,23 @@ func TestCommandsAPIAddress(t *testing.T) {
 		t.Errorf("API off: %v", err)
 	}
 }
+
+func TestLinePrecision(t *testing.T) {
+	c, err := Load(write(t, "[mqtt]\nline_topics = [\"lp/#\"]\n[mapping.line_precision]\n\"lp/ms/#\" = \"ms\"\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.MapperConfig().LinePrecision; len(got) != 1 || got["lp/ms/#"] != "ms" {
+		t.Fatalf("MapperConfig().LinePrecision = %v", got)
+	}
+	c, err = Load(write(t, "[mapping.line_precision]\n\"lp/#\" = \"minutes\"\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "mapping: line_precision \"lp/#\"") {
+		t.Fatalf("Validate = %v, want an error naming mapping line_precision", err)
+	}
+}

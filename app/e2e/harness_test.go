@@ -54,6 +54,19 @@ type gw struct {
 	exited   chan struct{}
 	log      *os.File
 	args     []string // of the last start, for startAgain
+	// For a gateway in a network namespace: the command prefix that runs
+	// it there, and a client that reaches its HTTP address.
+	wrap  []string
+	httpc *http.Client
+}
+
+// get fetches a path of the gateway's HTTP listener.
+func (g *gw) get(path string) (*http.Response, error) {
+	c := g.httpc
+	if c == nil {
+		c = http.DefaultClient
+	}
+	return c.Get("http://" + g.httpAddr + path)
 }
 
 func newGateway(t testing.TB, mqttURL, influxURL string, extra ...string) *gw {
@@ -85,7 +98,8 @@ func (g *gw) start(args ...string) {
 	}
 	g.log = logf
 	g.args = args
-	g.cmd = exec.Command(binPath, append([]string{"run"}, args...)...)
+	argv := append(append(append([]string{}, g.wrap...), binPath, "run"), args...)
+	g.cmd = exec.Command(argv[0], argv[1:]...)
 	g.cmd.Env = g.env
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
 	if err := g.cmd.Start(); err != nil {
@@ -99,7 +113,7 @@ func (g *gw) start(args ...string) {
 			g.t.Fatalf("iotgw exited at start:\n%s", g.logs())
 		default:
 		}
-		resp, err := http.Get("http://" + g.httpAddr + "/healthz")
+		resp, err := g.get("/healthz")
 		if err != nil {
 			return false
 		}
@@ -139,7 +153,7 @@ func (g *gw) logs() string {
 
 // metric reads one sample from /metrics ("name" or `name{label="x"}`).
 func (g *gw) metric(name string) float64 {
-	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	resp, err := g.get("/metrics")
 	if err != nil {
 		return -1
 	}
@@ -157,7 +171,7 @@ func (g *gw) metric(name string) float64 {
 
 // metricsDump returns the iotgw_ series, for failure messages.
 func (g *gw) metricsDump() string {
-	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	resp, err := g.get("/metrics")
 	if err != nil {
 		return err.Error()
 	}
@@ -173,7 +187,7 @@ func (g *gw) metricsDump() string {
 }
 
 func (g *gw) ready() (bool, string) {
-	resp, err := http.Get("http://" + g.httpAddr + "/readyz")
+	resp, err := g.get("/readyz")
 	if err != nil {
 		return false, err.Error()
 	}

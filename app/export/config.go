@@ -15,6 +15,7 @@ const (
 	DefaultPartSize           = 8 << 20  // bytes per multipart part
 	DefaultMultipartThreshold = 16 << 20 // files at least this large go multipart
 	DefaultMaxCatchUpDays     = 31
+	DefaultRecheckDays        = 7 // days --catch-up looks back for late data
 	// MinAWSPartSize is S3's smallest allowed part (except the last one).
 	// S3-compatible servers may allow less, so it is only enforced when no
 	// custom endpoint is set.
@@ -52,6 +53,9 @@ type Config struct {
 	MultipartThreshold int64 `toml:"multipart_threshold"`
 	// MaxCatchUpDays bounds how many missed days one --catch-up run exports.
 	MaxCatchUpDays int `toml:"max_catch_up_days"`
+	// RecheckDays is how many past days each --catch-up run checks for late
+	// data (and exports again when they have some).
+	RecheckDays int `toml:"recheck_days"`
 	// SkipDashboards leaves out dashboards.json, for databases without the
 	// InfluxDB 2 dashboards API (InfluxDB 1.8 in local runs).
 	SkipDashboards bool `toml:"skip_dashboards"`
@@ -131,6 +135,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxCatchUpDays == 0 {
 		c.MaxCatchUpDays = DefaultMaxCatchUpDays
 	}
+	if c.RecheckDays == 0 {
+		c.RecheckDays = DefaultRecheckDays
+	}
 	return c
 }
 
@@ -164,6 +171,9 @@ func (c Config) Validate(upload bool) error {
 	}
 	if c.MaxCatchUpDays < 1 || c.MaxCatchUpDays > 366 {
 		errs = append(errs, fmt.Errorf("export.max_catch_up_days %d: must be between 1 and 366", c.MaxCatchUpDays))
+	}
+	if c.RecheckDays < 1 || c.RecheckDays > 366 {
+		errs = append(errs, fmt.Errorf("export.recheck_days %d: must be between 1 and 366", c.RecheckDays))
 	}
 	return errors.Join(errs...)
 }

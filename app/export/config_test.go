@@ -22,6 +22,7 @@ func TestConfigValidate(t *testing.T) {
 		{"small part on AWS", func(c *Config) { c.PartSize = 1 << 20 }, true, "export.part_size"},
 		{"threshold below part", func(c *Config) { c.MultipartThreshold = 1 << 20 }, true, "export.multipart_threshold"},
 		{"catch-up bound", func(c *Config) { c.MaxCatchUpDays = 1000 }, true, "export.max_catch_up_days"},
+		{"recheck bound", func(c *Config) { c.RecheckDays = -1 }, true, "export.recheck_days"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

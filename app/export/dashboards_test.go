@@ -39,7 +39,7 @@ type fakeInflux2 struct {
 func startInflux2(t *testing.T, orgs ...string) (*fakeInflux2, string) {
 	f := &fakeInflux2{t: t, orgs: map[string]string{}, stored: map[string][]TemplateEntry{}}
 	for i, o := range orgs {
-		f.orgs[o] = fmt.Sprintf("%016x", 0x0a1b2c3d00000000+i)
+		f.orgs[o] = fmt.Sprintf("%016x", 0x0a1b2c3d00000000+int64(i))
 	}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	"github.com/influxdata/influxdb-client-go/v2/api"
 	"github.com/influxdata/influxdb-client-go/v2/api/query"
 	"github.com/influxdata/line-protocol/v2/lineprotocol"
+
+	"github.com/iot-gateway/iot-gateway/app"
 )
 
 // Source reads a bucket's data through the v2 query API (InfluxDB 2, and
@@ -79,6 +82,34 @@ v1.measurements(bucket: %s)`, fluxString(s.bucket))
 	return slices.Compact(names), nil
 }
 
+// Values counts the field values of each measurement in w (points at
+// exactly w.To, which InfluxDB 1.8 returns, left out as in the export).
+// Measurements without values in w are absent.
+func (s *Source) Values(ctx context.Context, w Window) (map[string]int64, error) {
+	q := fmt.Sprintf(`from(bucket: %s)
+  |> range(start: %s, stop: %s)
+  |> filter(fn: (r) => r._time < %s)
+  |> count()
+  |> group(columns: ["_measurement"])
+  |> sum()`, fluxString(s.bucket), fluxTime(w.From), fluxTime(w.To), fluxTime(w.To))
+	res, err := s.query.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("count values of bucket %q in %s: %w", s.bucket, w, err)
+	}
+	defer res.Close()
+	out := map[string]int64{}
+	for res.Next() {
+		r := res.Record()
+		if n, ok := r.Value().(int64); ok && n > 0 {
+			out[r.Measurement()] += n
+		}
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("count values of bucket %q in %s: %w", s.bucket, w, err)
+	}
+	return out, nil
+}
+
 // column runs q and collects the string _value of every row.
 func (s *Source) column(ctx context.Context, q string) ([]string, error) {
 	res, err := s.query.Query(ctx, q)
@@ -112,11 +143,11 @@ func (s *Source) WriteLineProtocol(ctx context.Context, w Window, m string, out 
 	defer res.Close()
 
 	var (
-		enc    lineprotocol.Encoder
+		enc    lineprotocol.Encoder // measurement and tags of one line
+		buf    []byte
 		layout tableLayout
 		lines  int64
 	)
-	enc.SetPrecision(lineprotocol.Nanosecond)
 	for res.Next() {
 		if res.TableChanged() {
 			layout = newTableLayout(res.TableMetadata())
@@ -126,22 +157,22 @@ func (s *Source) WriteLineProtocol(ctx context.Context, w Window, m string, out 
 		if t := res.Record().Time(); t.Before(w.From) || !t.Before(w.To) {
 			continue
 		}
-		if err := layout.encode(&enc, m, res.Record()); err != nil {
+		if buf, err = layout.encode(buf, &enc, m, res.Record()); err != nil {
 			return lines, fmt.Errorf("measurement %q: %w", m, err)
 		}
 		lines++
-		// Flush every few hundred KB: the encoder's buffer stays small.
-		if len(enc.Bytes()) >= 256<<10 {
-			if _, err := out.Write(enc.Bytes()); err != nil {
+		// Flush every few hundred KB: the buffer stays small.
+		if len(buf) >= 256<<10 {
+			if _, err := out.Write(buf); err != nil {
 				return lines, err
 			}
-			enc.Reset()
+			buf = buf[:0]
 		}
 	}
 	if err := res.Err(); err != nil {
 		return lines, fmt.Errorf("query measurement %q: %w", m, err)
 	}
-	if _, err := out.Write(enc.Bytes()); err != nil {
+	if _, err := out.Write(buf); err != nil {
 		return lines, err
 	}
 	return lines, nil
@@ -176,7 +207,16 @@ func newTableLayout(md *query.FluxTableMetadata) tableLayout {
 
 var errNoFields = errors.New("row has no field values")
 
-func (l tableLayout) encode(enc *lineprotocol.Encoder, m string, r *query.FluxRecord) error {
+// encode appends one row as a line. The line-protocol encoder writes the
+// measurement and tags; fields are written here because the encoder escapes
+// newlines, tabs and carriage returns in strings, which InfluxDB's parser
+// keeps as two bytes: app.AppendString writes the value InfluxDB stored.
+func (l tableLayout) encode(dst []byte, enc *lineprotocol.Encoder, m string, r *query.FluxRecord) ([]byte, error) {
+	if strings.HasPrefix(m, "#") {
+		// A line starting with # is a comment, and no escape changes that.
+		return dst, fmt.Errorf("measurement %q starts with #: line protocol cannot carry it", m)
+	}
+	enc.Reset()
 	enc.StartLine(m)
 	for _, k := range l.tags {
 		v, _ := r.ValueByKey(k).(string)
@@ -184,22 +224,39 @@ func (l tableLayout) encode(enc *lineprotocol.Encoder, m string, r *query.FluxRe
 			enc.AddTag(k, v)
 		}
 	}
+	if err := enc.Err(); err != nil {
+		return dst, err
+	}
+	out := append(dst, enc.Bytes()...)
 	n := 0
 	for _, k := range l.fields {
 		raw := r.ValueByKey(k)
 		if raw == nil { // this series has no such field at this time
 			continue
 		}
-		v, ok := lineprotocol.NewValue(raw)
-		if !ok {
-			return fmt.Errorf("field %q: value %v (%T) has no line-protocol type", k, raw, raw)
+		sep := byte(',')
+		if n == 0 {
+			sep = ' '
 		}
-		enc.AddField(k, v)
+		var ok bool
+		if out, ok = app.AppendKey(append(out, sep), k); !ok {
+			return dst, fmt.Errorf("field key %q cannot be written as line protocol", k)
+		}
+		out = append(out, '=')
+		if s, isString := raw.(string); isString {
+			out = app.AppendString(out, s)
+		} else {
+			v, ok := lineprotocol.NewValue(raw)
+			if !ok {
+				return dst, fmt.Errorf("field %q: value %v (%T) has no line-protocol type", k, raw, raw)
+			}
+			out = v.AppendBytes(out)
+		}
 		n++
 	}
 	if n == 0 {
-		return errNoFields
+		return dst, errNoFields
 	}
-	enc.EndLine(r.Time())
-	return enc.Err()
+	out = append(strconv.AppendInt(append(out, ' '), r.Time().UnixNano(), 10), '\n')
+	return out, nil
 }

@@ -25,6 +25,14 @@ type Manifest struct {
 	CreatedAt      time.Time `json:"created_at"`
 	Points         int64     `json:"points"`
 	Files          []File    `json:"files"`
+	// Values counts, per measurement, the field values InfluxDB held for
+	// the window just before the export read it. A later --catch-up run
+	// counts again and exports the day anew if the counts changed (late
+	// data): see Exporter.Stale.
+	Values map[string]int64 `json:"values"`
+	// RecheckUntil is the last day on which --catch-up still checks a
+	// day's export for late data (YYYY-MM-DD); empty for ranges.
+	RecheckUntil string `json:"recheck_until,omitempty"`
 }
 
 // File is one file of an export.

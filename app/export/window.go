@@ -56,6 +56,25 @@ func (w Window) String() string {
 	return w.From.Format(time.RFC3339Nano) + " to " + w.To.Format(time.RFC3339Nano)
 }
 
+// Recheck returns the days already done (up to and including last) among
+// the k days before today, oldest first: the days --catch-up checks for
+// late data.
+func Recheck(last, now time.Time, k int) []Window {
+	if last.IsZero() {
+		return nil
+	}
+	yesterday := Day(now).From.AddDate(0, 0, -1)
+	end := Day(last).From
+	if end.After(yesterday) {
+		end = yesterday
+	}
+	var days []Window
+	for d := yesterday.AddDate(0, 0, -(k - 1)); !d.After(end); d = d.AddDate(0, 0, 1) {
+		days = append(days, Day(d))
+	}
+	return days
+}
+
 // CatchUp returns the days after last up to and including the day before
 // today, oldest first, at most max of them (the most recent ones). skipped
 // counts the older missed days left out. A zero last means no export has

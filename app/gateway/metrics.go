@@ -83,6 +83,8 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 			})),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_dropped_total", Help: "Messages the drop-oldest policy discarded before InfluxDB had them (never written)."},
 			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_disk_free_bytes", Help: "Free space on the spool's filesystem; -1 when unknown."},
+			stat(func(s spool.Stats) float64 { return float64(s.DiskFree) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_corrupt_records_total", Help: "Damaged records cut off the spool at start."},
 			stat(func(s spool.Stats) float64 { return float64(s.CorruptRecords) })),
 		collectors.NewGoCollector(),

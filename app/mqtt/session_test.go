@@ -762,7 +762,7 @@ func TestConnectRefused(t *testing.T) {
 			}
 			// Refused, and retried: the reason is logged on every attempt.
 			eventually(t, waitLong, "two refused attempts in the log", func() bool {
-				return strings.Count(buf.String(), "connection refused: not Authorized") >= 2
+				return strings.Count(buf.String(), "connection refused: bad user name or password") >= 2
 			})
 			if ev := st.events(); len(ev) != 0 {
 				t.Fatalf("state reported %v for a refused connection", ev)

@@ -76,14 +76,17 @@ func (e *corruptError) Unwrap() error { return ErrCorrupt }
 // whose valid bytes end at end.
 func parseHeader(b []byte, off, end int64) (header, error) {
 	h := header{
-		length: int(binary.LittleEndian.Uint32(b[0:4])),
-		crc:    binary.LittleEndian.Uint32(b[4:8]),
-		ts:     int64(binary.LittleEndian.Uint64(b[8:16])),
-		tsCRC:  crc32.Update(0, castagnoli, b[8:16]),
+		crc:   binary.LittleEndian.Uint32(b[4:8]),
+		ts:    int64(binary.LittleEndian.Uint64(b[8:16])),
+		tsCRC: crc32.Update(0, castagnoli, b[8:16]),
 	}
-	if h.length > MaxRecordBytes {
-		return h, &corruptError{off: off, reason: fmt.Sprintf("impossible record length %d", h.length)}
+	// The bound is checked before the conversion: on 32-bit builds a
+	// damaged length above 2 GiB would otherwise become a negative int.
+	n := binary.LittleEndian.Uint32(b[0:4])
+	if n > MaxRecordBytes {
+		return h, &corruptError{off: off, reason: fmt.Sprintf("impossible record length %d", n)}
 	}
+	h.length = int(n)
 	if rest := end - off - headerSize; int64(h.length) > rest {
 		return h, &corruptError{off: off, reason: fmt.Sprintf("record of %d bytes but only %d left (torn write)", h.length, rest)}
 	}

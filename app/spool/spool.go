@@ -59,6 +59,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -98,7 +99,9 @@ type Options struct {
 var (
 	// ErrFull is returned by Append under the Block policy when the batch
 	// would take the uncommitted bytes over MaxBytes, and under any policy
-	// when the batch alone is larger than MaxBytes. Nothing was written.
+	// when the batch alone is larger than MaxBytes or the filesystem has no
+	// room for it (ENOSPC) and nothing can be dropped to make room. Nothing
+	// was written.
 	ErrFull = errors.New("spool: full")
 	// ErrClosed is returned by calls on a closed Spool.
 	ErrClosed = errors.New("spool: closed")
@@ -136,6 +139,11 @@ type Stats struct {
 	CorruptRecords int64     // since Open: damaged records skipped, plus one per damaged stretch cut off
 	CorruptBytes   int64     // since Open: bytes of skipped records plus bytes cut off
 	Segments       int       // segment files on disk
+	// DiskFree is what the filesystem holding the spool has left for an
+	// unprivileged writer, measured at Open, after a write that found the
+	// disk full, and at most once a second after Appends; -1 where the
+	// system cannot tell.
+	DiskFree int64
 }
 
 // heldBatch is a batch the reader holds: the sequence numbers from the end
@@ -173,6 +181,8 @@ type Spool struct {
 	buf      []byte     // encoding buffer
 	dirty    bool       // w may hold bytes past the tail's size after a failed write
 	dropping bool       // DropOldest is discarding; logged once per episode
+	overFree bool       // MaxBytes exceeds what the disk can hold; logged once per episode
+	diskAt   time.Time  // when checkDisk last measured
 
 	readMu sync.Mutex // serialises Read; guards rbr
 	rbr    *bufio.Reader
@@ -198,6 +208,7 @@ type Spool struct {
 	dropped   int64
 	corruptN  int64
 	corruptB  int64
+	diskFree  int64
 	// damageSeen is one past the sequence number of the last damaged
 	// record counted and logged, so that reading it again after Rewind or
 	// after Open's scan does not count it twice.
@@ -293,7 +304,42 @@ func Open(opts Options) (*Spool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	s.checkDisk(true)
 	return s, nil
+}
+
+// checkDisk measures the free space and warns when the cap can no longer be
+// reached: the disk would fill first. The spool often shares its volume with
+// InfluxDB and the broker, so free space changes under it. A full disk is
+// then met as ENOSPC, which Append treats like reaching MaxBytes. It
+// measures at most once a second unless forced. Called with appendMu held,
+// or before the spool is shared.
+func (s *Spool) checkDisk(force bool) {
+	if now := time.Now(); force || now.Sub(s.diskAt) >= time.Second {
+		s.diskAt = now
+	} else {
+		return
+	}
+	free := diskFree(s.dir)
+	s.mu.Lock()
+	s.diskFree = free
+	room := s.maxBytes - s.bytes
+	s.mu.Unlock()
+	switch over := free >= 0 && room > free; {
+	case over && !s.overFree:
+		s.overFree = true
+		s.log.Warn("spool: less free disk space than MaxBytes allows; a full disk counts as a full spool",
+			"free_bytes", free, "max_bytes", s.maxBytes, "spooled_bytes", s.maxBytes-room)
+	case !over && s.overFree && free > room+room/8:
+		// A little hysteresis: free space moves with every write.
+		s.overFree = false
+		s.log.Info("spool: enough free disk space for MaxBytes again", "free_bytes", free, "max_bytes", s.maxBytes)
+	}
+}
+
+// noSpace reports whether err says the filesystem (or a quota) has no room.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 func (s *Spool) segPath(first uint64) string {
@@ -575,8 +621,11 @@ func syncDir(dir string) error {
 // visible to the reader. Under Block it returns ErrFull (wrapped with the
 // numbers) when they do not fit under MaxBytes; under DropOldest it first
 // discards the oldest uncommitted records to make room, and if the write
-// then fails those stay discarded. Disk errors (unwritable directory, no
-// space) are returned; once the disk recovers, later Appends work again.
+// then fails those stay discarded. A full filesystem (ENOSPC) counts as a
+// full spool: under DropOldest whole segments of the oldest records are
+// discarded until the batch fits, and under Block, or when only the tail
+// segment is left, the error wraps ErrFull. Other disk errors are returned;
+// once the disk recovers, later Appends work again.
 func (s *Spool) Append(records [][]byte) error {
 	if len(records) == 0 {
 		return nil
@@ -626,6 +675,9 @@ func (s *Spool) Append(records [][]byte) error {
 	if tail.size >= s.segBytes || rotate {
 		f, err := s.createSegment(first)
 		if err != nil {
+			if noSpace(err) {
+				return fmt.Errorf("%w: new segment: %w", ErrFull, err)
+			}
 			return fmt.Errorf("spool: append: %w", err)
 		}
 		s.w.Close()
@@ -647,15 +699,24 @@ func (s *Spool) Append(records [][]byte) error {
 	} else {
 		s.buf = nil
 	}
-	_, err := s.w.WriteAt(buf, tail.size)
-	if err == nil {
-		err = s.w.Sync()
-	}
-	if err != nil {
+	for {
+		_, err := s.w.WriteAt(buf, tail.size)
+		if err == nil {
+			err = s.w.Sync()
+		}
+		if err == nil {
+			break
+		}
 		if terr := s.w.Truncate(tail.size); terr != nil {
 			s.dirty = true
 		}
-		return fmt.Errorf("spool: append: %w", err)
+		if !noSpace(err) {
+			return fmt.Errorf("spool: append: %w", err)
+		}
+		if s.policy != DropOldest || s.dirty || !s.dropSegment() {
+			s.checkDisk(true)
+			return fmt.Errorf("%w: %w (%d bytes uncommitted, batch of %d bytes)", ErrFull, err, s.Stats().Bytes, size)
+		}
 	}
 
 	s.mu.Lock()
@@ -669,7 +730,34 @@ func (s *Spool) Append(records [][]byte) error {
 	close(s.wake)
 	s.wake = make(chan struct{})
 	s.mu.Unlock()
+	s.checkDisk(false)
 	return nil
+}
+
+// dropSegment makes room on a full disk under DropOldest: it discards the
+// uncommitted records of the oldest segment, which deletes its file, and
+// reports whether it did. The tail segment is never dropped: deleting it
+// would not free the bytes the failed write needs in it.
+func (s *Spool) dropSegment() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.segs) < 2 {
+		return false
+	}
+	c := s.normalize(s.committed)
+	i := s.segIndex(c.seg)
+	if i < 0 || i == len(s.segs)-1 {
+		return false
+	}
+	end := Position{seg: c.seg, off: s.segs[i].size, seq: s.endSeq(i)}
+	n := int64(end.seq - c.seq)
+	s.bytes -= end.off - c.off
+	s.discard(c.seg, c.seq, end.seq)
+	s.committed = end
+	s.dropping = true
+	s.log.Warn("spool: disk full, dropping the oldest segment", "file", s.segPath(c.seg), "records", n)
+	s.settle()
+	return true
 }
 
 // dropFor discards the oldest uncommitted records until need more bytes
@@ -791,6 +879,12 @@ func (s *Spool) settle() {
 		if s.hf != nil && s.hfSeg == first {
 			s.hf.Close()
 			s.hf = nil
+		}
+		// Its space is freed only once no descriptor holds it: close the
+		// reader's unless a Read is walking it right now.
+		if s.rf != nil && s.rfSeg == first && !s.reading {
+			s.rf.Close()
+			s.rf = nil
 		}
 		if err := os.Remove(s.segPath(first)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			// Left behind, it sits before the checkpoint and the next Open
@@ -1257,6 +1351,7 @@ func (s *Spool) Stats() Stats {
 		CorruptRecords: s.corruptN,
 		CorruptBytes:   s.corruptB,
 		Segments:       len(s.segs),
+		DiskFree:       s.diskFree,
 	}
 }
 

@@ -59,6 +59,22 @@ type Config struct {
 	MQTTTopics          []string
 	MQTTQoS             int // default 1
 
+	// The scale topology (infra/README.md, "The scale topology"): all
+	// three together, or none.
+	Broker   string // "local" (default: iotgw broker on the host) or "iot-core"
+	Database string // "local" (default: InfluxDB 2 on the host) or "timestream"
+	Gateways int    // gateway hosts (slots); 0 (default) is the all-in-one host
+
+	VpcCidr                string // the scale topology's VPC, default 10.42.0.0/16
+	AvailabilityZones      int    // AZs the slots and subnets spread over, default 2
+	TimestreamInstanceType string // default db.influx.medium
+	TimestreamStorage      int    // GiB, default 20
+	TimestreamMultiAZ      bool   // a standby in another AZ, default false
+	PeakMessagesPerSecond  int    // all devices together; sizes the IoT Core connections, default 1000
+	SharedGroup            string // $share/<group>/sensors/#, default iotgw
+	DetailedMonitoring     bool   // gateway slots' 1-minute CloudWatch metrics, default true
+	BucketAccessLogs       bool   // S3 server access logs of the stack's bucket (scale), default true
+
 	// Secrets: set with `pulumi config set --secret`.
 	InfluxAdminPassword string
 	InfluxToken         string
@@ -92,8 +108,30 @@ func Defaults() Config {
 		InfluxBucket:        "sensors",
 		MQTTTopics:          []string{"sensors/#"},
 		MQTTQoS:             1,
+
+		Broker:                 BrokerLocal,
+		Database:               DatabaseLocal,
+		VpcCidr:                "10.42.0.0/16",
+		AvailabilityZones:      2,
+		TimestreamInstanceType: "db.influx.medium",
+		TimestreamStorage:      20,
+		PeakMessagesPerSecond:  1000,
+		SharedGroup:            "iotgw",
+		DetailedMonitoring:     true,
+		BucketAccessLogs:       true,
 	}
 }
+
+// Values of broker and database.
+const (
+	BrokerLocal        = "local"
+	BrokerIoTCore      = "iot-core"
+	DatabaseLocal      = "local"
+	DatabaseTimestream = "timestream"
+)
+
+// Scale reports whether c is the scale topology.
+func (c Config) Scale() bool { return c.Gateways > 0 }
 
 // LoadConfig reads the stack configuration and validates it. It returns one
 // error naming every bad key, before any resource is declared.
@@ -180,6 +218,18 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	integer("influxRetentionDays", &c.InfluxRetentionDays)
 	list("mqttTopics", &c.MQTTTopics)
 	integer("mqttQos", &c.MQTTQoS)
+	str("broker", &c.Broker)
+	str("database", &c.Database)
+	integer("gateways", &c.Gateways)
+	str("vpcCidr", &c.VpcCidr)
+	integer("availabilityZones", &c.AvailabilityZones)
+	str("timestreamInstanceType", &c.TimestreamInstanceType)
+	integer("timestreamStorage", &c.TimestreamStorage)
+	boolean("timestreamMultiAz", &c.TimestreamMultiAZ)
+	integer("peakMessagesPerSecond", &c.PeakMessagesPerSecond)
+	str("sharedGroup", &c.SharedGroup)
+	boolean("detailedMonitoring", &c.DetailedMonitoring)
+	boolean("bucketAccessLogs", &c.BucketAccessLogs)
 	secret(KeyInfluxAdminPassword, &c.InfluxAdminPassword)
 	secret(KeyInfluxToken, &c.InfluxToken)
 	secret(KeyMQTTPassword, &c.MQTTPassword)
@@ -212,7 +262,7 @@ func LoadConfig(ctx *pulumi.Context) (Config, error) {
 	if c.ArtifactPath == "" {
 		c.ArtifactPath = filepath.Join(root, "dist", "iotgw-linux-"+c.GoArch())
 	}
-	if len(c.MQTTCidrs) == 0 {
+	if len(c.MQTTCidrs) == 0 && !c.Scale() {
 		_ = ctx.Log.Warn("mqttCidrs is empty: no device can reach the broker from outside the host; "+
 			"run: pulumi config set --path 'mqttCidrs[0]' <your devices' CIDR>", nil)
 	}
@@ -291,17 +341,32 @@ func (c Config) Validate() error {
 	} else if strings.ContainsAny(c.Owner, "\"'\\\n") || len(c.Owner) > 256 {
 		bad("owner", "%q is not a valid tag value", c.Owner)
 	}
-	for _, s := range []struct{ key, value string }{
+	required := []struct{ key, value string }{
 		{KeyInfluxAdminPassword, c.InfluxAdminPassword},
 		{KeyInfluxToken, c.InfluxToken},
 		{KeyMQTTPassword, c.MQTTPassword},
-	} {
+	}
+	if c.Scale() {
+		// Timestream hands out no operator token, and IoT Core takes
+		// certificates, not passwords.
+		required = required[:1]
+		for _, s := range []struct{ key, value, why string }{
+			{KeyInfluxToken, c.InfluxToken, "Timestream for InfluxDB makes no operator token from it; the gateway slot signs in as the admin"},
+			{KeyMQTTPassword, c.MQTTPassword, "devices and gateways authenticate to IoT Core with certificates"},
+		} {
+			if s.value != "" {
+				bad(s.key, "is unused with gateways > 0 (%s); remove it: pulumi config rm %s", s.why, s.key)
+			}
+		}
+	}
+	for _, s := range required {
 		if s.value == "" {
 			bad(s.key, "required secret is not set; run: pulumi config set --secret %s <value>", s.key)
 		} else if len(s.value) < 8 {
 			bad(s.key, "is shorter than 8 characters (InfluxDB refuses shorter passwords)")
 		}
 	}
+	c.validateScale(bad)
 	if c.MQTTPassword != "" && !hostEnvSafe.MatchString(c.MQTTPassword) {
 		// The host hands it to the gateway in a systemd environment file.
 		bad(KeyMQTTPassword, "may hold only letters, digits and +/=._~:@%%,- (for example: openssl rand -base64 24)")

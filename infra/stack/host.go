@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -35,6 +37,7 @@ type Host struct {
 	KeyPair    *ec2.KeyPair // nil unless sshPublicKey is set
 	EIP        *ec2.Eip     // nil unless elasticIp is set
 	Snapshots  *dlm.LifecyclePolicy
+	Params     *ssm.Parameter // the host parameters (JSON) iotgw-bootstrap reads
 	Rollout    *ssm.Association
 	PublicIP   pulumi.StringOutput
 	PublicDNS  pulumi.StringOutput
@@ -88,9 +91,28 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		}
 	}
 
-	userData := pulumi.All(h.DataVolume.ID(), s.Bucket.Bucket).ApplyT(func(v []any) (string, error) {
-		return UserData(e, c, string(v[0].(pulumi.ID)), v[1].(string))
+	// What the host is configured with lives in an SSM parameter, not in
+	// the user-data: a change reaches the running host through the rollout
+	// below instead of replacing it.
+	params := pulumi.All(h.DataVolume.ID(), s.Bucket.Bucket).ApplyT(func(v []any) (string, error) {
+		b, err := provision.HostParams(AllInOneParams(e, c, string(v[0].(pulumi.ID)), v[1].(string)))
+		return string(b), err
 	}).(pulumi.StringOutput)
+	h.Params, err = ssm.NewParameter(ctx, name+"-params", &ssm.ParameterArgs{
+		Name:        pulumi.String(e.hostParamsName()),
+		Description: pulumi.String("Host parameters (JSON) iotgw provision-files renders the host's files from; no secrets"),
+		Type:        pulumi.String("String"),
+		Tier:        pulumi.String("Standard"),
+		Value:       params,
+		Tags:        e.tagged("host-params"),
+	}, parent)
+	if err != nil {
+		return nil, err
+	}
+	userData, err := UserData(e, c, e.hostParamsName())
+	if err != nil {
+		return nil, err
+	}
 
 	args := &ec2.InstanceArgs{
 		Ami:                      pulumi.String(ami),
@@ -113,9 +135,11 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 			DeleteOnTermination: pulumi.Bool(true),
 			Tags:                e.tagged("root"),
 		},
-		UserDataBase64: userData,
-		// cloud-init runs user-data once per instance, so a change only
-		// takes effect on a new instance. The data volume survives it.
+		UserDataBase64: pulumi.String(userData),
+		// cloud-init runs user-data once per instance. The bootstrap
+		// changes only with the signing key, and even then the host is
+		// kept (user-data changes are ignored below): rotate the key with
+		// `pulumi up --replace` on the instance.
 		UserDataReplaceOnChange: pulumi.Bool(true),
 		Tags:                    e.tagged("host"),
 	}
@@ -126,12 +150,15 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 	if h.KeyPair != nil {
 		args.KeyName = h.KeyPair.KeyName
 	}
-	instOpts := []pulumi.ResourceOption{parent, pulumi.DeleteBeforeReplace(true)}
+	// Hosts made before the bootstrap carry the whole payload in their
+	// user-data; they are upgraded in place by the rollout, not replaced.
+	ignore := []string{"userDataBase64"}
 	if c.AmiID == "" {
 		// The SSM parameter moves with every AMI release; following it would
 		// replace the host each time. Pin amiId, or `pulumi up --replace`.
-		instOpts = append(instOpts, pulumi.IgnoreChanges([]string{"ami"}))
+		ignore = append([]string{"ami"}, ignore...)
 	}
+	instOpts := []pulumi.ResourceOption{parent, pulumi.DeleteBeforeReplace(true), pulumi.IgnoreChanges(ignore)}
 	h.Instance, err = ec2.NewInstance(ctx, name+"-instance", args, instOpts...)
 	if err != nil {
 		return nil, err
@@ -168,11 +195,12 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		}
 	}
 
-	// Rollout: the association runs the host's setup again whenever the
-	// artifact changes (its command names the sha256). The setup fetches
-	// and verifies the new binary, restarts the services, checks /readyz
-	// and puts the previous binary back if the new one fails; pulumi up
-	// waits for the result. No SSH, no new instance.
+	// Rollout: the association runs the host's bootstrap again whenever the
+	// artifact or the host parameters change (its command names both
+	// sha256s). The bootstrap fetches and verifies the new binary, which
+	// writes the files; the setup restarts what changed, checks /readyz and
+	// puts the previous binary back if the new one fails; pulumi up waits
+	// for the result. No SSH, no new instance.
 	h.Rollout, err = ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
 		Name: pulumi.String("AWS-RunShellScript"),
 		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
@@ -180,14 +208,14 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 			Values: pulumi.StringArray{h.Instance.ID()},
 		}},
 		Parameters: pulumi.StringMap{
-			"commands":         pulumi.String(RolloutCommand(s.ArtifactSHA256)),
+			"commands":         params.ApplyT(func(p string) string { return RolloutCommand(e, s.ArtifactSHA256, p, e.hostParamsName()) }).(pulumi.StringOutput),
 			"executionTimeout": pulumi.String("1800"),
 		},
 		ComplianceSeverity:           pulumi.String("HIGH"),
 		MaxErrors:                    pulumi.String("0"),
 		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
 		Tags:                         e.tagged("rollout"),
-	}, parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Attachment}))
+	}, parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Params, h.Attachment}))
 	if err != nil {
 		return nil, err
 	}
@@ -200,9 +228,20 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 	return h, err
 }
 
-// RolloutCommand is the shell command the rollout association runs.
-func RolloutCommand(sha256 string) string {
-	return "IOTGW_EXPECT_SHA256=" + sha256 + " " + provision.SetupScript
+// RolloutCommand is the shell command a rollout association runs: the
+// bootstrap, told which artifact and which host parameters (by sha256) it
+// must find in SSM. A host made before the bootstrap existed has none: its
+// own setup first installs the new binary (checking its signature), which
+// then writes the bootstrap.
+func RolloutCommand(e env, artifactSHA256, hostParams, hostParamsName string) string {
+	sum := sha256.Sum256([]byte(hostParams))
+	expect := "IOTGW_EXPECT_SHA256=" + artifactSHA256
+	return "set -e; if [ ! -x " + provision.BootstrapScript + " ]; then " +
+		expect + " " + provision.SetupScript + "; " +
+		"aws ssm get-parameter --region " + e.region + " --name " + hostParamsName +
+		" --query Parameter.Value --output text > /run/iotgw-host-params.json; " +
+		"/usr/local/bin/iotgw provision-files --params /run/iotgw-host-params.json; fi; " +
+		expect + " IOTGW_EXPECT_PARAMS=" + hex.EncodeToString(sum[:]) + " " + provision.BootstrapScript
 }
 
 // snapshotTag marks the volumes the stack's DLM policy snapshots.

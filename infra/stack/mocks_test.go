@@ -20,7 +20,16 @@ const (
 	mockSubnetB = "subnet-0bbb"
 	mockVPC     = "vpc-0def"
 	mockAZ      = "eu-central-1a"
+
+	mockIoTEndpoint    = "a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com"
+	mockInfluxEndpoint = "abc123xyz-3kx9.eu-central-1.timestream-influxdb.amazonaws.com"
+	mockIoTCert        = "-----BEGIN CERTIFICATE-----\nMIIBmockCERT\n-----END CERTIFICATE-----\n"
+	mockIoTKey         = "-----BEGIN RSA PRIVATE KEY-----\nMIIEmockKEY-5be1\n-----END RSA PRIVATE KEY-----\n"
 )
+
+// mockZones are the region's availability zones, unsorted as the API may
+// return them.
+var mockZones = []string{"eu-central-1b", "eu-central-1a", "eu-central-1c"}
 
 func mockAMI(arch string) string { return "ami-" + strings.ReplaceAll(arch, "_", "") + "0001" }
 
@@ -30,6 +39,10 @@ type recorded struct {
 	Inputs     resource.PropertyMap
 	ID         string
 	Deps       []string // URNs it depends on
+
+	URN, Parent                                  string
+	Protect, RetainOnDelete, DeleteBeforeReplace bool
+	IgnoreChanges                                []string
 }
 
 // mocks answers the provider calls and records every resource.
@@ -63,15 +76,63 @@ func (m *mocks) NewResource(args pulumi.MockResourceArgs) (string, resource.Prop
 		outs["name"] = resource.NewStringProperty(args.Name)
 	case "aws:ec2/keyPair:KeyPair":
 		outs["keyName"] = resource.NewStringProperty(args.Name)
+	case "aws:ec2/vpcEndpoint:VpcEndpoint":
+		outs["prefixListId"] = resource.NewStringProperty("pl-6ea54007")
+		outs["dnsEntries"] = resource.NewArrayProperty([]resource.PropertyValue{resource.NewObjectProperty(resource.PropertyMap{
+			"dnsName":      resource.NewStringProperty("vpce-0abc-" + args.Name + ".vpce-svc.eu-central-1.vpce.amazonaws.com"),
+			"hostedZoneId": resource.NewStringProperty("Z273ZU8SZ5RJPC"),
+		})})
+	case "aws:route53/zone:Zone":
+		outs["zoneId"] = resource.NewStringProperty("Z0PRIVATE" + args.Name)
+	case "aws:timestreaminfluxdb/dbInstance:DbInstance":
+		outs["endpoint"] = resource.NewStringProperty(mockInfluxEndpoint)
+	case "aws:iot/certificate:Certificate":
+		outs["arn"] = resource.NewStringProperty("arn:aws:iot:" + mockRegion + ":" + mockAccount + ":cert/0f1e2d")
+		outs["certificatePem"] = resource.NewStringProperty(mockIoTCert)
+		outs["privateKey"] = resource.NewStringProperty(mockIoTKey)
+	case "aws:iot/policy:Policy", "aws:iot/thingGroup:ThingGroup", "aws:iot/thingType:ThingType":
+		if n, ok := args.Inputs["name"]; ok {
+			outs["name"] = n
+		}
+	}
+	if args.TypeToken == "aws:ebs/volume:Volume" && strings.HasPrefix(args.Name, "gw-") {
+		// One id per slot.
+		id = "vol-0" + strings.TrimSuffix(strings.TrimPrefix(args.Name, "gw-"), "-data") + "5107"
+	}
+	if args.TypeToken == "aws:ec2/instance:Instance" && strings.HasPrefix(args.Name, "gw-") {
+		id = "i-0" + strings.TrimSuffix(strings.TrimPrefix(args.Name, "gw-"), "-instance") + "5107"
+		delete(outs, "publicIp")
+		delete(outs, "publicDns")
 	}
 	m.mu.Lock()
-	var deps []string
-	if args.RegisterRPC != nil {
-		deps = args.RegisterRPC.GetDependencies()
+	rec := recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id}
+	if rpc := args.RegisterRPC; rpc != nil {
+		rec.Deps = rpc.GetDependencies()
+		rec.Parent = rpc.GetParent()
+		rec.Protect = rpc.GetProtect()
+		rec.RetainOnDelete = rpc.GetRetainOnDelete()
+		rec.DeleteBeforeReplace = rpc.GetDeleteBeforeReplace()
+		rec.IgnoreChanges = rpc.GetIgnoreChanges()
 	}
-	m.resources = append(m.resources, recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, ID: id, Deps: deps})
+	rec.URN = urnOf(rec.Parent, args.TypeToken, args.Name)
+	m.resources = append(m.resources, rec)
 	m.mu.Unlock()
 	return id, outs, nil
+}
+
+// urnOf builds a resource's URN the way the engine does: the parent's type
+// chain, then the resource's type and name.
+func urnOf(parent, typ, name string) string {
+	if parent == "" {
+		return "urn:pulumi:dev::" + Project + "::" + typ + "::" + name
+	}
+	// urn:pulumi:<stack>::<project>::<type chain>::<name>
+	parts := strings.SplitN(parent, "::", 4)
+	chain := typ
+	if len(parts) == 4 {
+		chain = parts[2] + "$" + typ
+	}
+	return "urn:pulumi:dev::" + Project + "::" + chain + "::" + name
 }
 
 func (m *mocks) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
@@ -93,6 +154,17 @@ func (m *mocks) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
 			return nil, fmt.Errorf("unexpected parameter %s", name)
 		}
 		return resource.PropertyMap{"name": str(name), "value": str(mockAMI(arch)), "type": str("String"), "id": str(name)}, nil
+	case "aws:index/getAvailabilityZones:getAvailabilityZones":
+		var names []resource.PropertyValue
+		for _, z := range mockZones {
+			names = append(names, str(z))
+		}
+		return resource.PropertyMap{"names": resource.NewArrayProperty(names), "id": str(mockRegion)}, nil
+	case "aws:iot/getEndpoint:getEndpoint":
+		if args.Args["endpointType"].StringValue() != "iot:Data-ATS" {
+			return nil, fmt.Errorf("mocks: endpoint type %v, the gateways verify the ATS endpoint", args.Args["endpointType"])
+		}
+		return resource.PropertyMap{"endpointAddress": str(mockIoTEndpoint), "endpointType": str("iot:Data-ATS"), "id": str(mockIoTEndpoint)}, nil
 	case "aws:ec2/getVpc:getVpc":
 		return resource.PropertyMap{"id": str(mockVPC), "default": resource.NewBoolProperty(true)}, nil
 	case "aws:ec2/getSubnets:getSubnets":

@@ -46,6 +46,7 @@ type Deployment struct {
 	Storage *Storage
 	Secrets *Secrets
 	Host    *Host
+	Scale   *Scale // the scale topology; then Network, Secrets and Host are nil
 }
 
 // Run is the program body: load and validate the configuration, declare
@@ -104,6 +105,17 @@ func Deploy(ctx *pulumi.Context, c Config) (*Deployment, error) {
 		},
 	}
 
+	if c.Scale() {
+		storage, err := NewStorage(ctx, "storage", e, c, art)
+		if err != nil {
+			return nil, err
+		}
+		sc, err := deployScale(ctx, e, c, storage)
+		if err != nil {
+			return nil, err
+		}
+		return &Deployment{Storage: storage, Scale: sc}, nil
+	}
 	network, err := NewNetwork(ctx, "network", e, c)
 	if err != nil {
 		return nil, err
@@ -123,10 +135,14 @@ func Deploy(ctx *pulumi.Context, c Config) (*Deployment, error) {
 	return &Deployment{Network: network, Storage: storage, Secrets: secrets, Host: host}, nil
 }
 
-// UserData renders the host's user-data, gzipped and base64-encoded for the
-// instance's userDataBase64.
-func UserData(e env, c Config, volumeID, bucket string) (string, error) {
-	gz, err := provision.GzipUserData(provision.Params{
+// HostParamsName is the SSM parameter the all-in-one host reads its
+// parameters from.
+func (e env) hostParamsName() string { return e.paramPath() + "/host-params" }
+
+// AllInOneParams are the all-in-one host's parameters: what iotgw
+// provision-files renders its configuration from.
+func AllInOneParams(e env, c Config, volumeID, bucket string) provision.Params {
+	return provision.Params{
 		Stack:               e.stack,
 		Region:              e.region,
 		ParamPath:           e.paramPath(),
@@ -144,6 +160,19 @@ func UserData(e env, c Config, volumeID, bucket string) (string, error) {
 		ExportBucket:        bucket,
 		ExportPrefix:        c.ExportPrefix,
 		SigningPublicKey:    c.SigningPublicKey,
+	}
+}
+
+// UserData renders a host's bootstrap user-data, gzipped and base64-encoded
+// for the instance's userDataBase64. hostParams is the SSM parameter the
+// host reads the rest from.
+func UserData(e env, c Config, hostParams string) (string, error) {
+	gz, err := provision.GzipUserData(provision.Bootstrap{
+		Stack:            e.stack,
+		Region:           e.region,
+		ParamPath:        e.paramPath(),
+		HostParams:       hostParams,
+		SigningPublicKey: c.SigningPublicKey,
 	})
 	if err != nil {
 		return "", err
@@ -153,6 +182,9 @@ func UserData(e env, c Config, volumeID, bucket string) (string, error) {
 
 // Outputs are the stack outputs. None of them is secret.
 func (d *Deployment) Outputs(c Config) pulumi.Map {
+	if d.Scale != nil {
+		return d.scaleOutputs(c)
+	}
 	h, s := d.Host, d.Storage
 	region := h.region
 	out := pulumi.Map{
@@ -183,6 +215,44 @@ func (d *Deployment) Outputs(c Config) pulumi.Map {
 		out["influxUrl"] = pulumi.Sprintf("http://%s:8086", h.PublicDNS)
 	}
 	return out
+}
+
+// scaleOutputs are the scale topology's outputs: where devices connect,
+// how they enrol, and each slot. None is secret.
+func (d *Deployment) scaleOutputs(c Config) pulumi.Map {
+	sc, s := d.Scale, d.Storage
+	total, per := IoTConnections(c)
+	var slots pulumi.Array
+	for _, sl := range sc.Slots {
+		slots = append(slots, pulumi.Map{
+			"slot":              pulumi.Int(sl.Index),
+			"availabilityZone":  pulumi.String(sl.Zone),
+			"instanceId":        sl.Instance.ID(),
+			"dataVolumeId":      sl.Volume.ID(),
+			"clientIdPrefix":    pulumi.String(sl.ClientID),
+			"ssmSessionCommand": pulumi.Sprintf("aws ssm start-session --region %s --target %s", sc.IoT.region(), sl.Instance.ID()),
+		})
+	}
+	return pulumi.Map{
+		"topology":                pulumi.String("scale"),
+		"mqttEndpoint":            pulumi.Sprintf("mqtts://%s:8883", sc.IoT.Endpoint),
+		"iotThingGroup":           pulumi.String(sc.IoT.Names.ThingGroup),
+		"iotThingType":            pulumi.String(sc.IoT.Names.ThingType),
+		"iotDevicePolicy":         pulumi.String(sc.IoT.Names.DevicePolicy),
+		"iotClaimPolicy":          pulumi.String(sc.IoT.Names.ClaimPolicy),
+		"iotProvisioningTemplate": pulumi.String(sc.IoT.Names.Template),
+		"iotConnections":          pulumi.Sprintf("%d in all, %d per slot", total, per),
+		"deviceAddCommand": pulumi.Sprintf("iotgw device add --region %s --site <site> --thing-group %s --thing-type %s --policy %s <device>",
+			sc.IoT.region(), sc.IoT.Names.ThingGroup, sc.IoT.Names.ThingType, sc.IoT.Names.DevicePolicy),
+		"influxEndpoint": pulumi.Sprintf("https://%s:8086 (inside the VPC only)", sc.Database.Endpoint),
+		"vpcId":          sc.Network.Vpc.ID(),
+		"slots":          slots,
+		"bucketName":     s.Bucket.Bucket,
+		"artifactUri":    s.ArtifactURI,
+		"artifactSha256": pulumi.String(s.ArtifactSHA256),
+		"exportUri":      pulumi.Sprintf("s3://%s/%s", s.Bucket.Bucket, c.ExportPrefix),
+		"parameterPath":  pulumi.String(sc.IoT.env.paramPath()),
+	}
 }
 
 // Export sets the stack outputs.

@@ -297,7 +297,10 @@ func TestDeployDefaults(t *testing.T) {
 			}
 		}
 	}
-	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true}
+	// The IoT Core identity is read only by gateway slots (scale_test.go
+	// checks the scale stack creates it).
+	optional := map[string]bool{"broker-tls-cert": true, "broker-tls-key": true, "devices": true,
+		provision.IoTCertParam: true, provision.IoTKeyParam: true}
 	script := string(provision.SetupScriptSource())
 	read := regexp.MustCompile(`\$PARAM_PATH/([a-z0-9-]+)|ssm_secret ([a-z0-9-]+)`).FindAllStringSubmatch(script, -1)
 	if len(read) < 5 {
@@ -327,14 +330,22 @@ func TestDeployDefaults(t *testing.T) {
 		t.Errorf("snapshot policy = %v", plain(resource.NewObjectProperty(dlmPolicy.Inputs)))
 	}
 
-	// Rollout: the association reruns the setup for this sha256, after the
-	// artifact parameter is updated.
+	// Rollout: the association reruns the bootstrap for this artifact and
+	// these host parameters, after both parameters are updated.
 	ro := m.one(t, "aws:ssm/association:Association")
-	if get(ro, "name") != "AWS-RunShellScript" || get(ro, "parameters.commands") != "IOTGW_EXPECT_SHA256="+sha+" /usr/local/sbin/iotgw-setup" ||
+	hostParams := findNamed(t, m.byType("aws:ssm/parameter:Parameter"), "host-params")
+	psum := sha256.Sum256([]byte(get(hostParams, "value").(string)))
+	if n := len(get(hostParams, "value").(string)); n > ssmStandardMax {
+		t.Errorf("host parameters are %d bytes, over a Standard parameter's %d", n, ssmStandardMax)
+	}
+	cmd, _ := get(ro, "parameters.commands").(string)
+	if get(ro, "name") != "AWS-RunShellScript" ||
+		!strings.HasSuffix(cmd, "; IOTGW_EXPECT_SHA256="+sha+" IOTGW_EXPECT_PARAMS="+hex.EncodeToString(psum[:])+" /usr/local/sbin/iotgw-bootstrap") ||
+		!strings.Contains(cmd, "if [ ! -x /usr/local/sbin/iotgw-bootstrap ]; then IOTGW_EXPECT_SHA256="+sha+" /usr/local/sbin/iotgw-setup; ") ||
 		!slices.Equal(toStrings(get(ro, "targets").([]any)[0].(map[string]any)["values"]), []string{"i-0123456789abcdef0"}) {
 		t.Errorf("rollout association = %v", plain(resource.NewObjectProperty(ro.Inputs)))
 	}
-	for _, dep := range []string{"::storage-artifact-ref", "::host-data-attachment"} {
+	for _, dep := range []string{"::storage-artifact-ref", "::host-params", "::host-data-attachment"} {
 		if !slices.ContainsFunc(ro.Deps, func(u string) bool { return strings.HasSuffix(u, dep) }) {
 			t.Errorf("rollout does not wait for %s; depends on %v", dep, ro.Deps)
 		}
@@ -531,8 +542,8 @@ func checkPolicies(t *testing.T, r deployResult) {
 	}
 	inst := m.one(t, "aws:ec2/instance:Instance")
 	ud := userData(t, inst)
-	if len(ud.gz) > provision.MaxUserData {
-		t.Errorf("policy: user-data is %d bytes, over %d", len(ud.gz), provision.MaxUserData)
+	if len(ud.gz) > provision.UserDataBudget {
+		t.Errorf("policy: user-data is %d bytes, over the budget of %d", len(ud.gz), provision.UserDataBudget)
 	}
 	t.Logf("user-data: %d bytes rendered, %d gzipped", len(ud.plain), len(ud.gz))
 	for _, secret := range testSecrets {
@@ -608,13 +619,39 @@ func TestPinnedAMI(t *testing.T) {
 	}
 }
 
+// hostFiles renders what iotgw provision-files writes on the host from
+// the host parameters the stack stored, with the key from the user-data.
+func hostFiles(t *testing.T, m *mocks, paramName string) string {
+	t.Helper()
+	hp := findNamed(t, m.byType("aws:ssm/parameter:Parameter"), paramName)
+	p, err := provision.ParseHostParams([]byte(get(hp, "value").(string)), string(testSigner.pub))
+	if err != nil {
+		t.Fatalf("%s: %v", paramName, err)
+	}
+	fl, err := provision.Files(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all strings.Builder
+	for _, f := range fl {
+		all.WriteString(f.Content)
+	}
+	return all.String()
+}
+
 func TestUserDataNamesTheVolume(t *testing.T) {
 	r := deploy(t, testConfig(t))
 	ud := userData(t, r.m.one(t, "aws:ec2/instance:Instance"))
-	for _, want := range []string{"DATA_VOLUME_ID='" + mockVolume + "'", "PARAM_PATH='/iot-gateway/dev'",
-		"bucket = \"" + mockBucket + "\"", "ssm:/iot-gateway/dev/influx-run-token", "AWS_REGION='" + mockRegion + "'"} {
+	for _, want := range []string{"PARAM_PATH='/iot-gateway/dev'", "HOST_PARAMS='/iot-gateway/dev/host-params'", "AWS_REGION='" + mockRegion + "'"} {
 		if !bytes.Contains(ud.plain, []byte(want)) {
 			t.Errorf("user-data lacks %q", want)
+		}
+	}
+	files := hostFiles(t, r.m, "host-params")
+	for _, want := range []string{"DATA_VOLUME_ID='" + mockVolume + "'", "PARAM_PATH='/iot-gateway/dev'",
+		"bucket = \"" + mockBucket + "\"", "ssm:/iot-gateway/dev/influx-run-token", "AWS_REGION='" + mockRegion + "'"} {
+		if !strings.Contains(files, want) {
+			t.Errorf("host files lack %q", want)
 		}
 	}
 }

@@ -21,6 +21,10 @@ set -a
 . "$HOST_ENV"
 set +a
 
+ROLE=${ROLE:-all-in-one}
+# gateway: a slot of the scale topology, only `iotgw run` (AWS IoT Core is
+# the broker, Amazon Timestream for InfluxDB the database).
+gateway_role() { [[ $ROLE == gateway ]]; }
 CHANGED=0
 GATEWAY_UPDATED=0
 # Set when something a running service reads has changed: only then is it
@@ -140,11 +144,15 @@ data_volume() {
 	uuid=$(blkid -p -o value -s UUID "$dev")
 	[[ -n $uuid ]] || die "no filesystem UUID on $dev"
 
+	local binds=(influxdb iotgw iotgw-broker) b
+	gateway_role && binds=(iotgw)
 	block="# BEGIN iotgw (managed by iotgw-setup)
-UUID=$uuid /data $fstype defaults,nofail,x-systemd.device-timeout=60s 0 2
-/data/influxdb /var/lib/influxdb none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
-/data/iotgw /var/lib/iotgw none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
-/data/iotgw-broker /var/lib/iotgw-broker none bind,nofail,x-systemd.requires-mounts-for=/data 0 0
+UUID=$uuid /data $fstype defaults,nofail,x-systemd.device-timeout=60s 0 2"
+	for b in "${binds[@]}"; do
+		block+="
+/data/$b /var/lib/$b none bind,nofail,x-systemd.requires-mounts-for=/data 0 0"
+	done
+	block+="
 # END iotgw"
 	mkdir -p "$ROOT/etc"
 	[[ -e $ROOT/etc/fstab ]] || : >"$ROOT/etc/fstab"
@@ -164,11 +172,11 @@ UUID=$uuid /data $fstype defaults,nofail,x-systemd.device-timeout=60s 0 2
 		systemctl daemon-reload
 		mountpoint -q /data || { mount /data && changed "mounted /data"; }
 	fi
-	put_dir "$ROOT/data/influxdb" 0750 influxdb influxdb
+	gateway_role || put_dir "$ROOT/data/influxdb" 0750 influxdb influxdb
 	put_dir "$ROOT/data/iotgw" 0750 iotgw iotgw
-	put_dir "$ROOT/data/iotgw-broker" 0750 iotgw-broker iotgw-broker
+	gateway_role || put_dir "$ROOT/data/iotgw-broker" 0750 iotgw-broker iotgw-broker
 	local m
-	for m in influxdb iotgw iotgw-broker; do
+	for m in "${binds[@]}"; do
 		# A mounted mount point shows the data volume's directory: leave it.
 		if online && mountpoint -q "/var/lib/$m"; then continue; fi
 		put_dir "$ROOT/var/lib/$m" 0755 root root
@@ -408,9 +416,14 @@ broker_users() {
 
 # Step 8: enable the units (offline this only writes the symlinks).
 enable_units() {
-	local u args=()
+	local u args=() units=(iotgw-broker.service iotgw.service iotgw-export.timer)
 	[[ -n $ROOT ]] && args=(--root="$ROOT")
-	for u in iotgw-broker.service iotgw.service iotgw-export.timer; do
+	if gateway_role; then
+		# One slot exports for all of them.
+		units=(iotgw.service)
+		[[ $INFLUX_ADMIN == 1 ]] && units+=(iotgw-export.timer)
+	fi
+	for u in "${units[@]}"; do
 		if ! systemctl "${args[@]}" is-enabled --quiet "$u" 2>/dev/null; then
 			systemctl "${args[@]}" enable --quiet "$u" 2>/dev/null
 			changed "enabled $u"
@@ -467,12 +480,16 @@ print(json.dumps({"username": os.environ["INFLUX_ADMIN_USER"], "password": os.en
 # parameter holds it; else it is revoked and made again. Tokens go through
 # files and stdin, never a command line.
 influx_tokens() {
-	local url=${INFLUX_URL:-http://127.0.0.1:8086} hdr tok ids kind
+	local url=${INFLUX_URL:-${INFLUXDB_URL:-http://127.0.0.1:8086}} hdr tok ids kind
 	mkdir -p "$ROOT/data/iotgw-setup"
 	chmod 0700 "$ROOT/data/iotgw-setup"
-	tok=$(ssm_secret influx-token) || die "cannot read $PARAM_PATH/influx-token"
 	hdr=$(mktemp)
-	printf 'Authorization: Token %s\n' "$tok" >"$hdr"
+	if gateway_role; then
+		influx_signin "$url" "$hdr"
+	else
+		tok=$(ssm_secret influx-token) || die "cannot read $PARAM_PATH/influx-token"
+		printf 'Authorization: Token %s\n' "$tok" >"$hdr"
+	fi
 	ids=$(curl -fsS -H @"$hdr" "$url/api/v2/buckets?org=$INFLUX_ORG&name=$INFLUX_BUCKET" |
 		python3 -c 'import json, sys; b = json.load(sys.stdin)["buckets"][0]; print(b["orgID"], b["id"])') ||
 		die "cannot find bucket $INFLUX_BUCKET of org $INFLUX_ORG"
@@ -481,6 +498,59 @@ influx_tokens() {
 		influx_token "$kind" "$url" "$hdr" $ids
 	done
 	rm -f "$hdr"
+}
+
+# influx_signin URL HEADERFILE: Timestream for InfluxDB hands out no
+# operator token; sign in as the admin (the password from SSM, in a header
+# file, never on a command line) and write the session cookie as a header.
+influx_signin() {
+	local url=$1 hdr=$2 basic resp cookie
+	basic=$(mktemp)
+	{
+		printf 'Authorization: Basic '
+		printf '%s:%s' "$INFLUX_ADMIN_USER" "$(ssm_secret influx-admin-password)" | base64 -w0
+		printf '\n'
+	} >"$basic" || die "cannot read $PARAM_PATH/influx-admin-password"
+	resp=$(curl -fsS -o /dev/null -D - -X POST -H @"$basic" "$url/api/v2/signin") || {
+		rm -f "$basic"
+		die "cannot sign in to InfluxDB at $url as $INFLUX_ADMIN_USER"
+	}
+	rm -f "$basic"
+	cookie=$(printf '%s\n' "$resp" | tr -d '\r' | awk 'tolower($1) == "set-cookie:" { split($2, c, ";"); print c[1]; exit }')
+	[[ -n $cookie ]] || die "InfluxDB at $url sent no session cookie"
+	printf 'Cookie: %s\n' "$cookie" >"$hdr"
+}
+
+# dashboard_api: the dashboard onto Timestream for InfluxDB through the API
+# `influx apply` uses (a stack, then POST /api/v2/templates/apply), since a
+# slot has no influx CLI; applied again only when the file changes.
+dashboard_api() {
+	local url=${INFLUX_URL:-$INFLUXDB_URL} hdr state=$ROOT/data/iotgw-setup sum org body
+	local file=$ROOT/etc/iotgw/dashboards/iotgw.json
+	mkdir -p "$state"
+	sum=$(sha256sum "$file" | awk '{ print $1 }')
+	[[ $(cat "$state/dashboard.sha256" 2>/dev/null) == "$sum" ]] && return 0
+	hdr=$(mktemp)
+	influx_signin "$url" "$hdr"
+	org=$(curl -fsS -H @"$hdr" "$url/api/v2/orgs?org=$INFLUX_ORG" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["orgs"][0]["id"])') ||
+		die "cannot find org $INFLUX_ORG"
+	if [[ ! -s $state/influx-stack-id ]]; then
+		ORG=$org python3 -c 'import json, os; print(json.dumps({"orgID": os.environ["ORG"], "name": "iotgw"}))' |
+			curl -fsS -H @"$hdr" -H 'Content-Type: application/json' --data @- "$url/api/v2/stacks" |
+			python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])' >"$state/influx-stack-id.new" ||
+			die "cannot create the InfluxDB stack for the dashboard"
+		mv -f "$state/influx-stack-id.new" "$state/influx-stack-id"
+	fi
+	body=$(mktemp)
+	ORG=$org STACK_ID=$(cat "$state/influx-stack-id") python3 -c 'import json, os, sys
+print(json.dumps({"orgID": os.environ["ORG"], "stackID": os.environ["STACK_ID"], "dryRun": False,
+  "template": {"contents": json.load(open(sys.argv[1]))}}))' "$file" >"$body"
+	curl -fsS -o /dev/null -H @"$hdr" -H 'Content-Type: application/json' --data @"$body" "$url/api/v2/templates/apply" ||
+		die "InfluxDB refused the dashboard template"
+	rm -f "$hdr" "$body"
+	echo "$sum" >"$state/dashboard.sha256"
+	changed "applied dashboard iotgw.json"
 }
 
 # influx_token KIND URL HEADERFILE ORGID BUCKETID
@@ -524,9 +594,18 @@ open(sys.argv[1], "w").write(a["token"])' "$tmp" "$idf.new"
 # service. Retries for 5 minutes, since it runs early in a boot.
 gateway_secrets() {
 	local dst=$ROOT/run/iotgw-secrets/gateway.env pw="" tok="" i
+	if gateway_role; then
+		gateway_iot_identity
+		pw=-
+	fi
 	for ((i = 0; i < 60; i++)); do
-		pw=$(ssm_secret mqtt-password) && tok=$(ssm_secret influx-run-token) && break
-		pw="" tok=""
+		if gateway_role; then
+			tok=$(ssm_secret influx-run-token) && break
+		else
+			pw=$(ssm_secret mqtt-password) && tok=$(ssm_secret influx-run-token) && break
+			pw=""
+		fi
+		tok=""
 		sleep "${SECRETS_RETRY:-5}"
 	done
 	[[ -n $pw && -n $tok ]] || die "cannot read $PARAM_PATH/mqtt-password and $PARAM_PATH/influx-run-token"
@@ -538,9 +617,41 @@ gateway_secrets() {
 	mkdir -p "$(dirname "$dst")"
 	(
 		umask 077
-		printf 'IOTGW_MQTT_PASSWORD=%s\nIOTGW_INFLUX_TOKEN=%s\n' "$pw" "$tok" >"$dst.new"
+		if gateway_role; then
+			printf 'IOTGW_INFLUX_TOKEN=%s\n' "$tok" >"$dst.new"
+		else
+			printf 'IOTGW_MQTT_PASSWORD=%s\nIOTGW_INFLUX_TOKEN=%s\n' "$pw" "$tok" >"$dst.new"
+		fi
 	)
 	mv -f "$dst.new" "$dst"
+}
+
+# gateway_iot_identity: the gateways' IoT Core certificate and private key
+# from SSM into /run/iotgw-secrets (memory), readable by the iotgw group
+# only; the environment file next to them stays root's. The unit runs with
+# no capabilities but the iotgw group (a drop-in), so the chown below only
+# names the group the files already have.
+gateway_iot_identity() {
+	local dir=$ROOT/run/iotgw-secrets gid i ok=0
+	gid=$(gid_of iotgw)
+	mkdir -p "$dir"
+	for ((i = 0; i < 60; i++)); do
+		if aws ssm get-parameter --region "$AWS_REGION" --name "$PARAM_PATH/iot-gateway-cert" \
+			--query Parameter.Value --output text >"$dir/iot.crt.new" 2>/dev/null &&
+			(umask 077 && ssm_secret iot-gateway-key >"$dir/iot.key.new") 2>/dev/null; then
+			ok=1
+			break
+		fi
+		sleep "${SECRETS_RETRY:-5}"
+	done
+	[[ $ok == 1 ]] || die "cannot read $PARAM_PATH/iot-gateway-cert and $PARAM_PATH/iot-gateway-key"
+	grep -q -- '-----BEGIN CERTIFICATE-----' "$dir/iot.crt.new" || die "$PARAM_PATH/iot-gateway-cert is not a PEM certificate"
+	grep -q -- 'PRIVATE KEY-----' "$dir/iot.key.new" || die "$PARAM_PATH/iot-gateway-key is not a PEM private key"
+	chown "0:$gid" "$dir" "$dir/iot.crt.new" "$dir/iot.key.new"
+	chmod 0750 "$dir"
+	chmod 0640 "$dir/iot.crt.new" "$dir/iot.key.new"
+	mv -f "$dir/iot.crt.new" "$dir/iot.crt"
+	mv -f "$dir/iot.key.new" "$dir/iot.key"
 }
 
 # healthy CMD...: retry CMD for up to 120 s.
@@ -564,6 +675,12 @@ wait_for() {
 # check it answers.
 start_and_check() {
 	systemctl daemon-reload
+	if gateway_role; then
+		if [[ $RESTART_GATEWAY == 1 ]]; then systemctl restart iotgw.service; else systemctl start iotgw.service; fi
+		[[ $INFLUX_ADMIN == 1 ]] && systemctl start iotgw-export.timer
+		check_gateway "gateway slot $SLOT healthy"
+		return
+	fi
 	if [[ $RESTART_BROKER == 1 ]]; then
 		systemctl restart iotgw-broker.service
 	else
@@ -578,18 +695,23 @@ start_and_check() {
 	wait_for "broker (TLS 8883)" openssl s_client -connect 127.0.0.1:8883 -verify_return_error "${BROKER_VERIFY[@]}"
 	wait_for "broker (1883)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/1883'
 	wait_for "InfluxDB /health" curl -fsS http://127.0.0.1:8086/health
+	check_gateway "broker, InfluxDB and gateway healthy; export timer armed"
+}
+
+# check_gateway MESSAGE: /readyz answers, else put the previous binary back.
+check_gateway() {
 	if ! healthy curl -fsS "http://$HTTP_ADDR/readyz"; then
 		if [[ $GATEWAY_UPDATED == 1 && -f /usr/local/bin/iotgw.prev ]]; then
 			# The new binary does not come up: put the previous one back.
 			mv -f /usr/local/bin/iotgw.prev /usr/local/bin/iotgw
-			systemctl restart iotgw-broker.service iotgw.service
+			if gateway_role; then systemctl restart iotgw.service; else systemctl restart iotgw-broker.service iotgw.service; fi
 			healthy curl -fsS "http://$HTTP_ADDR/readyz" ||
 				die "new gateway binary failed /readyz, and so does the previous one after rollback"
 			die "new gateway binary failed /readyz; rolled back to the previous binary"
 		fi
 		die "gateway /readyz not healthy after 120s"
 	fi
-	local msg="SUCCESS: broker, InfluxDB and gateway healthy; export timer armed"
+	local msg="SUCCESS: $1"
 	log "$msg"
 	if [[ -w /dev/console ]]; then printf 'iotgw-setup: %s\n' "$msg" >/dev/console || true; fi
 }
@@ -606,6 +728,23 @@ main() {
 	exec 9>>"$ROOT/run/lock/iotgw-setup.lock"
 	flock 9
 	install_payload
+	if gateway_role; then
+		system_users
+		data_volume
+		gateway_binary
+		enable_units
+		if online; then
+			# One slot makes the tokens; the others wait for them
+			# (iotgw-secrets.service retries).
+			if [[ $INFLUX_ADMIN == 1 ]]; then
+				influx_tokens
+				dashboard_api
+			fi
+			start_and_check
+		fi
+		log "done, $CHANGED changed"
+		return
+	fi
 	# The package creates the influxdb user that owns its data directory.
 	if online; then install_influxdb; fi
 	system_users

@@ -239,17 +239,28 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
   |> filter(fn: (r) => r.gateway == "demo")
   |> group(columns: ["_measurement", "_field"])
   |> count()`, cfg.Influx.Bucket, start.Add(-time.Minute).UTC().Format(time.RFC3339))
-	if counts, err := pointsPerMeasurement(cfg, flux); err != nil {
-		fmt.Fprintf(out, "points per measurement: query failed: %v\n", err)
+	counts, qerr := pointsPerMeasurement(cfg, flux)
+	var stored int64
+	if qerr != nil {
+		fmt.Fprintf(out, "points per measurement: query failed: %v\n", qerr)
 	} else {
 		fmt.Fprintln(out, "points in InfluxDB per measurement:")
 		for _, m := range slices.Sorted(maps.Keys(counts)) {
 			fmt.Fprintf(out, "  %-12s %d\n", m, counts[m])
+			stored += counts[m]
 		}
 	}
 	fmt.Fprintf(out, "\nsee the data yourself (POST %s/api/v2/query, or the InfluxDB UI):\n%s\n", redacted(cfg.Influx.URL), flux)
 	if simErr != nil && !errors.Is(simErr, context.Canceled) {
 		return fmt.Errorf("simulator: %w", simErr)
+	}
+	if qerr != nil {
+		return fmt.Errorf("count the points in InfluxDB: %w", qerr)
+	}
+	// Every well-formed reading the broker acknowledged must be in the
+	// database: each carries its own device time, so none overwrites another.
+	if want := report.Acked - sumBad(report.Bad); stored < want {
+		return fmt.Errorf("readings lost: %d well-formed readings acknowledged, %d points in InfluxDB", want, stored)
 	}
 	return nil
 }

@@ -69,13 +69,10 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			if err := errors.Join(in.Validate(), cfg.Validate(!noUpload)); err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			windows, err := exportWindows(cmd, day, from, to, catchUp, noUpload, cfg, time.Now())
+			now := time.Now()
+			windows, err := exportWindows(cmd, day, from, to, catchUp, noUpload, cfg, now)
 			if err != nil {
 				return err
-			}
-			if len(windows) == 0 {
-				fmt.Fprintln(cmd.OutOrStdout(), "export: up to date, nothing to do")
-				return nil
 			}
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -87,8 +84,30 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 				Version: version,
 				Log:     log,
 				Bucket:  in.Bucket,
+
+				RecheckDays: cfg.RecheckDays,
 			}
 			defer e.Source.Close()
+			if catchUp && !noUpload {
+				// Days already uploaded get exported again when InfluxDB has
+				// received readings of theirs since.
+				last, err := export.LastDay(cfg.Dir)
+				if err != nil {
+					return fmt.Errorf("catch-up state: %w", err)
+				}
+				stale, err := e.Stale(ctx, export.Recheck(last, now, cfg.RecheckDays))
+				if err != nil {
+					return err
+				}
+				for _, w := range stale {
+					fmt.Fprintf(cmd.OutOrStdout(), "export %s: late data, exporting it again\n", w)
+				}
+				windows = append(stale, windows...)
+			}
+			if len(windows) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "export: up to date, nothing to do")
+				return nil
+			}
 			if !cfg.SkipDashboards {
 				e.Dashboards = export.NewDashboards(in)
 			}

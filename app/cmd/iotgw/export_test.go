@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -220,6 +221,33 @@ func TestExportCatchUp(t *testing.T) {
 	code, stdout, stderr = runExport(t, env, "--catch-up")
 	if code != 0 || !strings.Contains(stdout, "up to date") {
 		t.Errorf("second run: exit %d, %q %q", code, stdout, stderr)
+	}
+
+	// A reading of an uploaded day arrives late (a device replaying its
+	// buffer): the next run finds the day stale and uploads it again.
+	late := today.AddDate(0, 0, -2)
+	resp, err = http.Post(in.URL()+"/api/v2/write?bucket=db/rp&precision=ns", "text/plain",
+		strings.NewReader(fmt.Sprintf("temperature,site=s1,device=d1 value=99 %d\n", late.Add(30*time.Minute).UnixNano())))
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("write: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	code, stdout, stderr = runExport(t, env, "--catch-up")
+	if code != 0 || !strings.Contains(stdout, "export "+late.Format(time.DateOnly)+": late data") || !strings.Contains(stdout, "25 points") {
+		t.Fatalf("run after late data: exit %d, %q %q", code, stdout, stderr)
+	}
+	obj, err := client.GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String("exports"), Key: aws.String("dev/" + late.Format("2006/01/02") + "/manifest.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var manifest struct{ Points int64 }
+	if err := json.NewDecoder(obj.Body).Decode(&manifest); err != nil || manifest.Points != 25 {
+		t.Fatalf("uploaded manifest of %s: %+v %v, want 25 points", late.Format(time.DateOnly), manifest, err)
+	}
+	obj.Body.Close()
+	code, stdout, _ = runExport(t, env, "--catch-up")
+	if code != 0 || !strings.Contains(stdout, "up to date") {
+		t.Errorf("run after the re-export: exit %d, %q", code, stdout)
 	}
 
 	// An S3 bucket that does not exist fails before anything is written.
