@@ -55,10 +55,15 @@ func TestLivePage(t *testing.T) {
 	in := testsvc.StartInflux(t)
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{MaxInflight: 1000})
 	g := newGateway(t, mq.URL(), in.URL(), "IOTGW_COMMANDS_TOKEN="+testToken)
-	g.start()
+	g.start("--config", writeConfig(t, "[fleet]\nsilent_factor = 3.0\nmin_silence = \"2s\"\nsweep_interval = \"200ms\"\n"))
 	startFleet(t, mq.URL(), 12, 4)
-	g.waitFor("12 devices known", 30*time.Second, func() bool { return g.metric("iotgw_devices_tracked") == 12 })
 	pub := newPublisher(t, mq.URL())
+	// A thirteenth device that falls silent after a few readings.
+	for range 4 {
+		pub.publishRaw(t, "sensors/site-02/dev-0099/environment", []byte(`{"temperature":20.5}`))
+		time.Sleep(100 * time.Millisecond) // the device's pace, which sets its habit
+	}
+	g.waitFor("13 devices known", 30*time.Second, func() bool { return g.metric("iotgw_devices_tracked") == 13 })
 	pub.publishRaw(t, "sensors/site-01/dev-0003/environment", []byte(`{"temperature":`))
 
 	opts := []chromedp.ExecAllocatorOption{
@@ -108,9 +113,15 @@ func TestLivePage(t *testing.T) {
 	}
 	devices, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#dev-count")))
 	dead, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#deadletters")))
-	if !strings.HasPrefix(devices, "12 ") || !strings.Contains(dead, "not_json") || !strings.Contains(dead, `{"temperature":`) {
-		t.Errorf("devices %q, dead letters %q: want 12 devices and the not_json letter with its payload", devices, dead)
+	if !strings.HasPrefix(devices, "13 ") || !strings.Contains(dead, "not_json") || !strings.Contains(dead, `{"temperature":`) {
+		t.Errorf("devices %q, dead letters %q: want 13 devices and the not_json letter with its payload", devices, dead)
 	}
+	// The silent device is flagged and listed first.
+	waitFor(t, "the silent device first on the page", 15*time.Second, func() bool {
+		first, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#devices tr:first-child td:first-child")))
+		count, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#dev-silent")))
+		return err == nil && strings.Contains(first, "site-02/dev-0099") && strings.Contains(first, "silent") && strings.HasPrefix(count, "1 ")
+	}, g.logs)
 
 	// Search narrows the device list, as the server filters it.
 	if err := chromedp.Do(ctx, chromedp.SendKeys(chromedp.CSS("#dev-search"), "dev-0011")); err != nil {
