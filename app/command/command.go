@@ -317,7 +317,7 @@ func (m *Manager) Send(ctx context.Context, r Request) (Command, error) {
 	if pub == nil {
 		return Command{}, m.fail(ReasonNotConnected, "no command connection to the broker")
 	}
-	m.record(c, nil)
+	m.record(c)
 	// A client that goes away must not turn a command already on its way
 	// into a failure: the publish runs to its PUBACK (bounded by the
 	// publisher).
@@ -351,7 +351,7 @@ func cutText(s string) string {
 }
 
 // record stores a new command.
-func (m *Manager) record(c Command, _ error) {
+func (m *Manager) record(c Command) {
 	m.mu.Lock()
 	cc := c
 	m.byID[c.ID] = &cc

@@ -1,11 +1,11 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -196,7 +196,7 @@ func (a *API) send(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req sendRequest
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		a.bad(w, http.StatusBadRequest, "bad_json", "request body: %v", err)
@@ -413,6 +413,3 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
-
-// ErrNoToken: the API was configured without a token.
-var ErrNoToken = errors.New("the command API needs a token")
