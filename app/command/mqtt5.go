@@ -33,6 +33,23 @@ type Conn struct {
 	cm  *autopaho.ConnectionManager
 	up  atomic.Bool
 	log *slog.Logger
+
+	// Refused replies are counted each, logged at most once per
+	// refusedLogEvery: devices decide how many there are.
+	lastRefusedLog atomic.Int64
+	refusedQuiet   atomic.Int64
+}
+
+const refusedLogEvery = 10 * time.Second
+
+func (c *Conn) refused(topic string, err error) {
+	now := time.Now().UnixNano()
+	last := c.lastRefusedLog.Load()
+	if now-last < int64(refusedLogEvery) || !c.lastRefusedLog.CompareAndSwap(last, now) {
+		c.refusedQuiet.Add(1)
+		return
+	}
+	c.log.Warn("command reply refused", "topic", cutText(topic), "err", err, "not_logged_since_last", c.refusedQuiet.Swap(0))
 }
 
 // Connected reports whether the connection is up.
@@ -102,7 +119,7 @@ func Dial(ctx context.Context, cfg ConnConfig, m *Manager, log *slog.Logger, onS
 					corr = p.Properties.CorrelationData
 				}
 				if err := m.HandleReply(p.Topic, corr, p.Payload); err != nil {
-					log.Warn("command reply refused", "topic", cutText(p.Topic), "err", err)
+					c.refused(p.Topic, err)
 				}
 				return true, nil
 			}},
