@@ -41,6 +41,38 @@ type Config struct {
 	// Export is read by `iotgw export`; the gateway only accepts it, so one
 	// file serves both.
 	Export export.Config `toml:"export"`
+	// Commands is the command API and connection; Fleet the device watch.
+	Commands Commands `toml:"commands"`
+	Fleet    Fleet    `toml:"fleet"`
+}
+
+// Commands configures commands to devices and the HTTP API (and live page)
+// they are sent through. The API is off unless a token is configured.
+type Commands struct {
+	// Token (or the file TokenFile names) is the bearer token of the API
+	// and the page; both empty: the API and the page are off.
+	Token     string `toml:"token"`
+	TokenFile string `toml:"token_file"`
+	// TLSCertFile and TLSKeyFile serve http.addr over HTTPS; required when
+	// the API is on and http.addr is not a loopback address.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
+	// ClientID of the command connection; empty: mqtt.client_id + "-commands".
+	ClientID    string   `toml:"client_id"`
+	Expiry      Duration `toml:"expiry"`
+	MaxArgBytes int      `toml:"max_arg_bytes"`
+	History     int      `toml:"history"`
+}
+
+// Enabled reports whether the command API is configured.
+func (c Commands) Enabled() bool { return c.Token != "" || c.TokenFile != "" }
+
+// Fleet configures the watch of devices.
+type Fleet struct {
+	MaxDevices    int      `toml:"max_devices"`
+	SilentFactor  float64  `toml:"silent_factor"`
+	MinSilence    Duration `toml:"min_silence"`
+	SweepInterval Duration `toml:"sweep_interval"`
 }
 
 // Gateway identifies this gateway.
@@ -261,6 +293,9 @@ func Default() Config {
 		DeadLetter: DeadLetter{MaxBytes: 64 << 20},
 		HTTP:       HTTP{Addr: "127.0.0.1:9273"},
 		Log:        Log{Level: "info", Format: "text"},
+		Commands:   Commands{Expiry: Duration{time.Minute}, MaxArgBytes: 256, History: 10_000},
+		Fleet: Fleet{MaxDevices: 100_000, SilentFactor: 5, MinSilence: Duration{30 * time.Second},
+			SweepInterval: Duration{5 * time.Second}},
 	}
 }
 
@@ -360,6 +395,8 @@ var Env = []envVar{
 	{"IOTGW_LOG_LEVEL", str(func(c *Config) *string { return &c.Log.Level })},
 	{"IOTGW_LOG_FORMAT", str(func(c *Config) *string { return &c.Log.Format })},
 	{"IOTGW_MQTT_PROTOCOL", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
+	{"IOTGW_COMMANDS_TOKEN", str(func(c *Config) *string { return &c.Commands.Token })},
+	{"IOTGW_COMMANDS_TOKEN_FILE", str(func(c *Config) *string { return &c.Commands.TokenFile })},
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -484,6 +521,7 @@ func (c *Config) Validate() error {
 			bad("http.addr", "%q is not host:port", c.HTTP.Addr)
 		}
 	}
+	c.validateCommands(bad)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -540,4 +578,57 @@ func (c *Config) MapperConfig() app.MapperConfig {
 		MaxPayload:    c.Mapping.MaxPayload,
 		LinePrecision: c.Mapping.LinePrecision,
 	}
+}
+
+func (c *Config) validateCommands(bad func(key, format string, args ...any)) {
+	cc := c.Commands
+	if cc.Expiry.Duration < time.Second || cc.Expiry.Duration > 24*time.Hour {
+		bad("commands.expiry", "%v is not between 1s and 24h", cc.Expiry.Duration)
+	}
+	if cc.MaxArgBytes < 1 || cc.MaxArgBytes > 4096 {
+		bad("commands.max_arg_bytes", "%d is not between 1 and 4096", cc.MaxArgBytes)
+	}
+	if cc.History < 1 || cc.History > 1_000_000 {
+		bad("commands.history", "%d is not between 1 and 1000000", cc.History)
+	}
+	if (cc.TLSCertFile == "") != (cc.TLSKeyFile == "") {
+		bad("commands.tls_cert_file", "needs commands.tls_key_file too (both or neither)")
+	}
+	if cc.Token != "" && cc.TokenFile != "" {
+		bad("commands.token", "set commands.token or commands.token_file, not both")
+	}
+	if cc.Enabled() {
+		switch {
+		case c.HTTP.Addr == "":
+			bad("commands.token", "the command API needs http.addr")
+		case cc.TLSCertFile == "" && !loopback(c.HTTP.Addr):
+			bad("http.addr", "%q is not a loopback address: the command API (commands.token) is on, so it needs commands.tls_cert_file and commands.tls_key_file", c.HTTP.Addr)
+		}
+	}
+	f := c.Fleet
+	if f.MaxDevices < 1 || f.MaxDevices > 10_000_000 {
+		bad("fleet.max_devices", "%d is not between 1 and 10000000", f.MaxDevices)
+	}
+	if !(f.SilentFactor >= 1 && f.SilentFactor <= 1000) {
+		bad("fleet.silent_factor", "%v is not between 1 and 1000", f.SilentFactor)
+	}
+	if f.MinSilence.Duration < time.Second {
+		bad("fleet.min_silence", "%v is below 1s", f.MinSilence.Duration)
+	}
+	if f.SweepInterval.Duration < 100*time.Millisecond {
+		bad("fleet.sweep_interval", "%v is below 100ms", f.SweepInterval.Duration)
+	}
+}
+
+// loopback reports whether host:port listens on loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -174,6 +174,43 @@ func TestGzip(t *testing.T) {
 	}
 }
 
+// The command API is never served in clear text off loopback.
+func TestCommandsAPIAddress(t *testing.T) {
+	for _, tc := range []struct {
+		addr, cert string
+		wantKey    string
+	}{
+		{"127.0.0.1:9273", "", ""},
+		{"localhost:9273", "", ""},
+		{"[::1]:9273", "", ""},
+		{":9273", "", "http.addr"},
+		{"0.0.0.0:9273", "", "http.addr"},
+		{"10.0.0.5:9273", "", "http.addr"},
+		{"10.0.0.5:9273", "/etc/iotgw/api.pem", ""},
+		{"", "", "commands.token"},
+	} {
+		c := Default()
+		c.HTTP.Addr = tc.addr
+		c.Commands.Token = "0123456789abcdef"
+		if tc.cert != "" {
+			c.Commands.TLSCertFile, c.Commands.TLSKeyFile = tc.cert, tc.cert
+		}
+		err := c.Validate()
+		switch {
+		case tc.wantKey == "" && err != nil:
+			t.Errorf("%q: %v", tc.addr, err)
+		case tc.wantKey != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.wantKey+":")):
+			t.Errorf("%q: %v, want an error about %s", tc.addr, err, tc.wantKey)
+		}
+	}
+	// Off (no token): any address is fine.
+	c := Default()
+	c.HTTP.Addr = "0.0.0.0:9273"
+	if err := c.Validate(); err != nil {
+		t.Errorf("API off: %v", err)
+	}
+}
+
 func TestLinePrecision(t *testing.T) {
 	c, err := Load(write(t, "[mqtt]\nline_topics = [\"lp/#\"]\n[mapping.line_precision]\n\"lp/ms/#\" = \"ms\"\n"), noEnv)
 	if err != nil {

@@ -6,7 +6,6 @@
 package fleet
 
 import (
-	"cmp"
 	"math"
 	"slices"
 	"strings"
@@ -159,6 +158,14 @@ func (w *Watch) Sweep(now time.Time) int {
 	return w.silent
 }
 
+// Known reports whether the device has been heard from (and is tracked).
+func (w *Watch) Known(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.index[id]
+	return ok
+}
+
 // Stats is the fleet in numbers.
 type Stats struct {
 	Devices   int    // tracked
@@ -185,32 +192,49 @@ type Device struct {
 }
 
 // List returns up to limit devices whose id contains match (all when match
-// is empty): silent ones first, then those heard from longest ago.
+// is empty): silent ones first, then those heard from longest ago. It keeps
+// only the best limit while it scans, so asking for a page of a large fleet
+// costs one pass and no copy of it.
 func (w *Watch) List(match string, limit int) []Device {
 	type entry struct {
 		id string
 		d  device
 	}
-	w.mu.Lock()
-	var picked []entry
-	for id, i := range w.index {
-		if match == "" || strings.Contains(id, match) {
-			picked = append(picked, entry{id, w.devices[i]})
-		}
+	if limit <= 0 {
+		return []Device{}
 	}
-	w.mu.Unlock()
-	slices.SortFunc(picked, func(a, b entry) int {
+	before := func(a, b *entry) bool {
 		if a.d.silent != b.d.silent {
-			if a.d.silent {
+			return a.d.silent
+		}
+		if a.d.last != b.d.last {
+			return a.d.last < b.d.last
+		}
+		return a.id < b.id
+	}
+	picked := make([]entry, 0, min(limit, 1024))
+	w.mu.Lock()
+	for id, i := range w.index {
+		if match != "" && !strings.Contains(id, match) {
+			continue
+		}
+		e := entry{id, w.devices[i]}
+		if len(picked) == limit && !before(&e, &picked[len(picked)-1]) {
+			continue
+		}
+		at, _ := slices.BinarySearchFunc(picked, e, func(x, y entry) int {
+			if before(&x, &y) {
 				return -1
 			}
 			return 1
+		})
+		if len(picked) < limit {
+			picked = append(picked, entry{})
 		}
-		if c := cmp.Compare(a.d.last, b.d.last); c != 0 {
-			return c
-		}
-		return strings.Compare(a.id, b.id)
-	})
+		copy(picked[at+1:], picked[at:len(picked)-1])
+		picked[at] = e
+	}
+	w.mu.Unlock()
 	out := make([]Device, 0, min(limit, len(picked)))
 	for _, e := range picked[:min(limit, len(picked))] {
 		perMin := 0.0

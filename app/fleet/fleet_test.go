@@ -2,7 +2,10 @@ package fleet
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -135,4 +138,59 @@ func BenchmarkMillionDevices(b *testing.B) {
 	b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms/sweep")
 	b.ReportMetric(perDevice, "bytes/device")
 	runtime.KeepAlive(w)
+}
+
+// BenchmarkList100k is what the live page asks for: the 20 devices to show
+// out of 100,000 (silent first, then longest unheard).
+func BenchmarkList100k(b *testing.B) {
+	const n = 100_000
+	w := New(Options{MaxDevices: n})
+	for i := range n {
+		w.Seen(fmt.Sprintf("site-%03d/dev-%06d", i%1000, i), t0.Add(time.Duration(i)))
+	}
+	b.ResetTimer()
+	for range b.N {
+		if got := w.List("", 20); len(got) != 20 {
+			b.Fatal(len(got))
+		}
+	}
+}
+
+// List's bounded scan gives the same first devices as sorting them all.
+func TestListKeepsTheBest(t *testing.T) {
+	w := New(Options{MinSilence: time.Second})
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 500 {
+		id := fmt.Sprintf("s/d%03d", i)
+		start := t0.Add(time.Duration(rng.IntN(100)) * time.Second)
+		every(w, id, start, time.Second, 3+rng.IntN(3))
+	}
+	w.Sweep(t0.Add(110 * time.Second))
+	all := w.List("", 1000)
+	if len(all) != 500 {
+		t.Fatalf("%d devices", len(all))
+	}
+	sorted := slices.IsSortedFunc(all, func(a, b Device) int {
+		if a.Silent != b.Silent {
+			if a.Silent {
+				return -1
+			}
+			return 1
+		}
+		if c := a.LastSeen.Compare(b.LastSeen); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	if !sorted || !all[0].Silent {
+		t.Fatalf("List is not silent first, then oldest: %v", all[:3])
+	}
+	for _, k := range []int{1, 7, 20, 499} {
+		if got := w.List("", k); !slices.Equal(got, all[:k]) {
+			t.Errorf("List(%d) differs from the first %d of all", k, k)
+		}
+	}
+	if got := w.List("d01", 5); len(got) != 5 || !strings.Contains(got[0].ID, "d01") {
+		t.Errorf("List(d01, 5) = %v", got)
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/deadletter"
+	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
 	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
@@ -80,6 +81,7 @@ type pending struct {
 	data   []byte // from lineBufs, given back once spooled; nil: nothing to spool
 	points int
 	ack    mqtt.Ack
+	own    bool // a point of the gateway's own (Record): no message to acknowledge
 }
 
 // store is what the pipeline needs of the spool (*spool.Spool). Tests put
@@ -202,6 +204,13 @@ type Gateway struct {
 
 	appended chan struct{} // closed when the appender has finished
 
+	fleet      *fleet.Watch
+	devKey     deviceKey
+	ownDropped prometheus.Counter
+	details    map[string]httpapi.Detail
+	recentDead deadRing
+	routes     []route
+
 	body       []byte // writer loop only: the request body, reused
 	lastReject error  // writer loop only: the rejection a split is narrowing down
 	onWritten  func(lines [][]byte, at time.Time)
@@ -262,6 +271,11 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		degraded:   cfg.Spool.DegradedBytes,
 	}
 	g.m = newMetrics(reg, func() spool.Stats { return g.spool.Stats() })
+	g.fleet = fleet.New(fleet.Options{MaxDevices: cfg.Fleet.MaxDevices, SilentFactor: cfg.Fleet.SilentFactor,
+		MinSilence: cfg.Fleet.MinSilence.Duration})
+	g.devKey = newDeviceKey(cfg.Mapping.TopicPattern)
+	g.ownDropped = registerFleetMetrics(reg, g.fleet)
+	g.details = map[string]httpapi.Detail{"fleet": g.fleetDetail}
 	if g.degraded == 0 {
 		g.degraded = cfg.Spool.MaxBytes / 10 * 8
 	}
@@ -337,7 +351,11 @@ func (g *Gateway) checks() map[string]httpapi.Check {
 // drainTimeout. Only failures to start are returned.
 func (g *Gateway) Run(ctx context.Context) error {
 	if g.cfg.HTTP.Addr != "" {
-		srv, err := httpapi.Listen(g.cfg.HTTP.Addr, httpapi.Handler(g.reg, g.checks()))
+		mux := httpapi.HandlerWith(g.reg, g.checks(), g.details)
+		for _, r := range g.routes {
+			mux.Handle(r.pattern, r.h)
+		}
+		srv, err := httpapi.ListenTLS(g.cfg.HTTP.Addr, mux, g.cfg.Commands.TLSCertFile, g.cfg.Commands.TLSKeyFile)
 		if err != nil {
 			g.closeState()
 			return fmt.Errorf("http.addr: %w", err)
@@ -383,6 +401,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.source = src
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 	go g.watchdog(ctx)
+	go g.sweepLoop(ctx)
 
 	<-ctx.Done()
 	g.log.Info("shutting down")
@@ -497,6 +516,7 @@ func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
 			reason = de.Reason
 		}
 		g.m.rejected.WithLabelValues(reason).Inc()
+		g.seen(msg.Topic, msg.Received, true)
 		g.deadLetter(msg.Received, msg.Topic, reason, err, msg.Payload)
 		g.log.Debug("message rejected", "topic", msg.Topic, "reason", reason, "err", err)
 		// Acknowledged like a spooled one: nothing would ever make it
@@ -504,6 +524,7 @@ func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
 		g.enqueue(pending{ack: ack.WithReason(ackPayloadFormatInvalid)})
 		return
 	}
+	g.seen(msg.Topic, msg.Received, false)
 	g.enqueue(pending{data: data, points: n, ack: ack})
 }
 
@@ -524,6 +545,7 @@ func (g *Gateway) enqueue(p pending) {
 // deadLetter records a rejected message or point; a record that cannot be
 // written is counted and shown in /readyz, never dropped in silence.
 func (g *Gateway) deadLetter(at time.Time, topic, reason string, cause error, payload []byte) {
+	g.recentDead.add(at, topic, reason, cause, payload)
 	if derr := g.dead.Add(at, topic, reason, cause, payload); derr != nil {
 		g.m.deadErrors.Inc()
 		class := "io"
@@ -579,11 +601,15 @@ func (g *Gateway) appendLoop() {
 		if len(records) > 0 && !g.appendWithRetry(records) {
 			continue // shutting down with a full spool: not acknowledged, the broker keeps them
 		}
+		acked := 0
 		for _, p := range group {
-			p.ack.Ack()
+			if !p.own {
+				p.ack.Ack()
+				acked++
+			}
 		}
 		lineBufs.put(group)
-		g.m.acked.Add(float64(len(group)))
+		g.m.acked.Add(float64(acked))
 		g.m.pointsSpooled.Add(float64(points))
 	}
 }

@@ -4,7 +4,9 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -29,9 +31,19 @@ type Server struct {
 	ln  net.Listener
 }
 
+// Detail is information /readyz shows next to the checks without ever
+// failing readiness (the fleet: a silent device is not the gateway's fault).
+type Detail func() any
+
 // Handler returns the mux: /metrics, /healthz (the process answers),
 // /readyz (every check passes; 503 with the reasons otherwise).
 func Handler(reg *prometheus.Registry, checks map[string]Check) http.Handler {
+	return HandlerWith(reg, checks, nil)
+}
+
+// HandlerWith is Handler with details in /readyz; more routes may be added
+// to the mux it returns.
+func HandlerWith(reg *prometheus.Registry, checks map[string]Check, details map[string]Detail) *http.ServeMux {
 	mux := http.NewServeMux()
 	// Uncompressed: the page is a few KB, and gzip allocated a ~1 MB
 	// compressor per scrape, which showed in the gateway's peak memory.
@@ -55,7 +67,15 @@ func Handler(reg *prometheus.Registry, checks map[string]Check) http.Handler {
 		if !ready {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": status})
+		body := map[string]any{"ready": ready, "checks": status}
+		if len(details) > 0 {
+			d := map[string]any{}
+			for name, f := range details {
+				d[name] = f()
+			}
+			body["detail"] = d
+		}
+		_ = json.NewEncoder(w).Encode(body)
 	})
 	return mux
 }
@@ -82,6 +102,26 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 	s := &Server{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
 	// Serve returns only once Shutdown closed the listener.
 	go func() { _ = s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// ListenTLS is Listen over HTTPS with the certificate and key files; with
+// both empty it is Listen.
+func ListenTLS(addr string, h http.Handler, certFile, keyFile string) (*Server, error) {
+	if certFile == "" && keyFile == "" {
+		return Listen(addr, h)
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tl := tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+	s := &Server{ln: tl, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}}
+	go func() { _ = s.srv.Serve(tl) }()
 	return s, nil
 }
 

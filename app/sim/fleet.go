@@ -51,7 +51,11 @@ type Options struct {
 	TopicPrefix string    // first topic level; "" means "sensors"
 	Start       time.Time // device clock at the first message; zero means now
 
-	MaxInFlight  int           // publishes awaiting completion; 0 means 1000
+	MaxInFlight int // publishes awaiting completion; 0 means 1000
+	// Controls, when set, make the devices obey commands (a Responder
+	// applies them): a device with an interval set gives up its turns
+	// until the interval has passed, and a switched relay is reported.
+	Controls     *Controls
 	DrainTimeout time.Duration // wait for outstanding acks at the end; 0 means 10s
 }
 
@@ -101,7 +105,11 @@ func NewFleet(o Options) (*Fleet, error) {
 		bad: rand.New(rand.NewPCG(o.Seed, 0xbad0_0000_0000_0000)),
 	}
 	for i := range f.devices {
-		f.devices[i] = newDevice(o, i)
+		d := newDevice(o, i)
+		if o.Controls != nil {
+			d.ctl = o.Controls.register(d.site + "/" + d.name)
+		}
+		f.devices[i] = d
 	}
 	return f, nil
 }
@@ -111,20 +119,31 @@ func (f *Fleet) Options() Options { return f.opts }
 
 // Next returns the next device's reading stamped with device time now.
 // A device in a dropout gives up its turn to the next one, so every call
-// returns a message.
+// returns a message, unless every device is held back by an interval set
+// by command: then Message.Topic is empty.
 func (f *Fleet) Next(now time.Time) Message {
 	var d *device
+	held := 0
 	for {
 		d = f.devices[f.next]
 		f.next++
 		if f.next == len(f.devices) {
 			f.next = 0
 		}
+		if d.ctl != nil && !d.ctl.due() {
+			if held++; held == len(f.devices) {
+				return Message{}
+			}
+			continue
+		}
 		if !d.skipTurn() {
 			break
 		}
 	}
 	m := d.reading(now)
+	if d.ctl != nil {
+		d.ctl.published(d.battery)
+	}
 	// Draw for every message, so the good readings do not depend on
 	// which ones were replaced.
 	if f.opts.BadRatio > 0 && f.bad.Float64() < f.opts.BadRatio {
@@ -229,6 +248,8 @@ type device struct {
 	turns   uint64 // readings produced
 	dropout int    // turns still to skip
 	last    time.Time
+
+	ctl *control // nil unless the fleet obeys commands
 }
 
 func newDevice(o Options, i int) *device {
@@ -359,7 +380,14 @@ func (d *device) power(now time.Time) []byte {
 	b = strconv.AppendBool(b, d.charging)
 	b = append(b, `,"status":"`...)
 	b = append(b, status...)
-	return append(b, `"}`...)
+	b = append(b, '"')
+	if d.ctl != nil {
+		if r := d.ctl.relay.Load(); r != 0 {
+			b = append(b, `,"relay":`...)
+			b = strconv.AppendBool(b, r == 2)
+		}
+	}
+	return append(b, '}')
 }
 
 func clamp(v, lo, hi float64) float64 { return max(lo, min(hi, v)) }

@@ -128,6 +128,9 @@ produce:
 			}
 			at := origin.Add(time.Duration(math.Round(float64(rep.Sent) * float64(time.Second) / rate)))
 			m := f.Next(at)
+			if m.Topic == "" {
+				break // every device is held back by its interval: wait for the ticker
+			}
 			if observe != nil {
 				observe(m)
 			}

@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -20,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iot-gateway/iot-gateway/app/broker"
+	"github.com/iot-gateway/iot-gateway/app/command"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/gateway"
 	"github.com/iot-gateway/iot-gateway/app/sim"
@@ -135,6 +140,12 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	if os.Getenv("IOTGW_HTTP_ADDR") == "" {
 		cfg.HTTP.Addr = "127.0.0.1:0"
 	}
+	if !cfg.Commands.Enabled() {
+		// The demo's own API token, for its one command and the page.
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		cfg.Commands.Token = hex.EncodeToString(b[:])
+	}
 	if err := cfg.Validate(); err != nil {
 		return &exitError{code: 2, err: err}
 	}
@@ -145,6 +156,12 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	var lat latencies
 	g.OnWritten(lat.observe)
 	gctx, cancelGateway := context.WithCancel(context.Background())
+	stopCommands, err := startCommands(gctx, cfg, g, log)
+	if err != nil {
+		cancelGateway()
+		return err
+	}
+	defer stopCommands()
 	var runErr error
 	gdone := make(chan struct{}) // closed when Run has returned runErr
 	go func() { runErr = g.Run(gctx); close(gdone) }()
@@ -167,15 +184,34 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	start := time.Now()
 	fmt.Fprintf(out, "iotgw demo: broker %s, gateway metrics http://%s/metrics, InfluxDB %s bucket %q\n",
 		mqttURL, g.HTTPAddr(), cfg.Influx.URL, cfg.Influx.Bucket)
+	tok, _ := commandToken(cfg.Commands)
+	fmt.Fprintf(out, "live page: http://%s/#token=%s\n", g.HTTPAddr(), tok)
 	fmt.Fprintf(out, "publishing for %s (Ctrl-C to stop early)...\n", d)
 
+	controls := sim.NewControls()
+	so.Controls = controls
+	devices, err := sim.NewResponder(sim.PahoConfig{URL: mqttURL, ClientID: "iotgw-demo-devices"}, controls, nil, log)
+	if err != nil {
+		return err
+	}
+	defer devices.Close()
 	pub, err := sim.NewPahoPublisher(sim.PahoConfig{URL: mqttURL, ClientID: "iotgw-demo-sensors"})
 	if err != nil {
 		return err
 	}
 	so.Duration, so.QoS, so.Start = d, 1, time.Now()
 	simCtx, cancelSim := context.WithTimeout(ctx, d+10*time.Second)
+	roundTrip := make(chan string, 1)
+	go func() {
+		roundTrip <- demoCommand(simCtx, &apiClient{base: "http://" + g.HTTPAddr(), token: tok, http: &http.Client{Timeout: 20 * time.Second}}, g)
+	}()
 	report, simErr := sim.Run(simCtx, so, pub, nil)
+	var commandLine string
+	select {
+	case commandLine = <-roundTrip:
+	case <-time.After(15 * time.Second):
+		commandLine = "no answer within 15 s"
+	}
 	cancelSim()
 	_ = pub.Close()
 
@@ -197,6 +233,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		gatherCounter(g, "iotgw_dead_letters_total"))
 	fmt.Fprintf(out, "latency publish→InfluxDB: p50 %s, p99 %s\n",
 		lat.percentile(0.50).Round(time.Millisecond), lat.percentile(0.99).Round(time.Millisecond))
+	fmt.Fprintf(out, "command round trip: %s\n", commandLine)
 	flux := fmt.Sprintf(`from(bucket: %q)
   |> range(start: %s)
   |> filter(fn: (r) => r.gateway == "demo")
@@ -226,6 +263,34 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		return fmt.Errorf("readings lost: %d well-formed readings acknowledged, %d points in InfluxDB", want, stored)
 	}
 	return nil
+}
+
+// demoDevice is the device the demo sends its command to.
+const demoDevice = "site-01/dev-0001"
+
+// demoCommand waits until the gateway has heard from demoDevice, switches
+// its relay on through the API and says how the round trip went.
+func demoCommand(ctx context.Context, c *apiClient, g *gateway.Gateway) string {
+	for !g.Fleet().Known(demoDevice) {
+		select {
+		case <-ctx.Done():
+			return "not sent: " + demoDevice + " was never heard from"
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	raw, err := c.do(ctx, http.MethodPost, "/api/commands", map[string]any{
+		"device": demoDevice, "name": sim.CommandSetRelay, "args": map[string]any{"on": true}, "wait": "10s"})
+	if err != nil {
+		return "failed: " + err.Error()
+	}
+	var cmd command.Command
+	if err := json.Unmarshal(raw, &cmd); err != nil {
+		return "failed: " + err.Error()
+	}
+	if cmd.State != command.Answered {
+		return fmt.Sprintf("set_relay on=true to %s: %s %s", demoDevice, cmd.State, cmd.Error)
+	}
+	return fmt.Sprintf("set_relay on=true to %s answered in %.1f ms: %s (command %s)", demoDevice, cmd.LatencyMS, cmd.Result, cmd.ID)
 }
 
 func sumBad(m map[string]int64) int64 {

@@ -20,7 +20,8 @@ func TestDemoCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, out)
 	}
-	for _, want := range []string{"sensors: 200 sent, 200 acknowledged", "latency publish→InfluxDB: p50", "environment", `from(bucket: "db/rp")`} {
+	for _, want := range []string{"sensors: 200 sent, 200 acknowledged", "latency publish→InfluxDB: p50", "environment", `from(bucket: "db/rp")`,
+		"command round trip: set_relay on=true to site-01/dev-0001 answered in", `"relay":true`, "live page: http://127.0.0.1:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
@@ -32,8 +33,14 @@ func TestDemoCommand(t *testing.T) {
 	}
 	written, _ := strconv.Atoi(m[2])
 	dead, _ := strconv.Atoi(m[3])
-	if written == 0 || written+dead != 200 {
-		t.Fatalf("written %s + dead %s != 200:\n%s", m[2], m[3], out)
+	// The command's lifecycle is written too, as iotgw_command points.
+	cm := regexp.MustCompile(`iotgw_command\s+(\d+)`).FindStringSubmatch(out)
+	if cm == nil {
+		t.Fatalf("no iotgw_command points:\n%s", out)
+	}
+	lifecycle, _ := strconv.Atoi(cm[1])
+	if written == 0 || lifecycle < 2 || written-lifecycle+dead != 200 {
+		t.Fatalf("written %s - command points %d + dead %s != 200:\n%s", m[2], lifecycle, m[3], out)
 	}
 	if code, out := execute(t, "demo", "--duration", "0s"); code != 2 {
 		t.Fatalf("bad duration: exit %d %s", code, out)

@@ -30,7 +30,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd(), newDeviceCmd())
+	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd(), newDeviceCmd(), newCommandCmd())
 	return root
 }
 

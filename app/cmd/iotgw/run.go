@@ -95,7 +95,11 @@ for profiling; it is off by default.`,
 				{Key: "mqtt.username", Value: &cfg.MQTT.Username},
 				{Key: "mqtt.password", Value: &cfg.MQTT.Password},
 				{Key: "influx.token", Value: &cfg.Influx.Token},
+				{Key: "commands.token", Value: &cfg.Commands.Token},
 			}); err != nil {
+				return err
+			}
+			if err := checkCommands(cfg.Commands); err != nil {
 				return err
 			}
 			if check {
@@ -121,6 +125,11 @@ for profiling; it is off by default.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			stopCommands, err := startCommands(ctx, cfg, g, log)
+			if err != nil {
+				return err
+			}
+			defer stopCommands()
 			logStart(log, cfg)
 			return g.Run(ctx)
 		},

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +34,7 @@ func newSimulateCmd() *cobra.Command {
 		qos    int
 		start  string
 		asJSON bool
+		obey   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate",
@@ -81,6 +83,22 @@ or was not acknowledged, 2 for bad flags.`,
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if obey {
+				// A second connection answers commands for every device
+				// (commands/+/+/+): for brokers that let one client do so.
+				o.Controls = sim.NewControls()
+				rc := pc
+				if rc.ClientID == "" {
+					rc.ClientID = "iotgw-sim-commands-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+				} else {
+					rc.ClientID += "-commands"
+				}
+				resp, err := sim.NewResponder(rc, o.Controls, nil, nil)
+				if err != nil {
+					return optionError(err)
+				}
+				defer resp.Close()
+			}
 			pub, err := sim.NewPahoPublisher(pc)
 			if err != nil {
 				return optionError(err)
@@ -124,6 +142,7 @@ or was not acknowledged, 2 for bad flags.`,
 	f.StringVar(&pc.CAFile, "ca-file", "", "PEM CA bundle to trust for ssl:// and wss:// (default system roots)")
 	f.DurationVar(&pc.ConnectTimeout, "connect-timeout", 10*time.Second, "how long to wait for the broker to accept the connection")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.BoolVar(&obey, "obey", false, "answer commands (set_interval, set_relay, report_state) for every device over a second connection subscribed to commands/+/+/+")
 	return cmd
 }
 
