@@ -633,14 +633,15 @@ func (c *client) topic(b []byte) topicInfo {
 // keepAlive looks at the connection every half interval. It sends PINGREQ
 // when a half interval passed without a packet from the broker, and at
 // least once an interval (what MQTT asks of a client), and it ends the
-// session when a PINGREQ is still unanswered, by any packet, half an
-// interval later. A dead broker is thus noticed at most 1.5 intervals
-// after its last packet. A handler that holds the read loop (the spool
-// refusing appends) is not a dead broker.
+// session after two quiet half intervals in a row: a whole interval
+// without any packet although a PINGREQ went out at least half an
+// interval before. A dead broker is thus noticed between one and 1.5
+// intervals after its last packet. A handler that holds the read loop
+// (the spool refusing appends) is not a dead broker.
 func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan struct{}) {
 	t := time.NewTicker(every / 2)
 	defer t.Stop()
-	last, pending, ticks := c.reads.Load(), false, 0
+	last, quietTicks, ticks := c.reads.Load(), 0, 0
 	for {
 		select {
 		case <-stop:
@@ -650,24 +651,24 @@ func (c *client) keepAlive(conn *bufferedConn, every time.Duration, stop <-chan 
 		ticks++
 		busy := c.inCall.Load() // before reads: see publish
 		now := c.reads.Load()
-		quiet := now == last && !busy
-		if quiet && pending {
+		if now == last && !busy {
+			quietTicks++
+		} else {
+			quietTicks = 0
+		}
+		last = now
+		if quietTicks >= 2 {
 			c.log.Warn("mqtt broker silent for a keep-alive interval; reconnecting", "client_id", c.id, "keepalive", every)
 			_ = conn.Conn.Close() // the read loop fails and the session ends
 			return
 		}
-		if !quiet {
-			pending = false // whatever was read answers an earlier PINGREQ
-		}
-		last = now
-		if !quiet && ticks%2 != 0 {
+		if quietTicks == 0 && ticks%2 != 0 {
 			continue
 		}
 		if _, err := conn.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
 			_ = conn.Conn.Close() // the read loop ends with the session
 			return
 		}
-		pending = true
 	}
 }
 
