@@ -10,7 +10,7 @@
 // commands/<site>/<device>/<name>, its payload a JSON object with id, name,
 // args, reply_to and expires. Over MQTT 5 it also carries the Response
 // Topic (= reply_to), Correlation Data (= id) and a Message Expiry. The
-// device answers on replies/<site>/<device>/<id> with {"id", "ok",
+// device answers on reply_to, replies/<site>/<device>/<gateway>/<id>, with {"id", "ok",
 // "result" | "error"}.
 package command
 
@@ -69,7 +69,8 @@ const (
 // Command is one command and what has happened to it.
 type Command struct {
 	ID        string          `json:"id"`
-	Device    string          `json:"device"` // <site>/<device>
+	Device    string          `json:"device"`            // <site>/<device>
+	Gateway   string          `json:"gateway,omitempty"` // the reply topic's gateway level
 	Name      string          `json:"name"`
 	Args      json.RawMessage `json:"args,omitempty"` // a JSON object
 	State     State           `json:"state"`
@@ -83,8 +84,30 @@ type Command struct {
 	LatencyMS float64 `json:"latency_ms,omitempty"`
 }
 
-// ReplyTopic is where the device answers this command.
-func (c *Command) ReplyTopic() string { return RepliesRoot + "/" + c.Device + "/" + c.ID }
+// ReplyTopic is where the device answers this command:
+// replies/<site>/<device>/<gateway>/<id>, so that each of several gateways
+// sees only the replies to its own commands (replies/<site>/<device>/<id>
+// when no gateway is named).
+func (c *Command) ReplyTopic() string {
+	if c.Gateway == "" {
+		return RepliesRoot + "/" + c.Device + "/" + c.ID
+	}
+	return RepliesRoot + "/" + c.Device + "/" + c.Gateway + "/" + c.ID
+}
+
+// ReplyFilter is what a gateway subscribes to for the replies to its own
+// commands.
+func ReplyFilter(gateway string) string {
+	if !validGatewayLevel(gateway) {
+		return RepliesRoot + "/#"
+	}
+	return RepliesRoot + "/+/+/" + gateway + "/+"
+}
+
+// validGatewayLevel reports whether id can be one topic level.
+func validGatewayLevel(id string) bool {
+	return id != "" && !strings.ContainsAny(id, "/+#\x00") && len(id) <= maxNameLen
+}
 
 // Topic is where the command is published.
 func (c *Command) Topic() string { return CommandsRoot + "/" + c.Device + "/" + c.Name }
@@ -157,6 +180,10 @@ type Options struct {
 	History     int           // commands kept (memory and file); 0: DefaultHistory
 	MaxArgBytes int           // per argument value, as JSON; 0: DefaultMaxArgBytes
 	Expiry      time.Duration // reply awaited this long; 0: DefaultExpiry
+	// Gateway names this gateway in reply topics (ReplyTopic), so that
+	// gateways sharing a broker each see their own replies only. "" or a
+	// value that cannot be a topic level: replies/<site>/<device>/<id>.
+	Gateway string
 	// Known reports whether a device has been seen; nil accepts any.
 	Known func(device string) bool
 	// OnChange sees every transition (the gateway writes it to InfluxDB).
@@ -194,6 +221,9 @@ func Open(o Options) (*Manager, error) {
 	}
 	if o.Expiry <= 0 {
 		o.Expiry = DefaultExpiry
+	}
+	if !validGatewayLevel(o.Gateway) {
+		o.Gateway = ""
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -307,7 +337,7 @@ func (m *Manager) Send(ctx context.Context, r Request) (Command, error) {
 		expiry = r.Expiry
 	}
 	now := m.o.Now().UTC()
-	c := Command{ID: newID(), Device: r.Device, Name: r.Name, Args: args.Bytes(), State: Sent,
+	c := Command{ID: newID(), Device: r.Device, Gateway: m.o.Gateway, Name: r.Name, Args: args.Bytes(), State: Sent,
 		Created: now, Expires: now.Add(expiry)}
 	payload, _ := json.Marshal(Payload{ID: c.ID, Name: c.Name, Args: c.Args, ReplyTo: c.ReplyTopic(), Expires: c.Expires.UnixMilli()})
 
@@ -420,7 +450,7 @@ func (m *Manager) notify(c Command) {
 	m.mu.Unlock()
 }
 
-// HandleReply takes a message from replies/<site>/<device>/<id>.
+// HandleReply takes a message from replies/<site>/<device>/[<gateway>/]<id>.
 // correlation is the MQTT 5 Correlation Data (nil over 3.1.1). The id is
 // taken from the correlation data, else the payload, else the topic.
 func (m *Manager) HandleReply(topic string, correlation, payload []byte) error {
@@ -438,8 +468,8 @@ func (m *Manager) HandleReply(topic string, correlation, payload []byte) error {
 	if id == "" {
 		id = r.ID
 	}
-	if id == "" && len(parts) == 3 {
-		id = parts[2]
+	if id == "" && len(parts) >= 3 {
+		id = parts[len(parts)-1]
 	}
 	if id == "" {
 		return m.fail(ReasonBadReply, "reply on %s names no command (no correlation data, no id)", cutText(topic))

@@ -235,3 +235,40 @@ func TestReplyBeforePuback(t *testing.T) {
 		t.Fatalf("command %+v, transitions %v", c, seen)
 	}
 }
+
+// TestRepliesPerGateway: gateways sharing a broker each name themselves in
+// the reply topic and subscribe to their own replies only.
+func TestRepliesPerGateway(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	m, err := Open(Options{Dir: t.TempDir(), Gateway: "gw-a", Known: func(string) bool { return true },
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	r := &recorder{}
+	m.SetPublisher(r)
+	c, err := m.Send(context.Background(), Request{Device: "s1/d1", Name: "report_state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "replies/s1/d1/gw-a/" + c.ID
+	if got := r.sent[0].ReplyTo; got != want {
+		t.Fatalf("reply_to %q, want %q", got, want)
+	}
+	if f := ReplyFilter("gw-a"); f != "replies/+/+/gw-a/+" {
+		t.Fatalf("ReplyFilter = %q", f)
+	}
+	for _, bad := range []string{"", "a/b", "gw+", "#"} {
+		if f := ReplyFilter(bad); f != "replies/#" {
+			t.Errorf("ReplyFilter(%q) = %q, want replies/#", bad, f)
+		}
+	}
+	// A device that answers on reply_to without correlation data.
+	if err := m.HandleReply(want, nil, []byte(`{"ok":true,"result":{"relay":"on"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.Get(c.ID); got.State != Answered {
+		t.Fatalf("state %s, want answered", got.State)
+	}
+}

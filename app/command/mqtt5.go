@@ -1,6 +1,7 @@
 package command
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,6 +25,9 @@ type ConnConfig struct {
 	TLS                *tls.Config // for ssl://, wss://; nil: system roots
 	KeepAlive          time.Duration
 	ConnectTimeout     time.Duration
+	// ReplyFilter is the subscription for replies (ReplyFilter(gateway));
+	// "" subscribes to replies/#.
+	ReplyFilter string
 }
 
 // Conn is an MQTT 5 connection (paho.golang's autopaho, which reconnects)
@@ -92,12 +96,13 @@ func Dial(ctx context.Context, cfg ConnConfig, m *Manager, log *slog.Logger, onS
 			go func() {
 				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: RepliesRoot + "/#", QoS: 1}}})
+				filter := cmp.Or(cfg.ReplyFilter, RepliesRoot+"/#")
+				sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
 				if err == nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
 					err = fmt.Errorf("refused with reason 0x%02x", sa.Reasons[0])
 				}
 				if err != nil {
-					log.Error("command connection: subscribe replies/# failed; replies will not be seen", "err", err)
+					log.Error("command connection: subscribe to replies failed; replies will not be seen", "filter", filter, "err", err)
 					return
 				}
 				log.Info("command connection up", "broker", u.Redacted())

@@ -192,11 +192,17 @@ func TestCommandRoundTripMosquitto(t *testing.T) {
 	if tk := stray.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
 		t.Fatal(tk.Error())
 	}
-	stray.Publish("replies/site-01/dev-0001/0000000000000000", 1, false, `{"id":"0000000000000000","ok":true}`).Wait()
+	// A reply meant for another gateway is not even seen by this one: it
+	// subscribes to its own replies only.
+	stray.Publish("replies/site-01/dev-0001/other-gw/0000000000000000", 1, false, `{"id":"0000000000000000","ok":true}`).Wait()
+	stray.Publish("replies/site-01/dev-0001/gw-test/0000000000000000", 1, false, `{"id":"0000000000000000","ok":true}`).Wait()
 	stray.Disconnect(100)
 	g.waitFor("unmatched reply counted", 10*time.Second, func() bool {
-		return g.metric(`iotgw_command_errors_total{reason="unmatched"}`) == 1
+		return g.metric(`iotgw_command_errors_total{reason="unmatched"}`) >= 1
 	})
+	if v := g.metric(`iotgw_command_errors_total{reason="unmatched"}`); v != 1 {
+		t.Errorf("unmatched replies %v, want 1 (the other gateway's reply was seen)", v)
+	}
 
 	// The lifecycle reaches InfluxDB: sent, delivered, answered for the
 	// first command (delivered also when the reply overtook the PUBACK).

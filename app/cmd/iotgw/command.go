@@ -78,7 +78,7 @@ func startCommands(ctx context.Context, cfg config.Config, g *gateway.Gateway, l
 	gwID := cfg.MapperConfig().StaticTags["gateway"]
 	m, err := command.Open(command.Options{
 		Dir: cfg.Spool.Dir, History: cfg.Commands.History, MaxArgBytes: cfg.Commands.MaxArgBytes,
-		Expiry: cfg.Commands.Expiry.Duration, Known: g.Fleet().Known, Registry: g.Registry(), Log: log,
+		Expiry: cfg.Commands.Expiry.Duration, Gateway: gwID, Known: g.Fleet().Known, Registry: g.Registry(), Log: log,
 		OnChange: func(c command.Command) { g.Record(commandPoint(c, gwID)) },
 	})
 	if err != nil {
@@ -100,7 +100,8 @@ func startCommands(ctx context.Context, cfg config.Config, g *gateway.Gateway, l
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	conn, err := command.Dial(cctx, command.ConnConfig{URL: mc.URL, ClientID: clientID, Username: mc.Username, Password: mc.Password,
-		TLS: tc, KeepAlive: mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration}, m, log, nil)
+		TLS: tc, KeepAlive: mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
+		ReplyFilter: command.ReplyFilter(gwID)}, m, log, nil)
 	if err != nil {
 		cancel()
 		m.Close()
