@@ -227,8 +227,10 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool,
 type publisher struct {
 	client paho.Client
 	base   int64 // unix ms of reading 0
-	mu     sync.Mutex
-	acked  int
+	// make builds reading i; nil means reading (ten devices).
+	make  func(base int64, i int) (string, []byte)
+	mu    sync.Mutex
+	acked int
 }
 
 func newPublisher(t testing.TB, url string) *publisher {
@@ -283,7 +285,11 @@ func (p *publisher) publish(ctx context.Context, from, to int, rate int) error {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			topic, payload := reading(p.base, i)
+			mk := p.make
+			if mk == nil {
+				mk = reading
+			}
+			topic, payload := mk(p.base, i)
 			for ctx.Err() == nil {
 				tok := p.client.Publish(topic, 1, false, payload)
 				if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
