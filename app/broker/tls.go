@@ -108,11 +108,7 @@ func loadCA(certFile, keyFile string) (*x509.Certificate, *ecdsa.PrivateKey, err
 }
 
 func createCA(certFile, keyFile string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := randomSerial()
+	key, serial, err := newKeyAndSerial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -158,11 +154,7 @@ func serverCertUsable(certFile, keyFile string, ca *x509.Certificate, hosts []st
 }
 
 func createServerCert(certFile, keyFile string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string, now time.Time) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	serial, err := randomSerial()
+	key, serial, err := newKeyAndSerial()
 	if err != nil {
 		return err
 	}
@@ -188,19 +180,39 @@ func createServerCert(certFile, keyFile string, ca *x509.Certificate, caKey *ecd
 	return writeKeyAndCert(keyFile, key, certFile, der)
 }
 
-func randomSerial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+// newKeyAndSerial makes the ECDSA P-256 key and the random 128-bit serial
+// of a new certificate.
+func newKeyAndSerial() (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, serial, nil
+}
+
+// encodeKeyAndCert returns a key (PKCS #8) and a certificate as PEM.
+func encodeKeyAndCert(key *ecdsa.PrivateKey, der []byte) (keyPEM, certPEM []byte, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
 func writeKeyAndCert(keyFile string, key *ecdsa.PrivateKey, certFile string, der []byte) error {
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	keyPEM, certPEM, err := encodeKeyAndCert(key, der)
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
 		return err
 	}
-	return writeFileAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return writeFileAtomic(certFile, certPEM, 0o644)
 }
 
 // writeFileAtomic writes via a temporary file and rename so a crash never
@@ -313,11 +325,7 @@ func IssueClientCert(dir, username string, now time.Time) (certPEM, keyPEM []byt
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := randomSerial()
+	key, serial, err := newKeyAndSerial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -333,12 +341,8 @@ func IssueClientCert(dir, username string, now time.Time) (certPEM, keyPEM []byt
 	if err != nil {
 		return nil, nil, err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+	keyPEM, certPEM, err = encodeKeyAndCert(key, der)
+	return certPEM, keyPEM, err
 }
 
 // ServerTLSConfig loads a certificate and key from files into a server
