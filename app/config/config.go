@@ -19,7 +19,6 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/iot-gateway/iot-gateway/app"
-	"github.com/iot-gateway/iot-gateway/app/export"
 )
 
 // Sample is the documented sample configuration. Its values are the
@@ -38,9 +37,9 @@ type Config struct {
 	DeadLetter DeadLetter `toml:"deadletter"`
 	HTTP       HTTP       `toml:"http"`
 	Log        Log        `toml:"log"`
-	// Export is read by `iotgw export`; the gateway only accepts it, so one
-	// file serves both.
-	Export export.Config `toml:"export"`
+	// Export is read by `iotgw export`; the gateway validates it too, so
+	// one file serves both and a bad value fails when it is deployed.
+	Export Export `toml:"export"`
 	// Commands is the command API and connection; Fleet the device watch.
 	Commands Commands `toml:"commands"`
 	Fleet    Fleet    `toml:"fleet"`
@@ -337,10 +336,10 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 	return c, nil
 }
 
-// envVar binds one environment variable to a config field.
+// envVar binds one environment variable to the config key it overrides.
 type envVar struct {
-	name string
-	set  func(c *Config, v string) error
+	name, key string
+	set       func(c *Config, v string) error
 }
 
 func str(f func(c *Config) *string) func(*Config, string) error {
@@ -371,32 +370,62 @@ func integer(f func(c *Config) *int) func(*Config, string) error {
 	}
 }
 
-// Env lists the environment variables the gateway reads, in the order they
-// are documented. The first twelve are a contract with the host's units.
+func bytes64(f func(c *Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number of bytes", v)
+		}
+		*f(c) = n
+		return nil
+	}
+}
+
+func boolean(f func(c *Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*f(c) = b
+		return nil
+	}
+}
+
+// Env lists the environment variables `iotgw run` and `iotgw export` read,
+// in the order they are documented. The first twelve are a contract with
+// the host's units. A set but empty variable sets an empty value, so
+// IOTGW_INFLUX_TOKEN= selects an empty token.
 var Env = []envVar{
-	{"IOTGW_MQTT_URL", str(func(c *Config) *string { return &c.MQTT.URL })},
-	{"IOTGW_MQTT_CLIENT_ID", str(func(c *Config) *string { return &c.MQTT.ClientID })},
-	{"IOTGW_MQTT_USERNAME", str(func(c *Config) *string { return &c.MQTT.Username })},
-	{"IOTGW_MQTT_PASSWORD", str(func(c *Config) *string { return &c.MQTT.Password })},
-	{"IOTGW_MQTT_QOS", integer(func(c *Config) *int { return &c.MQTT.QoS })},
-	{"IOTGW_MQTT_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.Topics })},
-	{"IOTGW_INFLUX_URL", str(func(c *Config) *string { return &c.Influx.URL })},
-	{"IOTGW_INFLUX_TOKEN", str(func(c *Config) *string { return &c.Influx.Token })},
-	{"IOTGW_INFLUX_ORG", str(func(c *Config) *string { return &c.Influx.Org })},
-	{"IOTGW_INFLUX_BUCKET", str(func(c *Config) *string { return &c.Influx.Bucket })},
-	{"IOTGW_HTTP_ADDR", str(func(c *Config) *string { return &c.HTTP.Addr })},
-	{"IOTGW_SPOOL_DIR", str(func(c *Config) *string { return &c.Spool.Dir })},
-	{"IOTGW_MQTT_LINE_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.LineTopics })},
-	{"IOTGW_MQTT_CONNECTIONS", integer(func(c *Config) *int { return &c.MQTT.Connections })},
-	{"IOTGW_MQTT_CA_FILE", str(func(c *Config) *string { return &c.MQTT.CAFile })},
-	{"IOTGW_MQTT_CERT_FILE", str(func(c *Config) *string { return &c.MQTT.CertFile })},
-	{"IOTGW_MQTT_KEY_FILE", str(func(c *Config) *string { return &c.MQTT.KeyFile })},
-	{"IOTGW_GATEWAY_ID", str(func(c *Config) *string { return &c.Gateway.ID })},
-	{"IOTGW_LOG_LEVEL", str(func(c *Config) *string { return &c.Log.Level })},
-	{"IOTGW_LOG_FORMAT", str(func(c *Config) *string { return &c.Log.Format })},
-	{"IOTGW_MQTT_PROTOCOL", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
-	{"IOTGW_COMMANDS_TOKEN", str(func(c *Config) *string { return &c.Commands.Token })},
-	{"IOTGW_COMMANDS_TOKEN_FILE", str(func(c *Config) *string { return &c.Commands.TokenFile })},
+	{"IOTGW_MQTT_URL", "mqtt.url", str(func(c *Config) *string { return &c.MQTT.URL })},
+	{"IOTGW_MQTT_CLIENT_ID", "mqtt.client_id", str(func(c *Config) *string { return &c.MQTT.ClientID })},
+	{"IOTGW_MQTT_USERNAME", "mqtt.username", str(func(c *Config) *string { return &c.MQTT.Username })},
+	{"IOTGW_MQTT_PASSWORD", "mqtt.password", str(func(c *Config) *string { return &c.MQTT.Password })},
+	{"IOTGW_MQTT_QOS", "mqtt.qos", integer(func(c *Config) *int { return &c.MQTT.QoS })},
+	{"IOTGW_MQTT_TOPICS", "mqtt.topics", list(func(c *Config) *[]string { return &c.MQTT.Topics })},
+	{"IOTGW_INFLUX_URL", "influx.url", str(func(c *Config) *string { return &c.Influx.URL })},
+	{"IOTGW_INFLUX_TOKEN", "influx.token", str(func(c *Config) *string { return &c.Influx.Token })},
+	{"IOTGW_INFLUX_ORG", "influx.org", str(func(c *Config) *string { return &c.Influx.Org })},
+	{"IOTGW_INFLUX_BUCKET", "influx.bucket", str(func(c *Config) *string { return &c.Influx.Bucket })},
+	{"IOTGW_HTTP_ADDR", "http.addr", str(func(c *Config) *string { return &c.HTTP.Addr })},
+	{"IOTGW_SPOOL_DIR", "spool.dir", str(func(c *Config) *string { return &c.Spool.Dir })},
+	{"IOTGW_MQTT_LINE_TOPICS", "mqtt.line_topics", list(func(c *Config) *[]string { return &c.MQTT.LineTopics })},
+	{"IOTGW_MQTT_CONNECTIONS", "mqtt.connections", integer(func(c *Config) *int { return &c.MQTT.Connections })},
+	{"IOTGW_MQTT_CA_FILE", "mqtt.ca_file", str(func(c *Config) *string { return &c.MQTT.CAFile })},
+	{"IOTGW_MQTT_CERT_FILE", "mqtt.cert_file", str(func(c *Config) *string { return &c.MQTT.CertFile })},
+	{"IOTGW_MQTT_KEY_FILE", "mqtt.key_file", str(func(c *Config) *string { return &c.MQTT.KeyFile })},
+	{"IOTGW_GATEWAY_ID", "gateway.id", str(func(c *Config) *string { return &c.Gateway.ID })},
+	{"IOTGW_LOG_LEVEL", "log.level", str(func(c *Config) *string { return &c.Log.Level })},
+	{"IOTGW_LOG_FORMAT", "log.format", str(func(c *Config) *string { return &c.Log.Format })},
+	{"IOTGW_MQTT_PROTOCOL", "mqtt.protocol", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
+	{"IOTGW_COMMANDS_TOKEN", "commands.token", str(func(c *Config) *string { return &c.Commands.Token })},
+	{"IOTGW_COMMANDS_TOKEN_FILE", "commands.token_file", str(func(c *Config) *string { return &c.Commands.TokenFile })},
+	{"IOTGW_EXPORT_BUCKET", "export.bucket", str(func(c *Config) *string { return &c.Export.Bucket })},
+	{"IOTGW_EXPORT_PREFIX", "export.prefix", str(func(c *Config) *string { return &c.Export.Prefix })},
+	{"IOTGW_EXPORT_DIR", "export.dir", str(func(c *Config) *string { return &c.Export.Dir })},
+	{"IOTGW_S3_ENDPOINT", "export.s3_endpoint", str(func(c *Config) *string { return &c.Export.S3Endpoint })},
+	{"IOTGW_EXPORT_PART_SIZE", "export.part_size", bytes64(func(c *Config) *int64 { return &c.Export.PartSize })},
+	{"IOTGW_EXPORT_SKIP_DASHBOARDS", "export.skip_dashboards", boolean(func(c *Config) *bool { return &c.Export.SkipDashboards })},
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -409,7 +438,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			continue
 		}
 		if err := e.set(c, v); err != nil {
-			return fmt.Errorf("environment %s: %w", e.name, err)
+			return fmt.Errorf("%s (%s): environment %s: %w", e.key, e.name, e.name, err)
 		}
 	}
 	return nil
@@ -529,6 +558,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	// The gateway does not upload, so the bucket may be empty here; every
+	// value that is set must still be one the export accepts.
+	if err := c.Export.WithDefaults().Validate(false); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
