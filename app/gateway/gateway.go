@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +28,7 @@ import (
 	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
 	"github.com/iot-gateway/iot-gateway/app/influx"
+	"github.com/iot-gateway/iot-gateway/app/internal/backoff"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
@@ -618,7 +618,7 @@ func (g *Gateway) appendLoop() {
 // or a failing disk holds the group unacknowledged, which stops the broker
 // sending more; nothing is lost. It gives up only when shutting down.
 func (g *Gateway) appendWithRetry(records [][]byte) bool {
-	backoff := 50 * time.Millisecond
+	bo := backoff.Backoff{Initial: 50 * time.Millisecond, Max: 5 * time.Second}
 	for {
 		start := time.Now()
 		g.appendBeat.begin()
@@ -647,7 +647,7 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 			continue
 		}
 		select {
-		case <-time.After(backoff):
+		case <-time.After(bo.Next()):
 		case <-g.stopping:
 			// One last try below; after that the broker keeps them.
 			g.appendBeat.begin()
@@ -655,7 +655,6 @@ func (g *Gateway) appendWithRetry(records [][]byte) bool {
 			g.appendBeat.end()
 			return err == nil
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -670,6 +669,9 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 	// disk is wall-clock time: after the clock steps back it is negative
 	// and would keep the batch waiting for as long as the step.
 	var lingerFrom time.Time
+	// A failing disk is retried like a failing append, but from a second:
+	// each failure is logged.
+	readRetry := backoff.Backoff{Initial: time.Second, Max: 5 * time.Second}
 	// idleCtx also ends when draining begins, so a Read waiting on an idle
 	// spool notices it; once draining, Reads use ctx itself.
 	idleCtx, cancelIdle := context.WithCancel(ctx)
@@ -712,12 +714,13 @@ func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
 			}
 			g.log.Error("spool read", "err", err)
 			select {
-			case <-time.After(time.Second):
+			case <-time.After(readRetry.Next()):
 			case <-ctx.Done():
 				return
 			}
 			continue
 		}
+		readRetry.Reset()
 		// A small batch waits up to flush_interval for company: fewer,
 		// larger writes cost InfluxDB far less than many small ones.
 		if len(batch.Records) < batchSize && !isDraining {
@@ -943,8 +946,7 @@ func (g *Gateway) scrub(s string) string {
 // writeWithRetry returns nil, ctx's error, or a *influx.WriteError the
 // database will never accept as it is (rejected or too large).
 func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) error {
-	backoff := 100 * time.Millisecond
-	maxBackoff := g.cfg.Influx.MaxRetryInterval.Duration
+	bo := backoff.Backoff{Initial: 100 * time.Millisecond, Max: g.cfg.Influx.MaxRetryInterval.Duration}
 	for {
 		start := time.Now()
 		err := g.writer.Write(ctx, body)
@@ -978,13 +980,12 @@ func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) e
 		if g.writeErr.Swap(&class) == nil {
 			g.log.Error("influx write failing; readings stay spooled and are retried", "err", g.scrub(err.Error()))
 		}
-		// Full jitter over an exponential backoff, but never sooner than
-		// the server asked for.
-		wait := backoff/2 + rand.N(backoff/2+1)
-		if we != nil && we.RetryAfter > wait {
-			wait = we.RetryAfter
+		// Never sooner than the server asked for.
+		var retryAfter time.Duration
+		if we != nil {
+			retryAfter = we.RetryAfter
 		}
-		backoff = min(backoff*2, maxBackoff)
+		wait := bo.NextAtLeast(retryAfter)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
