@@ -20,7 +20,8 @@ type Backoff struct {
 	// Initial is the first step; the first wait is between Initial/2 and
 	// Initial.
 	Initial time.Duration
-	// Max bounds the step, and so every wait not raised by NextAtLeast.
+	// Max bounds the steps after the first (Initial, even when larger),
+	// and so every wait not raised by NextAtLeast.
 	Max time.Duration
 	// StableAfter is how long a healthy spell must last (see Healthy) for
 	// the schedule to start again from Initial. A peer that accepts and
@@ -51,7 +52,7 @@ func (b *Backoff) NextAtLeast(floor time.Duration) time.Duration {
 	}
 	step = max(step, floor)
 	wait := max(step/2, floor) + b.jitter(step/2)
-	b.step = min(2*step, max(b.Max, b.Initial))
+	b.step = min(2*step, b.Max)
 	return wait
 }
 
