@@ -23,8 +23,8 @@ import (
 // writeLoop drains the spool into InfluxDB. On draining it stops once the
 // spool is empty; on ctx cancel at once.
 func (g *Gateway) writeLoop(ctx context.Context, draining <-chan struct{}) {
-	batchSize := g.cfg.Influx.BatchSize
-	linger := g.cfg.Influx.FlushInterval.Duration
+	batchSize := g.opt.BatchSize
+	linger := g.opt.FlushInterval
 	var lines [][]byte // reused: the lines of the batch in hand
 	// When the writer first saw the small batch at the head of the spool
 	// (monotonic; zero once a batch is committed). The age read back from
@@ -296,7 +296,7 @@ func (g *Gateway) rejectLines(lines [][]byte, reason string, cause error) {
 // token never appears (a server that echoes requests would return it), and
 // the text is cut to maxErrText.
 func (g *Gateway) scrub(s string) string {
-	if tok := g.cfg.Influx.Token; tok != "" {
+	if tok := g.opt.Secret; tok != "" {
 		s = strings.ReplaceAll(s, tok, "[token]")
 	}
 	if len(s) > maxErrText {
@@ -308,7 +308,7 @@ func (g *Gateway) scrub(s string) string {
 // writeWithRetry returns nil, ctx's error, or a *influx.WriteError the
 // database will never accept as it is (rejected or too large).
 func (g *Gateway) writeWithRetry(ctx context.Context, body []byte, points int) error {
-	bo := backoff.Backoff{Initial: 100 * time.Millisecond, Max: g.cfg.Influx.MaxRetryInterval.Duration}
+	bo := backoff.Backoff{Initial: 100 * time.Millisecond, Max: g.opt.MaxRetryInterval}
 	for {
 		start := time.Now()
 		err := g.writer.Write(ctx, body)

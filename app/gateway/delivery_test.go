@@ -107,7 +107,10 @@ func memGateway(t *testing.T, edit func(*config.Config)) (*Gateway, *countingSto
 		t.Fatal(err)
 	}
 	st, w, d := &countingStore{memStore: newMemStore()}, &memWriter{}, &memDead{}
-	g := assemble(cfg, slog.New(slog.DiscardHandler), mapper, st, w, d)
+	g, err := New(gatewayOptions(cfg, slog.New(slog.DiscardHandler), mapper, st, w, d))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return g, st, w, d
 }
 

@@ -3,10 +3,18 @@
 // drains the spool into InfluxDB in large batches and advances it only after
 // a 2xx. Bad input goes to the dead-letter file and is counted; it never
 // holds up the good readings next to it.
+//
+// By responsibility: ingest.go (session → decode → spool append →
+// acknowledge), delivery.go (spool → InfluxDB: batching, retry, splitting a
+// rejected batch), health.go (readiness, the systemd watchdog), watch.go
+// (the fleet watch and the gateway's own points). New takes the parts
+// (Store, PointWriter, DeadSink, a Connect for the message source, a
+// clock) as Options; app/cmd/iotgw translates the configuration into them.
 package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -20,11 +28,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iot-gateway/iot-gateway/app"
-	"github.com/iot-gateway/iot-gateway/app/config"
-	"github.com/iot-gateway/iot-gateway/app/deadletter"
 	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
-	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
@@ -66,10 +71,10 @@ const (
 	reasonRetained = "retained"
 )
 
-// store is what the pipeline needs of the spool (*spool.Spool). Tests put
+// Store is what the pipeline needs of the spool (*spool.Spool). Tests put
 // an in-memory one in its place to stage faults a real disk cannot be made
 // to show on demand (a write that never returns).
-type store interface {
+type Store interface {
 	Append(records [][]byte) error
 	Read(ctx context.Context, maxRecords, maxBytes int) (spool.Batch, error)
 	Rewind()
@@ -78,28 +83,28 @@ type store interface {
 	Close() error
 }
 
-// pointWriter is what delivery needs of InfluxDB (*influx.Writer): one
+// PointWriter is what delivery needs of InfluxDB (*influx.Writer): one
 // request per Write, and a *influx.WriteError saying what the server
 // answered when it did not take the body.
-type pointWriter interface {
+type PointWriter interface {
 	Write(ctx context.Context, body []byte) error
 	Close()
 }
 
-// deadSink keeps what will never be accepted (*deadletter.File).
-type deadSink interface {
+// DeadSink keeps what will never be accepted (*deadletter.File).
+type DeadSink interface {
 	Add(at time.Time, topic, reason string, cause error, payload []byte) error
 	Close() error
 }
 
 // Gateway is one running pipeline.
 type Gateway struct {
-	cfg    config.Config
+	opt    Options
 	log    *slog.Logger
 	mapper *app.Mapper
-	spool  store
-	writer pointWriter
-	dead   deadSink
+	spool  Store
+	writer PointWriter
+	dead   DeadSink
 	m      *metrics
 	reg    *prometheus.Registry
 
@@ -109,7 +114,7 @@ type Gateway struct {
 	stopping  chan struct{}
 	committed chan struct{} // signalled after each commit, wakes a full spool
 
-	source    *mqtt.Source
+	source    MessageSource
 	markOnce  sync.Once
 	http      *httpapi.Server
 	connected []atomic.Bool
@@ -148,74 +153,96 @@ type Gateway struct {
 // not keep the slices.
 func (g *Gateway) OnWritten(f func(lines [][]byte, at time.Time)) { g.onWritten = f }
 
-// New opens the state (spool, dead letters) and prepares every stage; Run
-// starts them. cfg must have been validated.
-func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	mapper, err := app.NewMapper(cfg.MapperConfig())
-	if err != nil {
-		return nil, fmt.Errorf("mapping: %w", err)
-	}
-	if err := os.MkdirAll(cfg.Spool.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("spool.dir: %w", err)
-	}
-	sp, err := spool.Open(spool.Options{
-		Dir:          cfg.Spool.Dir,
-		SegmentBytes: cfg.Spool.SegmentBytes,
-		MaxBytes:     cfg.Spool.MaxBytes,
-		Policy:       spool.Policy(cfg.Spool.Policy),
-		Logger:       log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	dead, err := deadletter.Open(cfg.Spool.Dir, cfg.DeadLetter.MaxBytes)
-	if err != nil {
-		sp.Close()
-		return nil, err
-	}
-	w, err := influx.New(influx.Config{URL: cfg.Influx.URL, Token: cfg.Influx.Token, Org: cfg.Influx.Org,
-		Bucket: cfg.Influx.Bucket, Timeout: cfg.Influx.Timeout.Duration, Gzip: cfg.Influx.Gzip.Enabled(cfg.Influx.URL)})
-	if err != nil {
-		sp.Close()
-		dead.Close()
-		return nil, err
-	}
-	return assemble(cfg, log, mapper, sp, w, dead), nil
+// Options are the gateway's parts and settings. app/cmd/iotgw builds them
+// from the configuration (opening the spool, the dead-letter file and the
+// InfluxDB writer); tests pass in-memory parts.
+type Options struct {
+	Log *slog.Logger // nil: slog.Default()
+	// Mapper decodes a message into points.
+	Mapper *app.Mapper
+	// TopicPattern names the {site} and {device} levels of a topic, for
+	// the fleet watch.
+	TopicPattern string
+	// Spool, Writer and DeadLetters are owned by the gateway from New on:
+	// Run closes them.
+	Spool       Store
+	Writer      PointWriter
+	DeadLetters DeadSink
+	// MQTT configures the message source; the gateway sets the fields that
+	// follow from its own state (ReceiveMaximum, ExpectSession,
+	// SessionLost). Connect starts it; nil: mqtt.Start.
+	MQTT    mqtt.Config
+	Connect Connect
+	// Now is the wall clock spool timestamps are compared with; nil:
+	// time.Now.
+	Now func() time.Time
+
+	// Delivery.
+	BatchSize        int           // messages per request
+	FlushInterval    time.Duration // the most a small batch waits for company
+	MaxRetryInterval time.Duration
+	// Secret is scrubbed from server errors before they are logged or
+	// dead-lettered (a server that echoes requests would return it).
+	Secret string
+
+	// Health and state.
+	DegradedBytes int64  // /readyz is red above this many spooled bytes
+	StateDir      string // holds the broker-session marker
+	HTTPAddr      string // "": no listener
+	TLSCertFile   string
+	TLSKeyFile    string
+	Fleet         fleet.Options
+	SweepInterval time.Duration
 }
 
-// assemble builds the pipeline over its parts, which it then owns (Run
-// closes them). Tests pass in-memory ones.
-func assemble(cfg config.Config, log *slog.Logger, mapper *app.Mapper, sp store, w pointWriter, dead deadSink) *Gateway {
+// MessageSource is a running set of broker connections (*mqtt.Source).
+type MessageSource interface{ Close() }
+
+// Connect starts a message source that calls h for every message and state
+// when a connection goes up or down.
+type Connect func(ctx context.Context, cfg mqtt.Config, h mqtt.Handler, state mqtt.StateFunc, log *slog.Logger) (MessageSource, error)
+
+func connectMQTT(ctx context.Context, cfg mqtt.Config, h mqtt.Handler, state mqtt.StateFunc, log *slog.Logger) (MessageSource, error) {
+	return mqtt.Start(ctx, cfg, h, state, log)
+}
+
+// New prepares every stage over o's parts; Run starts them.
+func New(o Options) (*Gateway, error) {
+	if o.Mapper == nil || o.Spool == nil || o.Writer == nil || o.DeadLetters == nil {
+		return nil, errors.New("gateway: Mapper, Spool, Writer and DeadLetters are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Connect == nil {
+		o.Connect = connectMQTT
+	}
 	reg := prometheus.NewRegistry()
 	g := &Gateway{
-		cfg: cfg, log: log, mapper: mapper, spool: sp, writer: w, dead: dead, reg: reg,
-		now: time.Now,
+		opt: o, log: o.Log, mapper: o.Mapper, spool: o.Spool, writer: o.Writer, dead: o.DeadLetters, reg: reg,
+		now: o.Now,
 		// Longer than any healthy fsync, short enough to name a wedged
 		// disk before an operator starts guessing.
 		stallLimit: 10 * time.Second,
 		inbox:      make(chan pending, inboxSize),
 		stopping:   make(chan struct{}),
 		committed:  make(chan struct{}, 1),
-		connected:  make([]atomic.Bool, cfg.MQTT.Connections),
+		connected:  make([]atomic.Bool, max(o.MQTT.Connections, 1)),
 		appended:   make(chan struct{}),
-		degraded:   cfg.Spool.DegradedBytes,
+		degraded:   o.DegradedBytes,
 	}
 	g.m = newMetrics(reg, func() spool.Stats { return g.spool.Stats() })
-	g.fleet = fleet.New(fleet.Options{MaxDevices: cfg.Fleet.MaxDevices, SilentFactor: cfg.Fleet.SilentFactor,
-		MinSilence: cfg.Fleet.MinSilence.Duration})
-	g.devKey = newDeviceKey(cfg.Mapping.TopicPattern)
+	g.fleet = fleet.New(o.Fleet)
+	g.devKey = newDeviceKey(o.TopicPattern)
 	g.ownDropped = registerFleetMetrics(reg, g.fleet)
 	g.details = map[string]httpapi.Detail{"fleet": g.fleetDetail}
-	if g.degraded == 0 {
-		g.degraded = cfg.Spool.MaxBytes / 10 * 8
+	if st := o.Spool.Stats(); st.CorruptRecords > 0 {
+		g.log.Warn("spool: damaged records skipped or cut off at start", "records", st.CorruptRecords, "bytes", st.CorruptBytes)
 	}
-	if st := sp.Stats(); st.CorruptRecords > 0 {
-		log.Warn("spool: damaged records skipped or cut off at start", "records", st.CorruptRecords, "bytes", st.CorruptBytes)
-	}
-	return g
+	return g, nil
 }
 
 // Registry is the gateway's metrics registry (the demo reads it).
@@ -234,12 +261,12 @@ func (g *Gateway) HTTPAddr() string {
 // is in hand, disconnect, write out what the database takes within
 // drainTimeout. Only failures to start are returned.
 func (g *Gateway) Run(ctx context.Context) error {
-	if g.cfg.HTTP.Addr != "" {
+	if g.opt.HTTPAddr != "" {
 		mux := httpapi.HandlerWith(g.reg, g.checks(), g.details)
 		for _, r := range g.routes {
 			mux.Handle(r.pattern, r.h)
 		}
-		srv, err := httpapi.ListenTLS(g.cfg.HTTP.Addr, mux, g.cfg.Commands.TLSCertFile, g.cfg.Commands.TLSKeyFile)
+		srv, err := httpapi.ListenTLS(g.opt.HTTPAddr, mux, g.opt.TLSCertFile, g.opt.TLSKeyFile)
 		if err != nil {
 			g.closeState()
 			return fmt.Errorf("http.addr: %w", err)
@@ -257,22 +284,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}()
 	go g.appendLoop()
 	g.accepting.Store(true)
-	mc := g.cfg.MQTT
-	src, err := mqtt.Start(ctx, mqtt.Config{
-		URL: mc.URL, ClientID: mc.ClientID, Username: mc.Username, Password: mc.Password,
-		QoS: byte(mc.QoS), Topics: mc.Topics, LineTopics: mc.LineTopics, Connections: mc.Connections,
-		MaxPayload: g.cfg.Mapping.MaxPayload,
-		KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
-		MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
-		CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
-		Protocol: protocol(mc.Protocol), SessionExpiry: mc.SessionExpiry.Duration,
-		// The broker may have one spool group unacknowledged across all
-		// connections: the appender fsyncs what arrived during the last
-		// fsync, so a larger window would only wait in the inbox.
-		ReceiveMaximum: max(maxGroup/max(mc.Connections, 1), 1),
-		ExpectSession:  g.hadSession(),
-		SessionLost:    func(int) { g.m.sessionsLost.Inc() },
-	}, g.handle, g.onState, g.log)
+	mc := g.opt.MQTT
+	// The broker may have one spool group unacknowledged across all
+	// connections: the appender fsyncs what arrived during the last fsync,
+	// so a larger window would only wait in the inbox.
+	mc.ReceiveMaximum = max(maxGroup/max(mc.Connections, 1), 1)
+	mc.ExpectSession = g.hadSession()
+	mc.SessionLost = func(int) { g.m.sessionsLost.Inc() }
+	src, err := g.opt.Connect(ctx, mc, g.handle, g.onState, g.log)
 	if err != nil {
 		g.stopAppender()
 		<-g.appended
@@ -332,8 +351,8 @@ const sessionMarker = "mqtt-client-id"
 // hadSession reports whether a gateway with this client id and state
 // directory has had a broker session before.
 func (g *Gateway) hadSession() bool {
-	b, err := os.ReadFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker))
-	return err == nil && strings.TrimSpace(string(b)) == g.cfg.MQTT.ClientID
+	b, err := os.ReadFile(filepath.Join(g.opt.StateDir, sessionMarker))
+	return err == nil && strings.TrimSpace(string(b)) == g.opt.MQTT.ClientID
 }
 
 // markSession records that the broker holds a session for the client id.
@@ -342,15 +361,8 @@ func (g *Gateway) markSession() {
 		if g.hadSession() {
 			return
 		}
-		if err := os.WriteFile(filepath.Join(g.cfg.Spool.Dir, sessionMarker), []byte(g.cfg.MQTT.ClientID+"\n"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(g.opt.StateDir, sessionMarker), []byte(g.opt.MQTT.ClientID+"\n"), 0o600); err != nil {
 			g.log.Warn("cannot record the broker session in the state directory", "err", err)
 		}
 	})
-}
-
-func protocol(p config.Protocol) byte {
-	if p == config.MQTT311 {
-		return mqtt.V311
-	}
-	return mqtt.V5
 }

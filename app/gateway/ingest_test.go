@@ -20,7 +20,7 @@ import (
 // while the first append is held, shuts the gateway down, then lets the
 // append go on, and returns the PUBACKs the broker received until the
 // connection closed.
-func shutdownWithBlockedAppend(t *testing.T, st store, entered <-chan struct{}, release func(), n int) []uint16 {
+func shutdownWithBlockedAppend(t *testing.T, st Store, entered <-chan struct{}, release func(), n int) []uint16 {
 	t.Helper()
 	peer := startBrokerPeer(t)
 	_, url := newFakeInflux(t, true)
@@ -71,7 +71,7 @@ func TestShutdownSpoolsAndAcksWhatIsInHand(t *testing.T) {
 	var once sync.Once
 	release := func() { once.Do(func() { close(block) }) }
 	mem.setBlock(block)
-	rec := &recordingStore{store: mem}
+	rec := &recordingStore{Store: mem}
 	acks := shutdownWithBlockedAppend(t, rec, mem.entered, release, n)
 
 	seen := map[uint16]int{}
@@ -102,13 +102,13 @@ func TestShutdownSpoolsAndAcksWhatIsInHand(t *testing.T) {
 // recordingStore keeps a copy of every record appended (the writer may
 // have committed them since).
 type recordingStore struct {
-	store
+	Store
 	mu       sync.Mutex
 	appended [][]byte
 }
 
 func (s *recordingStore) Append(records [][]byte) error {
-	err := s.store.Append(records)
+	err := s.Store.Append(records)
 	if err == nil {
 		s.mu.Lock()
 		for _, r := range records {

@@ -149,7 +149,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	if err := cfg.Validate(); err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	g, err := gateway.New(cfg, log)
+	g, err := newGateway(cfg, log)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iot-gateway/iot-gateway/app/config"
-	"github.com/iot-gateway/iot-gateway/app/gateway"
 	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
 
@@ -119,7 +118,7 @@ for profiling; it is off by default.`,
 					}
 				}()
 			}
-			g, err := gateway.New(cfg, log)
+			g, err := newGateway(cfg, log)
 			if err != nil {
 				return err
 			}
