@@ -451,6 +451,39 @@ func (c *Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
+	c.validateGateway(bad)
+	c.validateMQTT(bad)
+	c.validateMapping(bad)
+	c.validateInflux(bad)
+	c.validateSpool(bad)
+	c.validateHTTP(bad)
+	c.validateCommands(bad)
+	c.validateFleet(bad)
+	c.validateLog(bad)
+	// The gateway does not upload, so the bucket may be empty here; every
+	// value that is set must still be one the export accepts.
+	if err := c.Export.WithDefaults().Validate(false); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// badFunc records one problem with a key.
+type badFunc func(key, format string, args ...any)
+
+func positive(bad badFunc, key string, d Duration) {
+	if d.Duration <= 0 {
+		bad(key, "must be positive")
+	}
+}
+
+func (c *Config) validateGateway(bad badFunc) {
+	if l := c.Gateway.MemoryLimit; l != 0 && (l < 8<<20 || l > 1<<40) {
+		bad("gateway.memory_limit", "%d is not 0 (off) or between 8 MiB and 1 TiB", l)
+	}
+}
+
+func (c *Config) validateMQTT(bad badFunc) {
 	if u, err := url.Parse(c.MQTT.URL); err != nil || u.Host == "" {
 		bad("mqtt.url", "%q is not a URL like tcp://host:1883", c.MQTT.URL)
 	} else if s := u.Scheme; s != "tcp" && s != "mqtt" && s != "ssl" && s != "tls" && s != "mqtts" && s != "ws" && s != "wss" {
@@ -490,14 +523,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	positive := func(key string, d Duration) {
-		if d.Duration <= 0 {
-			bad(key, "must be positive")
-		}
-	}
-	positive("mqtt.keepalive", c.MQTT.KeepAlive)
-	positive("mqtt.connect_timeout", c.MQTT.ConnectTimeout)
-	positive("mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
+	positive(bad, "mqtt.keepalive", c.MQTT.KeepAlive)
+	positive(bad, "mqtt.connect_timeout", c.MQTT.ConnectTimeout)
+	positive(bad, "mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
 	if c.MQTT.Protocol != MQTT5 && c.MQTT.Protocol != MQTT311 {
 		bad("mqtt.protocol", "%q is not \"5\" or \"3.1.1\"", c.MQTT.Protocol)
 	}
@@ -506,12 +534,18 @@ func (c *Config) Validate() error {
 	if d := c.MQTT.SessionExpiry.Duration; d < time.Second || d > 0xFFFFFFFE*time.Second {
 		bad("mqtt.session_expiry", "%s is not between 1s and 136 years", d)
 	}
+}
+
+func (c *Config) validateMapping(bad badFunc) {
 	if _, err := app.NewMapper(c.MapperConfig()); err != nil {
 		bad("mapping", "%v", err)
 	}
 	if c.Mapping.MaxPayload < 1 || c.Mapping.MaxPayload > 16<<20 {
 		bad("mapping.max_payload", "%d is not between 1 and 16 MiB", c.Mapping.MaxPayload)
 	}
+}
+
+func (c *Config) validateInflux(bad badFunc) {
 	if u, err := url.Parse(c.Influx.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("influx.url", "%q is not an http:// or https:// URL", c.Influx.URL)
 	}
@@ -521,14 +555,14 @@ func (c *Config) Validate() error {
 	if c.Influx.BatchSize < 1 || c.Influx.BatchSize > 100000 {
 		bad("influx.batch_size", "%d is not between 1 and 100000", c.Influx.BatchSize)
 	}
-	positive("influx.flush_interval", c.Influx.FlushInterval)
-	positive("influx.timeout", c.Influx.Timeout)
-	positive("influx.max_retry_interval", c.Influx.MaxRetryInterval)
+	positive(bad, "influx.flush_interval", c.Influx.FlushInterval)
+	positive(bad, "influx.timeout", c.Influx.Timeout)
+	positive(bad, "influx.max_retry_interval", c.Influx.MaxRetryInterval)
+}
+
+func (c *Config) validateSpool(bad badFunc) {
 	if c.Spool.Dir == "" {
 		bad("spool.dir", "must be set")
-	}
-	if l := c.Gateway.MemoryLimit; l != 0 && (l < 8<<20 || l > 1<<40) {
-		bad("gateway.memory_limit", "%d is not 0 (off) or between 8 MiB and 1 TiB", l)
 	}
 	if c.Spool.MaxBytes < 1<<20 {
 		bad("spool.max_bytes", "%d is below 1 MiB", c.Spool.MaxBytes)
@@ -545,12 +579,17 @@ func (c *Config) Validate() error {
 	if c.DeadLetter.MaxBytes < 4096 {
 		bad("deadletter.max_bytes", "%d is below 4096", c.DeadLetter.MaxBytes)
 	}
+}
+
+func (c *Config) validateHTTP(bad badFunc) {
 	if c.HTTP.Addr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
 			bad("http.addr", "%q is not host:port", c.HTTP.Addr)
 		}
 	}
-	c.validateCommands(bad)
+}
+
+func (c *Config) validateLog(bad badFunc) {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -559,12 +598,6 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		bad("log.format", "%q is not text or json", c.Log.Format)
 	}
-	// The gateway does not upload, so the bucket may be empty here; every
-	// value that is set must still be one the export accepts.
-	if err := c.Export.WithDefaults().Validate(false); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
 }
 
 // validFilter checks an MQTT topic filter.
@@ -614,7 +647,7 @@ func (c *Config) MapperConfig() app.MapperConfig {
 	}
 }
 
-func (c *Config) validateCommands(bad func(key, format string, args ...any)) {
+func (c *Config) validateCommands(bad badFunc) {
 	cc := c.Commands
 	if cc.Expiry.Duration < time.Second || cc.Expiry.Duration > 24*time.Hour {
 		bad("commands.expiry", "%v is not between 1s and 24h", cc.Expiry.Duration)
@@ -639,6 +672,9 @@ func (c *Config) validateCommands(bad func(key, format string, args ...any)) {
 			bad("http.addr", "%q is not a loopback address: the command API (commands.token) is on, so it needs commands.tls_cert_file and commands.tls_key_file", c.HTTP.Addr)
 		}
 	}
+}
+
+func (c *Config) validateFleet(bad badFunc) {
 	f := c.Fleet
 	if f.MaxDevices < 1 || f.MaxDevices > 10_000_000 {
 		bad("fleet.max_devices", "%d is not between 1 and 10000000", f.MaxDevices)
