@@ -31,10 +31,10 @@ type pending struct {
 }
 
 // lineBufs recycles the buffers messages are decoded into: the spool
-// copies them, so each can be reused as soon as its group is appended.
-// One fresh buffer per message was most of the gateway's garbage. (A
-// sync.Pool lost its buffers at every collection, which under the memory
-// limit come often.)
+// copies them, so each can be reused as soon as its group is appended, and
+// decoding makes no garbage per message. A free list rather than a
+// sync.Pool, which loses its buffers at every collection, and under the
+// memory limit collections come often (docs/history.md).
 var lineBufs bufStack
 
 // bufStack is a bounded free list of buffers.

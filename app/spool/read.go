@@ -20,8 +20,7 @@ import (
 //
 // The records stay valid until the batch is given up: by a Commit at or
 // past its end, or by Rewind. Once no batch is held, Read reuses their
-// memory for the next batches (recycling it took most of the garbage out
-// of the gateway's writer).
+// memory for the next batches, so the writer makes little garbage.
 //
 // Damage met here (the disk changed a record after Open) is skipped and
 // counted in Stats, with a warning: a record whose checksum fails is passed

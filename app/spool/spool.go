@@ -113,10 +113,11 @@ func (p Position) String() string {
 	return fmt.Sprintf("%d@%020d.seg+%d", p.seq, p.seg, p.off)
 }
 
-// Batch is what Read returns. The records are freshly allocated and belong
-// to the caller. From Read until Commit or Rewind the reader holds the
-// batch: DropOldest may discard its records from disk meanwhile, which
-// does not invalidate it. Deliver it and Commit, or Rewind.
+// Batch is what Read returns. Its records live in the spool's memory and
+// stay valid until the batch is given up, by a Commit at or past its End or
+// by Rewind; after that the next Read may reuse them. Until then the reader
+// holds the batch: DropOldest may discard its records from disk meanwhile,
+// which does not invalidate it. Deliver it and Commit, or Rewind.
 type Batch struct {
 	Records [][]byte
 	Oldest  time.Time // append time of the first record
