@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -44,7 +43,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in, cfg, err := loadExportConfig(configFile)
+			in, cfg, logCfg, err := loadExportConfig(configFile)
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
@@ -75,7 +74,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("cmd", "export")
+			log := newLogger(cmd.ErrOrStderr(), logCfg).With("cmd", "export")
 			e := &export.Exporter{
 				Source:  export.NewSource(in),
 				Dir:     cfg.Dir,
@@ -143,12 +142,12 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 // loadExportConfig reads gateway.toml with the gateway's own loader
 // (defaults < file < environment), so the export and `iotgw run` agree on
 // every shared value and on what an unknown key is.
-func loadExportConfig(path string) (export.Influx, export.Config, error) {
+func loadExportConfig(path string) (export.Influx, export.Config, config.Log, error) {
 	c, err := config.Load(path, os.LookupEnv)
 	if err != nil {
-		return export.Influx{}, export.Config{}, fmt.Errorf("config file: %w", err)
+		return export.Influx{}, export.Config{}, config.Log{}, fmt.Errorf("config file: %w", err)
 	}
-	return export.InfluxFrom(c.Influx), c.Export, nil
+	return export.InfluxFrom(c.Influx), c.Export, c.Log, nil
 }
 
 // exportWindows turns the flags into the windows to export.

@@ -62,16 +62,6 @@ func (f *configFlags) load(cmd *cobra.Command) (config.Config, error) {
 	return cfg, nil
 }
 
-func newLogger(c config.Log) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
-}
-
 func newRunCmd() *cobra.Command {
 	var flags configFlags
 	var check bool
@@ -105,7 +95,7 @@ for profiling; it is off by default.`,
 				fmt.Fprintln(cmd.OutOrStdout(), "configuration ok")
 				return nil
 			}
-			log := newLogger(cfg.Log)
+			log := newLogger(os.Stderr, cfg.Log)
 			if os.Getenv("GOMEMLIMIT") == "" && cfg.Gateway.MemoryLimit > 0 {
 				debug.SetMemoryLimit(cfg.Gateway.MemoryLimit)
 			}
