@@ -138,12 +138,13 @@ type topicInfo struct {
 	format app.Format
 }
 
-// run holds a session open, reconnecting after a drop: first within 50 ms,
-// then backing off to MaxReconnectInterval (backoff's equal jitter). (paho's
+// run holds a session open, reconnecting after a drop: first after 50 ms,
+// then backing off to MaxReconnectInterval, with jitter. (paho's
 // auto-reconnect waited a fixed second first, long enough for a busy broker
 // to overflow this session's queue: mosquitto keeps 1000 messages per
 // client by default.) The backoff starts over only after a session that
-// lasted stableAfter.
+// lasted stableAfter. The waits are app/internal/backoff's: each between
+// half and all of the current step.
 func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 	bo := backoff.Backoff{Initial: firstRetry, Max: nonZero(c.cfg.MaxReconnectInterval, 30*time.Second), StableAfter: stableAfter}
 	var shortLogged time.Time
