@@ -4,7 +4,7 @@
 #   scripts/services.sh install        mosquitto and curl (apt, when missing) and influxd 1.8.10
 #                                      (go install, cached in .tools/bin)
 #   scripts/services.sh influxd DIR    start influxd with throw-away data in DIR on a free
-#                                      loopback port; prints "PID PORT" once /health is OK
+#                                      loopback port; prints "PID PORT" once it takes writes
 #
 # Hosts run InfluxDB 2.x. InfluxDB 2 needs Rust to build from source, so local runs and
 # tests use InfluxDB OSS 1.8.10 with flux-enabled = true: it serves the same /api/v2/write,
@@ -40,56 +40,13 @@ install_influxd() {
 	GOBIN="$tools" GOFLAGS=-mod=mod go install "github.com/influxdata/influxdb/cmd/influxd@$influxd_version"
 }
 
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
-		echo $((20000 + RANDOM % 20000))
-}
-
+# The tests' own starter (app/internal/testsvc): the same configuration, and a
+# readiness check that waits for the meta store (/health answers before it is open).
 start_influxd() {
 	local dir=$1
 	install_packages
 	install_influxd
-	mkdir -p "$dir"
-	local port rpc
-	port=$(free_port)
-	rpc=$(free_port)
-	cat >"$dir/influxd.conf" <<CONF
-reporting-disabled = true
-bind-address = "127.0.0.1:$rpc"
-[meta]
-  dir = "$dir/meta"
-[data]
-  dir = "$dir/data"
-  wal-dir = "$dir/wal"
-  query-log-enabled = false
-[monitor]
-  store-enabled = false
-[http]
-  bind-address = "127.0.0.1:$port"
-  auth-enabled = false
-  log-enabled = false
-  flux-enabled = true
-[logging]
-  level = "warn"
-CONF
-	"$influxd_bin" -config "$dir/influxd.conf" >"$dir/influxd.log" 2>&1 &
-	local pid=$!
-	for _ in $(seq 1 600); do
-		if curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
-			curl -fsS -XPOST "http://127.0.0.1:$port/query" --data-urlencode "q=CREATE DATABASE db WITH NAME rp" >/dev/null
-			echo "$pid $port"
-			return
-		fi
-		if ! kill -0 "$pid" 2>/dev/null; then
-			cat "$dir/influxd.log" >&2
-			echo "influxd exited" >&2
-			exit 1
-		fi
-		sleep 0.1
-	done
-	echo "influxd did not become healthy" >&2
-	kill "$pid"
-	exit 1
+	(cd "$root" && go run ./app/internal/testsvc/influxd -bin "$influxd_bin" "$dir")
 }
 
 case "${1:-}" in

@@ -19,7 +19,6 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/iot-gateway/iot-gateway/app"
-	"github.com/iot-gateway/iot-gateway/app/export"
 )
 
 // Sample is the documented sample configuration. Its values are the
@@ -38,9 +37,9 @@ type Config struct {
 	DeadLetter DeadLetter `toml:"deadletter"`
 	HTTP       HTTP       `toml:"http"`
 	Log        Log        `toml:"log"`
-	// Export is read by `iotgw export`; the gateway only accepts it, so one
-	// file serves both.
-	Export export.Config `toml:"export"`
+	// Export is read by `iotgw export`; the gateway validates it too, so
+	// one file serves both and a bad value fails when it is deployed.
+	Export Export `toml:"export"`
 	// Commands is the command API and connection; Fleet the device watch.
 	Commands Commands `toml:"commands"`
 	Fleet    Fleet    `toml:"fleet"`
@@ -337,10 +336,10 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 	return c, nil
 }
 
-// envVar binds one environment variable to a config field.
+// envVar binds one environment variable to the config key it overrides.
 type envVar struct {
-	name string
-	set  func(c *Config, v string) error
+	name, key string
+	set       func(c *Config, v string) error
 }
 
 func str(f func(c *Config) *string) func(*Config, string) error {
@@ -371,32 +370,62 @@ func integer(f func(c *Config) *int) func(*Config, string) error {
 	}
 }
 
-// Env lists the environment variables the gateway reads, in the order they
-// are documented. The first twelve are a contract with the host's units.
+func bytes64(f func(c *Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number of bytes", v)
+		}
+		*f(c) = n
+		return nil
+	}
+}
+
+func boolean(f func(c *Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*f(c) = b
+		return nil
+	}
+}
+
+// Env lists the environment variables `iotgw run` and `iotgw export` read,
+// in the order they are documented. The first twelve are a contract with
+// the host's units. A set but empty variable sets an empty value, so
+// IOTGW_INFLUX_TOKEN= selects an empty token.
 var Env = []envVar{
-	{"IOTGW_MQTT_URL", str(func(c *Config) *string { return &c.MQTT.URL })},
-	{"IOTGW_MQTT_CLIENT_ID", str(func(c *Config) *string { return &c.MQTT.ClientID })},
-	{"IOTGW_MQTT_USERNAME", str(func(c *Config) *string { return &c.MQTT.Username })},
-	{"IOTGW_MQTT_PASSWORD", str(func(c *Config) *string { return &c.MQTT.Password })},
-	{"IOTGW_MQTT_QOS", integer(func(c *Config) *int { return &c.MQTT.QoS })},
-	{"IOTGW_MQTT_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.Topics })},
-	{"IOTGW_INFLUX_URL", str(func(c *Config) *string { return &c.Influx.URL })},
-	{"IOTGW_INFLUX_TOKEN", str(func(c *Config) *string { return &c.Influx.Token })},
-	{"IOTGW_INFLUX_ORG", str(func(c *Config) *string { return &c.Influx.Org })},
-	{"IOTGW_INFLUX_BUCKET", str(func(c *Config) *string { return &c.Influx.Bucket })},
-	{"IOTGW_HTTP_ADDR", str(func(c *Config) *string { return &c.HTTP.Addr })},
-	{"IOTGW_SPOOL_DIR", str(func(c *Config) *string { return &c.Spool.Dir })},
-	{"IOTGW_MQTT_LINE_TOPICS", list(func(c *Config) *[]string { return &c.MQTT.LineTopics })},
-	{"IOTGW_MQTT_CONNECTIONS", integer(func(c *Config) *int { return &c.MQTT.Connections })},
-	{"IOTGW_MQTT_CA_FILE", str(func(c *Config) *string { return &c.MQTT.CAFile })},
-	{"IOTGW_MQTT_CERT_FILE", str(func(c *Config) *string { return &c.MQTT.CertFile })},
-	{"IOTGW_MQTT_KEY_FILE", str(func(c *Config) *string { return &c.MQTT.KeyFile })},
-	{"IOTGW_GATEWAY_ID", str(func(c *Config) *string { return &c.Gateway.ID })},
-	{"IOTGW_LOG_LEVEL", str(func(c *Config) *string { return &c.Log.Level })},
-	{"IOTGW_LOG_FORMAT", str(func(c *Config) *string { return &c.Log.Format })},
-	{"IOTGW_MQTT_PROTOCOL", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
-	{"IOTGW_COMMANDS_TOKEN", str(func(c *Config) *string { return &c.Commands.Token })},
-	{"IOTGW_COMMANDS_TOKEN_FILE", str(func(c *Config) *string { return &c.Commands.TokenFile })},
+	{"IOTGW_MQTT_URL", "mqtt.url", str(func(c *Config) *string { return &c.MQTT.URL })},
+	{"IOTGW_MQTT_CLIENT_ID", "mqtt.client_id", str(func(c *Config) *string { return &c.MQTT.ClientID })},
+	{"IOTGW_MQTT_USERNAME", "mqtt.username", str(func(c *Config) *string { return &c.MQTT.Username })},
+	{"IOTGW_MQTT_PASSWORD", "mqtt.password", str(func(c *Config) *string { return &c.MQTT.Password })},
+	{"IOTGW_MQTT_QOS", "mqtt.qos", integer(func(c *Config) *int { return &c.MQTT.QoS })},
+	{"IOTGW_MQTT_TOPICS", "mqtt.topics", list(func(c *Config) *[]string { return &c.MQTT.Topics })},
+	{"IOTGW_INFLUX_URL", "influx.url", str(func(c *Config) *string { return &c.Influx.URL })},
+	{"IOTGW_INFLUX_TOKEN", "influx.token", str(func(c *Config) *string { return &c.Influx.Token })},
+	{"IOTGW_INFLUX_ORG", "influx.org", str(func(c *Config) *string { return &c.Influx.Org })},
+	{"IOTGW_INFLUX_BUCKET", "influx.bucket", str(func(c *Config) *string { return &c.Influx.Bucket })},
+	{"IOTGW_HTTP_ADDR", "http.addr", str(func(c *Config) *string { return &c.HTTP.Addr })},
+	{"IOTGW_SPOOL_DIR", "spool.dir", str(func(c *Config) *string { return &c.Spool.Dir })},
+	{"IOTGW_MQTT_LINE_TOPICS", "mqtt.line_topics", list(func(c *Config) *[]string { return &c.MQTT.LineTopics })},
+	{"IOTGW_MQTT_CONNECTIONS", "mqtt.connections", integer(func(c *Config) *int { return &c.MQTT.Connections })},
+	{"IOTGW_MQTT_CA_FILE", "mqtt.ca_file", str(func(c *Config) *string { return &c.MQTT.CAFile })},
+	{"IOTGW_MQTT_CERT_FILE", "mqtt.cert_file", str(func(c *Config) *string { return &c.MQTT.CertFile })},
+	{"IOTGW_MQTT_KEY_FILE", "mqtt.key_file", str(func(c *Config) *string { return &c.MQTT.KeyFile })},
+	{"IOTGW_GATEWAY_ID", "gateway.id", str(func(c *Config) *string { return &c.Gateway.ID })},
+	{"IOTGW_LOG_LEVEL", "log.level", str(func(c *Config) *string { return &c.Log.Level })},
+	{"IOTGW_LOG_FORMAT", "log.format", str(func(c *Config) *string { return &c.Log.Format })},
+	{"IOTGW_MQTT_PROTOCOL", "mqtt.protocol", str(func(c *Config) *string { return (*string)(&c.MQTT.Protocol) })},
+	{"IOTGW_COMMANDS_TOKEN", "commands.token", str(func(c *Config) *string { return &c.Commands.Token })},
+	{"IOTGW_COMMANDS_TOKEN_FILE", "commands.token_file", str(func(c *Config) *string { return &c.Commands.TokenFile })},
+	{"IOTGW_EXPORT_BUCKET", "export.bucket", str(func(c *Config) *string { return &c.Export.Bucket })},
+	{"IOTGW_EXPORT_PREFIX", "export.prefix", str(func(c *Config) *string { return &c.Export.Prefix })},
+	{"IOTGW_EXPORT_DIR", "export.dir", str(func(c *Config) *string { return &c.Export.Dir })},
+	{"IOTGW_S3_ENDPOINT", "export.s3_endpoint", str(func(c *Config) *string { return &c.Export.S3Endpoint })},
+	{"IOTGW_EXPORT_PART_SIZE", "export.part_size", bytes64(func(c *Config) *int64 { return &c.Export.PartSize })},
+	{"IOTGW_EXPORT_SKIP_DASHBOARDS", "export.skip_dashboards", boolean(func(c *Config) *bool { return &c.Export.SkipDashboards })},
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -409,7 +438,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			continue
 		}
 		if err := e.set(c, v); err != nil {
-			return fmt.Errorf("environment %s: %w", e.name, err)
+			return fmt.Errorf("%s (%s): environment %s: %w", e.key, e.name, e.name, err)
 		}
 	}
 	return nil
@@ -422,6 +451,39 @@ func (c *Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
+	c.validateGateway(bad)
+	c.validateMQTT(bad)
+	c.validateMapping(bad)
+	c.validateInflux(bad)
+	c.validateSpool(bad)
+	c.validateHTTP(bad)
+	c.validateCommands(bad)
+	c.validateFleet(bad)
+	c.validateLog(bad)
+	// The gateway does not upload, so the bucket may be empty here; every
+	// value that is set must still be one the export accepts.
+	if err := c.Export.WithDefaults().Validate(false); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// badFunc records one problem with a key.
+type badFunc func(key, format string, args ...any)
+
+func positive(bad badFunc, key string, d Duration) {
+	if d.Duration <= 0 {
+		bad(key, "must be positive")
+	}
+}
+
+func (c *Config) validateGateway(bad badFunc) {
+	if l := c.Gateway.MemoryLimit; l != 0 && (l < 8<<20 || l > 1<<40) {
+		bad("gateway.memory_limit", "%d is not 0 (off) or between 8 MiB and 1 TiB", l)
+	}
+}
+
+func (c *Config) validateMQTT(bad badFunc) {
 	if u, err := url.Parse(c.MQTT.URL); err != nil || u.Host == "" {
 		bad("mqtt.url", "%q is not a URL like tcp://host:1883", c.MQTT.URL)
 	} else if s := u.Scheme; s != "tcp" && s != "mqtt" && s != "ssl" && s != "tls" && s != "mqtts" && s != "ws" && s != "wss" {
@@ -461,14 +523,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	positive := func(key string, d Duration) {
-		if d.Duration <= 0 {
-			bad(key, "must be positive")
-		}
-	}
-	positive("mqtt.keepalive", c.MQTT.KeepAlive)
-	positive("mqtt.connect_timeout", c.MQTT.ConnectTimeout)
-	positive("mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
+	positive(bad, "mqtt.keepalive", c.MQTT.KeepAlive)
+	positive(bad, "mqtt.connect_timeout", c.MQTT.ConnectTimeout)
+	positive(bad, "mqtt.max_reconnect_interval", c.MQTT.MaxReconnectInterval)
 	if c.MQTT.Protocol != MQTT5 && c.MQTT.Protocol != MQTT311 {
 		bad("mqtt.protocol", "%q is not \"5\" or \"3.1.1\"", c.MQTT.Protocol)
 	}
@@ -477,12 +534,18 @@ func (c *Config) Validate() error {
 	if d := c.MQTT.SessionExpiry.Duration; d < time.Second || d > 0xFFFFFFFE*time.Second {
 		bad("mqtt.session_expiry", "%s is not between 1s and 136 years", d)
 	}
+}
+
+func (c *Config) validateMapping(bad badFunc) {
 	if _, err := app.NewMapper(c.MapperConfig()); err != nil {
 		bad("mapping", "%v", err)
 	}
 	if c.Mapping.MaxPayload < 1 || c.Mapping.MaxPayload > 16<<20 {
 		bad("mapping.max_payload", "%d is not between 1 and 16 MiB", c.Mapping.MaxPayload)
 	}
+}
+
+func (c *Config) validateInflux(bad badFunc) {
 	if u, err := url.Parse(c.Influx.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("influx.url", "%q is not an http:// or https:// URL", c.Influx.URL)
 	}
@@ -492,14 +555,14 @@ func (c *Config) Validate() error {
 	if c.Influx.BatchSize < 1 || c.Influx.BatchSize > 100000 {
 		bad("influx.batch_size", "%d is not between 1 and 100000", c.Influx.BatchSize)
 	}
-	positive("influx.flush_interval", c.Influx.FlushInterval)
-	positive("influx.timeout", c.Influx.Timeout)
-	positive("influx.max_retry_interval", c.Influx.MaxRetryInterval)
+	positive(bad, "influx.flush_interval", c.Influx.FlushInterval)
+	positive(bad, "influx.timeout", c.Influx.Timeout)
+	positive(bad, "influx.max_retry_interval", c.Influx.MaxRetryInterval)
+}
+
+func (c *Config) validateSpool(bad badFunc) {
 	if c.Spool.Dir == "" {
 		bad("spool.dir", "must be set")
-	}
-	if l := c.Gateway.MemoryLimit; l != 0 && (l < 8<<20 || l > 1<<40) {
-		bad("gateway.memory_limit", "%d is not 0 (off) or between 8 MiB and 1 TiB", l)
 	}
 	if c.Spool.MaxBytes < 1<<20 {
 		bad("spool.max_bytes", "%d is below 1 MiB", c.Spool.MaxBytes)
@@ -516,12 +579,17 @@ func (c *Config) Validate() error {
 	if c.DeadLetter.MaxBytes < 4096 {
 		bad("deadletter.max_bytes", "%d is below 4096", c.DeadLetter.MaxBytes)
 	}
+}
+
+func (c *Config) validateHTTP(bad badFunc) {
 	if c.HTTP.Addr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
 			bad("http.addr", "%q is not host:port", c.HTTP.Addr)
 		}
 	}
-	c.validateCommands(bad)
+}
+
+func (c *Config) validateLog(bad badFunc) {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -530,7 +598,6 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		bad("log.format", "%q is not text or json", c.Log.Format)
 	}
-	return errors.Join(errs...)
 }
 
 // validFilter checks an MQTT topic filter.
@@ -580,7 +647,7 @@ func (c *Config) MapperConfig() app.MapperConfig {
 	}
 }
 
-func (c *Config) validateCommands(bad func(key, format string, args ...any)) {
+func (c *Config) validateCommands(bad badFunc) {
 	cc := c.Commands
 	if cc.Expiry.Duration < time.Second || cc.Expiry.Duration > 24*time.Hour {
 		bad("commands.expiry", "%v is not between 1s and 24h", cc.Expiry.Duration)
@@ -605,6 +672,9 @@ func (c *Config) validateCommands(bad func(key, format string, args ...any)) {
 			bad("http.addr", "%q is not a loopback address: the command API (commands.token) is on, so it needs commands.tls_cert_file and commands.tls_key_file", c.HTTP.Addr)
 		}
 	}
+}
+
+func (c *Config) validateFleet(bad badFunc) {
 	f := c.Fleet
 	if f.MaxDevices < 1 || f.MaxDevices > 10_000_000 {
 		bad("fleet.max_devices", "%d is not between 1 and 10000000", f.MaxDevices)

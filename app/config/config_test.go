@@ -230,3 +230,52 @@ func TestLinePrecision(t *testing.T) {
 		t.Fatalf("Validate = %v, want an error naming mapping line_precision", err)
 	}
 }
+
+// The export reads the same environment table as the gateway: the
+// IOTGW_INFLUX_* variables and its own IOTGW_EXPORT_* ones.
+func TestEnvExport(t *testing.T) {
+	env := map[string]string{
+		"IOTGW_INFLUX_URL": "http://db:8086", "IOTGW_INFLUX_TOKEN": "", "IOTGW_INFLUX_ORG": "iot", "IOTGW_INFLUX_BUCKET": "sensors",
+		"IOTGW_EXPORT_BUCKET": "b", "IOTGW_EXPORT_PREFIX": "p", "IOTGW_EXPORT_DIR": "/d", "IOTGW_S3_ENDPOINT": "http://s3:9000",
+		"IOTGW_EXPORT_PART_SIZE": "6291456", "IOTGW_EXPORT_SKIP_DASHBOARDS": "true",
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	c, err := Load(write(t, "[influx]\ntoken = \"from-file\"\n"), lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Export{Bucket: "b", Prefix: "p", Dir: "/d", S3Endpoint: "http://s3:9000", PartSize: 6 << 20, SkipDashboards: true}
+	in := c.Influx
+	if in.URL != "http://db:8086" || in.Token != "" || in.Org != "iot" || in.Bucket != "sensors" || c.Export != want {
+		t.Errorf("got %+v %+v", in, c.Export)
+	}
+	env["IOTGW_EXPORT_SKIP_DASHBOARDS"] = "maybe"
+	if _, err := Load("", lookup); err == nil || !strings.Contains(err.Error(), "export.skip_dashboards") {
+		t.Errorf("bad bool: %v", err)
+	}
+}
+
+// A bad [export] value fails the gateway's validation too (run --check),
+// naming the key, while an empty bucket does not: the gateway never uploads.
+func TestValidateExport(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults without an export bucket: %v", err)
+	}
+	for _, tt := range []struct {
+		body, want string
+	}{
+		{"[export]\nprefix = \"/x/\"\n", "export.prefix"},
+		{"[export]\npart_size = 1024\n", "export.part_size"},
+		{"[export]\nmax_catch_up_days = 1000\n", "export.max_catch_up_days"},
+		{"[export]\ns3_endpoint = \"localhost:9000\"\n", "export.s3_endpoint"},
+	} {
+		c, err := Load(write(t, tt.body), noEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: got %v, want an error naming %s", tt.body, err, tt.want)
+		}
+	}
+}

@@ -56,24 +56,3 @@ func TestInfluxValidate(t *testing.T) {
 		}
 	}
 }
-
-func TestFromEnv(t *testing.T) {
-	env := map[string]string{
-		"IOTGW_INFLUX_URL": "http://db:8086", "IOTGW_INFLUX_TOKEN": "", "IOTGW_INFLUX_ORG": "iot", "IOTGW_INFLUX_BUCKET": "sensors",
-		"IOTGW_EXPORT_BUCKET": "b", "IOTGW_EXPORT_PREFIX": "p", "IOTGW_EXPORT_DIR": "/d", "IOTGW_S3_ENDPOINT": "http://s3:9000",
-		"IOTGW_EXPORT_PART_SIZE": "6291456", "IOTGW_EXPORT_SKIP_DASHBOARDS": "true",
-	}
-	in := Influx{Token: "from-file"}
-	var c Config
-	if err := FromEnv(&in, &c, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
-		t.Fatal(err)
-	}
-	want := Config{Bucket: "b", Prefix: "p", Dir: "/d", S3Endpoint: "http://s3:9000", PartSize: 6 << 20, SkipDashboards: true}
-	if in != (Influx{URL: "http://db:8086", Org: "iot", Bucket: "sensors"}) || c != want {
-		t.Errorf("got %+v %+v", in, c)
-	}
-	env["IOTGW_EXPORT_SKIP_DASHBOARDS"] = "maybe"
-	if err := FromEnv(&in, &c, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err == nil || !strings.Contains(err.Error(), "export.skip_dashboards") {
-		t.Errorf("bad bool: %v", err)
-	}
-}

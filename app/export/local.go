@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/fsync"
 )
 
 // Manifest describes one window's export. It is written last, locally and
@@ -144,7 +146,7 @@ func (lw *localWriter) commit(m *Manifest) error {
 	if _, err := f.close(); err != nil {
 		return err
 	}
-	if err := syncDir(lw.staging); err != nil {
+	if err := fsync.Dir(lw.staging); err != nil {
 		return err
 	}
 	parent, base := filepath.Split(lw.final)
@@ -162,16 +164,7 @@ func (lw *localWriter) commit(m *Manifest) error {
 	if old != "" {
 		os.RemoveAll(old)
 	}
-	return syncDir(parent)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsync.Dir(parent)
 }
 
 // countingFile is a file being written whose size and sha256 are known

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/fsync"
 )
 
 // StateName is the file in the export folder that remembers the last day
@@ -70,5 +72,5 @@ func recordDay(dir string, day time.Time) error {
 	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateName)); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return fsync.Dir(dir)
 }

@@ -91,7 +91,7 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 			stat(func(s spool.Stats) float64 { return float64(s.Dropped) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_spool_disk_free_bytes", Help: "Free space on the spool's filesystem; -1 when unknown."},
 			stat(func(s spool.Stats) float64 { return float64(s.DiskFree) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_corrupt_records_total", Help: "Damaged records cut off the spool at start."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_spool_corrupt_records_total", Help: "Damaged records skipped or cut off the spool, at start or while reading."},
 			stat(func(s spool.Stats) float64 { return float64(s.CorruptRecords) })),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -184,7 +184,7 @@ func (g *Gateway) seen(topic string, at time.Time, rejected bool) {
 
 // sweepLoop flags silent devices every fleet.sweep_interval.
 func (g *Gateway) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(g.cfg.Fleet.SweepInterval.Duration)
+	t := time.NewTicker(g.opt.SweepInterval)
 	defer t.Stop()
 	for {
 		select {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/internal/backoff"
 )
 
 // Why a session of our own rather than paho's client: the gateway only
@@ -143,27 +143,31 @@ type topicInfo struct {
 // auto-reconnect waited a fixed second first, long enough for a busy broker
 // to overflow this session's queue: mosquitto keeps 1000 messages per
 // client by default.) The backoff starts over only after a session that
-// lasted stableAfter.
+// lasted stableAfter. The waits are app/internal/backoff's: each between
+// half and all of the current step.
 func (c *client) run(ctx context.Context, closed <-chan struct{}) {
-	maxWait := nonZero(c.cfg.MaxReconnectInterval, 30*time.Second)
-	wait := firstRetry
+	bo := backoff.Backoff{Initial: firstRetry, Max: nonZero(c.cfg.MaxReconnectInterval, 30*time.Second), StableAfter: stableAfter}
 	var shortLogged time.Time
 	short := 0 // sessions ended soon after they were established, since the last warning
 	for {
 		err := c.session()
 		var de *DisconnectError
+		var floor time.Duration
 		if errors.As(err, &de) {
-			wait = max(wait, backoffFloor(de.Code))
+			floor = backoffFloor(de.Code)
 			if de.Code == packets5.DisconnectServerShuttingDown {
 				// A restart, most likely: try again soon, then back off.
-				wait = firstRetry
+				bo.Reset()
 			}
 		}
-		if c.up.Swap(false) {
-			lasted := time.Since(c.upAt)
-			if lasted >= stableAfter {
-				wait = firstRetry
-			}
+		up := c.up.Swap(false)
+		var lasted time.Duration
+		if up {
+			lasted = time.Since(c.upAt)
+			bo.Healthy(lasted)
+		}
+		wait := bo.NextAtLeast(floor)
+		if up {
 			if c.state != nil {
 				c.state(c.idx, false, err)
 			}
@@ -203,15 +207,12 @@ func (c *client) run(ctx context.Context, closed <-chan struct{}) {
 			}
 		}
 		select {
-		// Up to half again as long: sessions that failed together (a
-		// broker restart, two clients sharing an id) drift apart.
-		case <-time.After(wait + rand.N(wait/2+1)):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			return
 		case <-closed:
 			return
 		}
-		wait = min(wait*2, maxWait)
 	}
 }
 

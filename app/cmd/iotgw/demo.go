@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -99,16 +98,18 @@ func (l *latencies) percentile(p float64) time.Duration {
 }
 
 func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options, verbose bool) error {
-	logLevel := slog.LevelWarn
-	if verbose {
-		logLevel = slog.LevelInfo
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
-
 	cfg, err := config.Load("", os.LookupEnv)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	// The demo's own output is the report; the log shows problems only,
+	// unless asked for more. log.format is honoured.
+	logCfg := cfg.Log
+	logCfg.Level = "warn"
+	if verbose {
+		logCfg.Level = "info"
+	}
+	log := newLogger(os.Stderr, logCfg)
 	if os.Getenv("IOTGW_INFLUX_URL") == "" {
 		return &exitError{code: 2, err: errors.New("IOTGW_INFLUX_URL is not set: start InfluxDB first (scripts/demo.sh does)")}
 	}
@@ -149,7 +150,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	if err := cfg.Validate(); err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	g, err := gateway.New(cfg, log)
+	g, err := newGateway(cfg, log)
 	if err != nil {
 		return err
 	}

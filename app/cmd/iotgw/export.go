@@ -3,17 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"sort"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/spf13/cobra"
 
+	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/export"
 	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
@@ -46,7 +43,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in, cfg, err := loadExportConfig(configFile)
+			in, cfg, logCfg, err := loadExportConfig(configFile)
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
@@ -77,7 +74,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("cmd", "export")
+			log := newLogger(cmd.ErrOrStderr(), logCfg).With("cmd", "export")
 			e := &export.Exporter{
 				Source:  export.NewSource(in),
 				Dir:     cfg.Dir,
@@ -129,7 +126,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
 	f := cmd.Flags()
-	f.StringVar(&configFile, "config", "", "TOML config file ([influx] and [export] tables); IOTGW_* environment variables override it")
+	f.StringVar(&configFile, "config", "", "the gateway's TOML config file (the export reads [influx] and [export]); IOTGW_* environment variables override it")
 	f.StringVar(&day, "day", "", "UTC day to export, YYYY-MM-DD (default: yesterday)")
 	f.StringVar(&from, "from", "", "start of the range to export, RFC 3339 (with --to)")
 	f.StringVar(&to, "to", "", "end of the range to export, RFC 3339, exclusive (with --from)")
@@ -142,37 +139,15 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 	return cmd
 }
 
-// exportConfigFile is the part of the gateway's TOML file the export reads.
-type exportConfigFile struct {
-	Influx export.Influx `toml:"influx"`
-	Export export.Config `toml:"export"`
-}
-
-// loadExportConfig reads the file (if any), then the environment. Unknown
-// keys in [export] are errors; other tables and unknown [influx] keys belong
-// to the gateway and are left to it.
-func loadExportConfig(path string) (export.Influx, export.Config, error) {
-	var fc exportConfigFile
-	if path != "" {
-		md, err := toml.DecodeFile(path, &fc)
-		if err != nil {
-			return fc.Influx, fc.Export, fmt.Errorf("config %s: %w", path, err)
-		}
-		var unknown []string
-		for _, k := range md.Undecoded() {
-			if len(k) > 1 && k[0] == "export" {
-				unknown = append(unknown, k.String())
-			}
-		}
-		if len(unknown) > 0 {
-			sort.Strings(unknown)
-			return fc.Influx, fc.Export, fmt.Errorf("config %s: unknown key %s", path, strings.Join(unknown, ", "))
-		}
+// loadExportConfig reads gateway.toml with the gateway's own loader
+// (defaults < file < environment), so the export and `iotgw run` agree on
+// every shared value and on what an unknown key is.
+func loadExportConfig(path string) (export.Influx, export.Config, config.Log, error) {
+	c, err := config.Load(path, os.LookupEnv)
+	if err != nil {
+		return export.Influx{}, export.Config{}, config.Log{}, fmt.Errorf("config file: %w", err)
 	}
-	if err := export.FromEnv(&fc.Influx, &fc.Export, os.LookupEnv); err != nil {
-		return fc.Influx, fc.Export, err
-	}
-	return fc.Influx, fc.Export, nil
+	return export.InfluxFrom(c.Influx), c.Export, c.Log, nil
 }
 
 // exportWindows turns the flags into the windows to export.

@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iot-gateway/iot-gateway/app/config"
-	"github.com/iot-gateway/iot-gateway/app/gateway"
 	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
 
@@ -63,16 +62,6 @@ func (f *configFlags) load(cmd *cobra.Command) (config.Config, error) {
 	return cfg, nil
 }
 
-func newLogger(c config.Log) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
-}
-
 func newRunCmd() *cobra.Command {
 	var flags configFlags
 	var check bool
@@ -106,7 +95,7 @@ for profiling; it is off by default.`,
 				fmt.Fprintln(cmd.OutOrStdout(), "configuration ok")
 				return nil
 			}
-			log := newLogger(cfg.Log)
+			log := newLogger(os.Stderr, cfg.Log)
 			if os.Getenv("GOMEMLIMIT") == "" && cfg.Gateway.MemoryLimit > 0 {
 				debug.SetMemoryLimit(cfg.Gateway.MemoryLimit)
 			}
@@ -119,7 +108,7 @@ for profiling; it is off by default.`,
 					}
 				}()
 			}
-			g, err := gateway.New(cfg, log)
+			g, err := newGateway(cfg, log)
 			if err != nil {
 				return err
 			}

@@ -66,6 +66,9 @@ func TestRunCheck(t *testing.T) {
 		{"bad env", []string{"run", "--check"}, map[string]string{"IOTGW_MQTT_QOS": "7"}, 2, "mqtt.qos"},
 		{"flag wins", []string{"run", "--check", "--influx-url", "localhost"}, map[string]string{"IOTGW_INFLUX_URL": "http://ok:8086"}, 2, "influx.url"},
 		{"empty token accepted", []string{"run", "--check"}, map[string]string{"IOTGW_INFLUX_TOKEN": ""}, 0, "configuration ok"},
+		// The nightly export reads the same file: its mistakes fail here, at deploy time.
+		{"bad export value", []string{"run", "--check", "--config", write("export.toml", "[export]\nprefix = \"/exports/\"\n")}, nil, 2, "export.prefix"},
+		{"bad export env", []string{"run", "--check"}, map[string]string{"IOTGW_EXPORT_PART_SIZE": "1024"}, 2, "export.part_size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

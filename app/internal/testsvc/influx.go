@@ -2,11 +2,7 @@ package testsvc
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -42,31 +38,7 @@ func StartInflux(t testing.TB) *Influx {
 	bin := binary(t, "IOTGW_INFLUXD", "influxd", repoTools())
 	in := &Influx{t: t, bin: bin, dir: t.TempDir(), Port: FreePort(t)}
 	rpc := FreePort(t)
-	conf := fmt.Sprintf(`reporting-disabled = true
-bind-address = "127.0.0.1:%d"
-[meta]
-  dir = "%[2]s/meta"
-[data]
-  dir = "%[2]s/data"
-  wal-dir = "%[2]s/wal"
-  query-log-enabled = false
-  trace-logging-enabled = false
-[coordinator]
-  log-queries-after = "0s"
-[monitor]
-  store-enabled = false
-[continuous_queries]
-  enabled = false
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:%[3]d"
-  auth-enabled = false
-  log-enabled = false
-  flux-enabled = true
-  max-body-size = 0
-[logging]
-  level = "warn"
-`, rpc, in.dir, in.Port)
+	conf := InfluxConfig(in.dir, in.Port, rpc)
 	in.conf = filepath.Join(in.dir, "influxd.conf")
 	if err := os.WriteFile(in.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -80,21 +52,12 @@ bind-address = "127.0.0.1:%d"
 // URL is the HTTP base URL.
 func (in *Influx) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", in.Port) }
 
-// Start (re)starts influxd on the same port and data and waits for /health.
+// Start (re)starts influxd on the same port and data and waits until it
+// takes databases and writes (InfluxReady).
 func (in *Influx) Start() {
 	in.t.Helper()
-	client := &http.Client{Timeout: time.Second}
-	// /health answers before the meta store is open; a statement that
-	// reads it succeeds only once databases can be created and written.
-	healthy := func() bool {
-		resp, err := client.Get(in.URL() + "/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK && in.tryExec("SHOW DATABASES") == nil
-	}
-	in.p = launch(in.t, "influxd", filepath.Join(in.dir, "influxd.log"), 2*readyTimeout, healthy, in.bin, "-config", in.conf)
+	ready := func() bool { return InfluxReady(in.URL()) }
+	in.p = launch(in.t, "influxd", filepath.Join(in.dir, "influxd.log"), 2*readyTimeout, ready, in.bin, "-config", in.conf)
 }
 
 // Pid is the process id of the running influxd (it changes on Start).
@@ -106,43 +69,12 @@ func (in *Influx) Stop() { in.p.stop(syscall.SIGTERM) }
 // Kill stops influxd with SIGKILL.
 func (in *Influx) Kill() { in.p.stop(nil) }
 
-// exec runs an InfluxQL statement (1.8's /query) for setup only. 1.8
-// answers 200 with the error in the body when a statement fails, so the
-// body is checked.
+// exec runs an InfluxQL statement for setup only.
 func (in *Influx) exec(q string) {
 	in.t.Helper()
-	if err := in.tryExec(q); err != nil {
+	if err := InfluxExec(in.URL(), q); err != nil {
 		in.t.Fatalf("testsvc: influx %q: %v", q, err)
 	}
-}
-
-func (in *Influx) tryExec(q string) error {
-	resp, err := http.PostForm(in.URL()+"/query", url.Values{"q": {q}})
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Error   string `json:"error"`
-		Results []struct {
-			Error string `json:"error"`
-		} `json:"results"`
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s", resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return fmt.Errorf("response: %w", err)
-	}
-	if body.Error != "" {
-		return errors.New(body.Error)
-	}
-	for _, r := range body.Results {
-		if r.Error != "" {
-			return errors.New(r.Error)
-		}
-	}
-	return nil
 }
 
 // Query runs a Flux query through the v2 API (/api/v2/query) and returns
