@@ -37,6 +37,7 @@ type Config struct {
 	SessionExpiry    time.Duration `toml:"session_expiry"`
 	CloseTimeout     time.Duration `toml:"close_timeout"`
 	LogLevel         string        `toml:"log_level"`
+	LogFormat        string        `toml:"log_format"`
 	Plain            PlainConfig   `toml:"plain"`
 	TLS              TLSConfig     `toml:"tls"`
 	Auth             AuthConfig    `toml:"auth"`
@@ -87,6 +88,7 @@ func DefaultConfig() Config {
 		SessionExpiry: DefaultSessionExpiry,
 		CloseTimeout:  DefaultCloseTimeout,
 		LogLevel:      "info",
+		LogFormat:     "text",
 		Plain:         PlainConfig{Addr: "127.0.0.1:1883"},
 		TLS:           TLSConfig{Addr: ":8883", ClientAuth: "none"},
 		Auth: AuthConfig{
@@ -194,6 +196,9 @@ func (c *Config) validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return keyErr("log_level", "%v", err)
 	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return keyErr("log_format", "%q is not one of text, json", c.LogFormat)
+	}
 	if len(c.Users) == 0 && c.UsersFile == "" && !c.AllowAnonymous {
 		return keyErr("users_file", "no users_file, no [[users]] and allow_anonymous = false: no client could connect")
 	}
@@ -236,6 +241,15 @@ func parseLevel(s string) (slog.Level, error) {
 func (c Config) Level() slog.Level {
 	l, _ := parseLevel(c.LogLevel)
 	return l
+}
+
+// Logger is a logger writing to w at log_level in log_format.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.Level()}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // TLSDir is where generate_ca keeps the CA and server certificate.

@@ -48,6 +48,7 @@ func TestParseConfigErrorsNameTheKey(t *testing.T) {
 		{"zero inflight", base + gen + "max_inflight = 0\n", "max_inflight"},
 		{"short expiry", base + gen + "session_expiry = \"10ms\"\n", "session_expiry"},
 		{"log level", base + gen + "log_level = \"loud\"\n", "log_level"},
+		{"log format", base + gen + "log_format = \"xml\"\n", "log_format"},
 		{"public plain", base + "[plain]\naddr = \"0.0.0.0:1883\"\n", "plain.addr"},
 		{"plain all interfaces", base + "[plain]\naddr = \":1883\"\n", "plain.addr"},
 		{"plain no port", base + "[plain]\naddr = \"127.0.0.1\"\n", "plain.addr"},
@@ -223,5 +224,15 @@ func TestEnsureCertificatesRejectsForeignCA(t *testing.T) {
 	}
 	if _, err := EnsureCertificates(dir, nil, time.Now()); err == nil {
 		t.Fatal("mismatched CA key accepted")
+	}
+}
+
+func TestLogFormatJSON(t *testing.T) {
+	c := DefaultConfig()
+	c.LogFormat = "json"
+	var buf strings.Builder
+	c.Logger(&buf).Info("hello", "k", 1)
+	if !strings.HasPrefix(buf.String(), "{") || !strings.Contains(buf.String(), `"msg":"hello"`) {
+		t.Fatalf("log_format json wrote %q", buf.String())
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 )
 
@@ -28,7 +27,7 @@ func run(ctx context.Context, path string, logOut io.Writer, ready func(*Broker)
 	if err != nil {
 		return &ConfigError{err}
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: cfg.Level()}))
+	log := cfg.Logger(logOut)
 	opts, err := cfg.Options(log)
 	if err != nil {
 		return &ConfigError{fmt.Errorf("%s: %w", path, err)}
