@@ -377,8 +377,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	src, err := mqtt.Start(ctx, mqtt.Config{
 		URL: mc.URL, ClientID: mc.ClientID, Username: mc.Username, Password: mc.Password,
 		QoS: byte(mc.QoS), Topics: mc.Topics, LineTopics: mc.LineTopics, Connections: mc.Connections,
-		MaxPayload: g.cfg.Mapping.MaxPayload,
-		KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
+		TopicCache: g.mapper.Topics(), MaxPayload: g.cfg.Mapping.MaxPayload,
+		KeepAlive: mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
 		MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
 		CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
 		Protocol: protocol(mc.Protocol), SessionExpiry: mc.SessionExpiry.Duration,
