@@ -51,6 +51,8 @@ bind-address = "127.0.0.1:%d"
   wal-dir = "%[2]s/wal"
   query-log-enabled = false
   trace-logging-enabled = false
+  max-series-per-database = 0
+  max-values-per-tag = 0
 [coordinator]
   log-queries-after = "0s"
 [monitor]
