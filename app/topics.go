@@ -62,6 +62,11 @@ type topicGen struct {
 	slots []uint64
 	n     int // entries in slots
 	arena []byte
+	// The generation's limits. Both the table and the arena start small
+	// and grow up to them, so a few topics cost a few bytes (the live
+	// heap counts against the gateway's memory limit: every byte held
+	// makes the collector run more often).
+	arenaCap, maxEntries int
 }
 
 // Entry header: name length, prefix length (both uint16), format, flags.
@@ -178,7 +183,7 @@ func (g *topicGen) get(h uint64, name string) (Topic, bool) {
 	}
 	mask := uint64(len(g.slots) - 1)
 	tag := h >> 32
-	for i := h & mask; ; i = (i + 1) & mask {
+	for i := tag & mask; ; i = (i + 1) & mask {
 		sl := g.slots[i]
 		if sl == 0 {
 			return Topic{}, false
@@ -193,16 +198,34 @@ func (g *topicGen) get(h uint64, name string) (Topic, bool) {
 	}
 }
 
-// insert records the entry at off for hash h; there is a free slot (n is
-// kept below three quarters of the slots).
+// insert records the entry at off for hash h. The slot a tag goes to is
+// taken from the tag itself, so the table can grow without the names.
 func (g *topicGen) insert(h uint64, off uint32) {
+	if (g.n+1)*4 > len(g.slots)*3 {
+		g.grow()
+	}
+	g.slots[g.free(h>>32)] = h>>32<<32 | uint64(off+1)
+	g.n++
+}
+
+// free returns the first empty slot from tag's place on.
+func (g *topicGen) free(tag uint64) uint64 {
 	mask := uint64(len(g.slots) - 1)
-	i := h & mask
+	i := tag & mask
 	for g.slots[i] != 0 {
 		i = (i + 1) & mask
 	}
-	g.slots[i] = h>>32<<32 | uint64(off+1)
-	g.n++
+	return i
+}
+
+func (g *topicGen) grow() {
+	old := g.slots
+	g.slots = make([]uint64, max(16, 2*len(old)))
+	for _, sl := range old {
+		if sl != 0 {
+			g.slots[g.free(sl>>32)] = sl
+		}
+	}
 }
 
 // at decodes the entry at off.
@@ -225,18 +248,16 @@ func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix 
 	if len(name) > 0xffff || len(prefix) > 0xffff || need > genCap/8 {
 		return Topic{}, false
 	}
-	nslots := slotsFor(genCap)
-	if s.cur.arena == nil || len(s.cur.arena)+need > cap(s.cur.arena) || s.cur.n >= nslots/4*3 {
-		old := s.prev.slots
+	if !s.cur.fits(need) {
 		s.prev = s.cur
-		if old == nil {
-			old = make([]uint64, nslots)
-		} else {
-			clear(old) // the table holds no pointers: it can be reused
+		// An eighth of the generation's bytes for the table (8 bytes a
+		// slot, three quarters of them used at most), the rest for the
+		// arena.
+		slots := 16
+		for slots*2*8 <= genCap/8 {
+			slots *= 2
 		}
-		// A new arena, never a reused one: Topics handed out view the
-		// old one and must keep their bytes.
-		s.cur = topicGen{slots: old, arena: make([]byte, 0, genCap-nslots*8)}
+		s.cur = topicGen{arenaCap: genCap - slots*8, maxEntries: slots / 4 * 3}
 	}
 	flags := byte(0)
 	if hasPrefix {
@@ -246,14 +267,9 @@ func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix 
 	return s.cur.at(off), true
 }
 
-// slotsFor is the table size of a generation of genCap bytes: an eighth of
-// the bytes, a power of two.
-func slotsFor(genCap int) int {
-	n := 16
-	for n*2*8 <= genCap/8 {
-		n *= 2
-	}
-	return n
+// fits reports whether an entry of need bytes fits in the generation.
+func (g *topicGen) fits(need int) bool {
+	return len(g.arena)+need <= g.arenaCap && g.n < g.maxEntries
 }
 
 // putUnlocked appends an entry to the current generation if it has room
@@ -262,8 +278,15 @@ func slotsFor(genCap int) int {
 func (s *topicShard) putUnlocked(h uint64, name []byte, format byte, prefix []byte, flags byte) (uint32, bool) {
 	g := &s.cur
 	need := topicHeader + len(name) + len(prefix)
-	if g.arena == nil || len(g.arena)+need > cap(g.arena) || g.n >= len(g.slots)/4*3 {
+	if !g.fits(need) {
 		return 0, false
+	}
+	if len(g.arena)+need > cap(g.arena) {
+		// A new, larger array: entries handed out keep viewing the old
+		// one, whose bytes never change.
+		grown := make([]byte, len(g.arena), min(max(2*cap(g.arena), 1024, len(g.arena)+need), g.arenaCap))
+		copy(grown, g.arena)
+		g.arena = grown
 	}
 	off := uint32(len(g.arena))
 	g.arena = binary.LittleEndian.AppendUint16(g.arena, uint16(len(name)))

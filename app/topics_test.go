@@ -16,13 +16,16 @@ func newTestMapper(t testing.TB, cacheBytes int) *Mapper {
 }
 
 // held is what the cache's generations hold, in bytes as it counts them.
-func (c *TopicCache) held() int {
+func (c *TopicCache) held(t *testing.T) int {
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
 		for _, g := range []*topicGen{&s.cur, &s.prev} {
 			n += cap(g.arena) + len(g.slots)*8
+			if cap(g.arena) > g.arenaCap || g.n > g.maxEntries {
+				t.Errorf("a generation holds %d bytes (limit %d) and %d entries (limit %d)", cap(g.arena), g.arenaCap, g.n, g.maxEntries)
+			}
 		}
 		s.mu.Unlock()
 	}
@@ -89,7 +92,7 @@ func TestTopicCacheBoundedKeepsHot(t *testing.T) {
 			}
 		}
 	}
-	if h := c.held(); h > budget {
+	if h := c.held(t); h > budget {
 		t.Fatalf("cache holds %d bytes, budget %d", h, budget)
 	}
 	if _, ok := c.Lookup([]byte("sensors/s0/d0/env")); ok {
@@ -106,7 +109,7 @@ func TestTopicCacheBoundedKeepsHot(t *testing.T) {
 // Names whose hashes share the half kept in the table, and a full probe
 // sequence, must still be told apart.
 func TestTopicCacheHashCollision(t *testing.T) {
-	g := topicGen{slots: make([]uint64, 16), arena: make([]byte, 0, 1024)}
+	g := topicGen{arenaCap: 1024, maxEntries: 12}
 	s := &topicShard{cur: g}
 	const h = 0xabcd_0000_0000_0003 // every entry the same hash
 	for i, n := range []string{"a/b", "c/d", "e/f"} {
@@ -172,5 +175,18 @@ func BenchmarkMapperJSONFleet(b *testing.B) {
 			b.Fatal(err)
 		}
 		buf = out
+	}
+}
+
+// A few topics cost a few kilobytes, not the budget: the cache's bytes
+// are live heap, which the gateway's memory limit counts.
+func TestTopicCacheSmallFleetSmall(t *testing.T) {
+	m := newTestMapper(t, 0)
+	c := m.Topics()
+	for i := 0; i < 100; i++ {
+		c.Add([]byte(fmt.Sprintf("sensors/s1/d%d/env", i)), FormatJSON)
+	}
+	if h := c.held(t); h > 40<<10 {
+		t.Fatalf("100 topics hold %d bytes", h)
 	}
 }
