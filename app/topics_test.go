@@ -190,3 +190,34 @@ func TestTopicCacheSmallFleetSmall(t *testing.T) {
 		t.Fatalf("100 topics hold %d bytes", h)
 	}
 }
+
+// The entry a message carries is used only by the mapper whose cache made
+// it, and only for its own topic.
+func TestMapperUsesCarriedEntry(t *testing.T) {
+	m1 := newTestMapper(t, 0)
+	m2, err := NewMapper(MapperConfig{StaticTags: map[string]string{"gateway": "gw-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "sensors/s1/d1/env"
+	e := m1.Topics().Add([]byte(name), FormatJSON)
+	payload := []byte(`{"v":1,"ts":1}`)
+	for _, tc := range []struct {
+		m     *Mapper
+		topic string
+		want  string
+	}{
+		{m1, name, "env,device=d1,gateway=gw-1,site=s1 v=1 1000000\n"},
+		{m2, name, "env,device=d1,gateway=gw-2,site=s1 v=1 1000000\n"},
+		{m1, "sensors/s1/d2/env", "env,device=d2,gateway=gw-1,site=s1 v=1 1000000\n"},
+	} {
+		got, _, err := tc.m.Append(nil, Message{Topic: tc.topic, Payload: payload, Cached: e}, FormatJSON)
+		if err != nil || string(got) != tc.want {
+			t.Errorf("%s: %q, %v; want %q", tc.topic, got, err, tc.want)
+		}
+	}
+	msg := Message{Topic: name, Payload: payload, Cached: e}
+	if a := testing.AllocsPerRun(100, func() { _, _, _ = m1.Append(make([]byte, 0, 256)[:0], msg, FormatJSON) }); a > 1 {
+		t.Fatalf("%v allocations with the entry carried", a)
+	}
+}
