@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -23,6 +21,10 @@ type Message struct {
 	Topic    string
 	Payload  []byte
 	Received time.Time // when the gateway took it; the fallback timestamp
+	// Cached is what the topic cache had for Topic when the message was
+	// read (the zero Topic when it was not looked up), so that the mapper
+	// does not look it up again.
+	Cached Topic
 }
 
 // Format is how a subscription's payloads are encoded.
@@ -107,16 +109,12 @@ type Mapper struct {
 	maxPayload  int
 	precisions  []linePrecision
 
-	// prefixes caches, per topic, the escaped start of its lines
-	// ("measurement,tag=value,..."): sensors publish on a bounded set of
-	// topics, and escaping the same names for every message was a tenth
-	// of the gateway's CPU. Bounded by maxPrefixes; topics beyond it are
-	// encoded per message.
-	prefixes  sync.Map // string → []byte
-	nPrefixes atomic.Int32
+	// topics caches, per topic, the escaped start of its lines
+	// ("measurement,tag=value,..."): escaping the same names for every
+	// message was a tenth of the gateway's CPU. The broker session shares
+	// it (Topics), so a message costs one lookup.
+	topics *TopicCache
 }
-
-const maxPrefixes = 4096
 
 // MapperConfig configures a Mapper.
 type MapperConfig struct {
@@ -130,6 +128,9 @@ type MapperConfig struct {
 	StaticTags map[string]string
 	// MaxPayload bounds a payload's size in bytes; 0 means DefaultMaxPayload.
 	MaxPayload int
+	// TopicCacheBytes bounds the memory of the topic cache (Topics);
+	// 0 means DefaultTopicCacheBytes.
+	TopicCacheBytes int
 	// LinePrecision maps topic filters to the unit of the timestamps in
 	// line-protocol payloads on matching topics: "ns" (the default), "us",
 	// "ms" or "s". When several filters match, the first in sorted order wins.
@@ -270,6 +271,7 @@ func NewMapper(cfg MapperConfig) (*Mapper, error) {
 	byKey := func(a, b tagSource) int { return strings.Compare(a.key, b.key) }
 	slices.SortFunc(m.tags, byKey)
 	slices.SortFunc(m.staticOnly, byKey)
+	m.topics = NewTopicCache(m, cfg.TopicCacheBytes)
 	return m, nil
 }
 
@@ -414,40 +416,59 @@ type jsonField struct {
 	val lineprotocol.Value
 }
 
+// Topics is the mapper's topic cache, for the broker session to share.
+func (m *Mapper) Topics() *TopicCache { return m.topics }
+
+// maxStackPrefix is the longest line prefix built without an allocation.
+const maxStackPrefix = 256
+
 // linePrefix returns the escaped "measurement,tag=value,..." of a topic's
-// lines, from the cache when it can.
-func (m *Mapper) linePrefix(topic string) ([]byte, error) {
-	if p, ok := m.prefixes.Load(topic); ok {
-		return p.([]byte), nil
+// lines, from the cache when it can; buf is scratch space for one that is
+// not cached.
+func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[maxStackPrefix]byte) ([]byte, error) {
+	if cached.cache == m.topics && cached.prefix != nil && cached.Name == topic {
+		return cached.prefix, nil
 	}
-	var lv [8]string
-	meas, levels, err := m.topicValues(topic, &lv)
+	t, ok := m.topics.lookupString(topic)
+	if ok && t.prefix != nil {
+		return t.prefix, nil
+	}
+	p, err := m.buildPrefix(buf[:0], topic)
 	if err != nil {
 		return nil, err
 	}
-	var enc lineprotocol.Encoder
-	// Every name was checked by validName (the encoder's own rules) and
-	// tags are pre-sorted: skip the second check.
-	enc.SetLax(true)
-	enc.StartLine(meas)
-	for _, t := range m.tags {
-		if t.level >= 0 {
-			enc.AddTag(t.key, levels[t.level])
-		} else {
-			enc.AddTag(t.key, t.static)
-		}
-	}
-	p := enc.Bytes()
-	if m.nPrefixes.Load() < maxPrefixes {
-		if _, loaded := m.prefixes.LoadOrStore(topic, p); !loaded {
-			m.nPrefixes.Add(1)
+	if !ok {
+		if t, ok := m.topics.add(unsafe.Slice(unsafe.StringData(topic), len(topic)), format, p); ok {
+			return t.prefix, nil
 		}
 	}
 	return p, nil
 }
 
+// buildPrefix appends the escaped "measurement,tag=value,..." of topic's
+// lines to dst. Every name was checked by validName (the encoder's own
+// rules) and the tags are sorted.
+func (m *Mapper) buildPrefix(dst []byte, topic string) ([]byte, error) {
+	var lv [8]string
+	meas, levels, err := m.topicValues(topic, &lv)
+	if err != nil {
+		return nil, err
+	}
+	dst = appendName(dst, meas, false)
+	for _, t := range m.tags {
+		v := t.static
+		if t.level >= 0 {
+			v = levels[t.level]
+		}
+		dst = appendName(append(dst, ','), t.key, true)
+		dst = appendName(append(dst, '='), v, true)
+	}
+	return dst, nil
+}
+
 func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
-	prefix, err := m.linePrefix(msg.Topic)
+	var buf [maxStackPrefix]byte
+	prefix, err := m.linePrefix(msg.Topic, msg.Cached, FormatJSON, &buf)
 	if err != nil {
 		return dst, 0, err
 	}

@@ -19,6 +19,12 @@
 #   IOTGW_BENCH_CONNECTIONS=N
 #                         N > 1: the gateway drains through N broker
 #                         connections in one $share/iotgw/ subscription
+#   IOTGW_BENCH_DEVICES=N[,N...]
+#                         fleet size: one drain per count (devices-N) over N
+#                         distinct topics instead of the default run, on a
+#                         gateway that has heard from every device once (the
+#                         warm-up also creates InfluxDB's series), e.g.
+#                         100,10000,100000; 1000000 needs ~2 GB for influxd
 #   IOTGW_BENCH_GATEWAY_ENV
 #                         comma list of K=V for the gateway process only
 #                         (e.g. GOGC=50)
@@ -35,7 +41,7 @@ while getopts "pl" opt; do
 	p) profile=1 ;;
 	l) latency=1 ;;
 	*)
-		sed -n '2,27p' "$0"
+		sed -n '2,33p' "$0"
 		exit 2
 		;;
 	esac
@@ -64,7 +70,7 @@ fi
 
 echo "backlog ${IOTGW_BENCH_BACKLOG:-200000}, connections ${IOTGW_BENCH_CONNECTIONS:-1}," \
 	"spool on $([[ ${IOTGW_BENCH_SPOOL_TMPFS:-} == 1 ]] && echo tmpfs || echo disk)," \
-	"influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
+	"devices ${IOTGW_BENCH_DEVICES:-10}, influxd ${IOTGW_INFLUXD:-?}, $(nproc) cores"
 go test ./app/e2e -run '^$' -bench "$pattern" -benchtime 1x -count 1 -timeout 30m -v |
 	tee "$out/bench.txt" |
 	grep -E '^(Benchmark|    bench_test)|ok|FAIL' || true

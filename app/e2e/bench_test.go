@@ -58,20 +58,54 @@ func envInt(name string, def int) int {
 //     offline member's share for it: the backlog is split evenly over the
 //     connections' queues and each drains its own. Each connection has its
 //     own window of max_inflight_messages.
+//   - IOTGW_BENCH_DEVICES=N[,N...] spreads the backlog over N devices
+//     (distinct topics sensors/s1/d<k>/env) instead of ten, and runs one
+//     inflight-1000 drain per count (devices-N), so the cost per message
+//     at each fleet size is compared within one run. Before each drain a
+//     warm-up publishes one reading per device (field "warm", not counted)
+//     through a running gateway, so InfluxDB's series exist and the drain
+//     measures writing points, not creating series. The gateway of the
+//     drain is a new process: its per-topic caches start empty.
 func BenchmarkBacklogDrain(b *testing.B) {
 	backlog := envInt("IOTGW_BENCH_BACKLOG", 200000)
+	if fleets := envInts("IOTGW_BENCH_DEVICES"); len(fleets) > 0 {
+		for _, n := range fleets {
+			b.Run(fmt.Sprintf("devices-%d", n), func(b *testing.B) {
+				benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: backlog + 1000}, backlog, n)
+			})
+		}
+		return
+	}
 	b.Run("inflight-1000", func(b *testing.B) {
-		benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: backlog + 1000}, backlog)
+		benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 1000, MaxQueued: backlog + 1000}, backlog, 0)
 	})
 	// mosquitto's default window of 20 in flight; only the queue is raised
 	// so that the (smaller) backlog fits.
 	small := max(backlog/4, 1)
 	b.Run("inflight-20", func(b *testing.B) {
-		benchDrain(b, testsvc.MosquittoOptions{MaxQueued: small + 1000}, small)
+		benchDrain(b, testsvc.MosquittoOptions{MaxQueued: small + 1000}, small, 0)
 	})
 }
 
-func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
+// envInts reads a comma-separated list of positive integers ("" is none).
+func envInts(name string) []int {
+	var out []int
+	for _, f := range strings.Split(os.Getenv(name), ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			panic(fmt.Sprintf("%s: %q is not a positive integer", name, f))
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// benchDrain drains backlog readings from devices devices (0: the ten of
+// reading, without a warm-up).
+func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog, devices int) {
 	var extra []string
 	spoolOn := "disk"
 	if os.Getenv("IOTGW_BENCH_SPOOL_TMPFS") == "1" {
@@ -84,7 +118,7 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 		// Config requires $share/ filters with more than one connection.
 		extra = append(extra, "IOTGW_MQTT_CONNECTIONS="+strconv.Itoa(conns), "IOTGW_MQTT_TOPICS=$share/iotgw/sensors/#")
 	}
-	b.Logf("gateway: %d broker connection(s), spool on %s", conns, spoolOn)
+	b.Logf("gateway: %d broker connection(s), spool on %s, %d devices", conns, spoolOn, max(devices, 10))
 	in := testsvc.StartInflux(b)
 	mq := testsvc.StartMosquitto(b, opts)
 	profile := os.Getenv("IOTGW_BENCH_CPUPROFILE")
@@ -103,8 +137,28 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 	g := newGateway(b, mq.URL(), in.URL(), extra...)
 	g.start() // creates the persistent session(s), one per connection
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
-	g.stop(syscall.SIGTERM)
 	pub := newPublisher(b, mq.URL())
+	pub.devices = devices
+	if devices > 0 {
+		warmStart := time.Now()
+		pub.field = "warm"
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		err := pub.publish(ctx, 0, devices, 0)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		g.waitFor("warm-up written", 30*time.Minute, func() bool {
+			return g.metric("iotgw_points_written_total") >= float64(devices)
+		})
+		pub.field = ""
+		b.Logf("warm-up: %d series written in %s; influxd RSS %.0f MB, gateway RSS %.1f MB", devices,
+			time.Since(warmStart).Round(time.Millisecond), float64(procStatus(in.Pid(), "VmRSS:"))/1e6,
+			float64(procStatus(g.pid(), "VmRSS:"))/1e6)
+		runningDrain(b, g, pub, in, mq.Pid(), backlog, devices, pprofAddr, profile)
+		return
+	}
+	g.stop(syscall.SIGTERM)
 	base := pub.base
 
 	var elapsed time.Duration
@@ -189,6 +243,112 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog int) {
 	want := int64(b.N * backlog)
 	if c, err := in.Count("env", "v"); err != nil || c != want {
 		b.Fatalf("InfluxDB has %d points (%v), want exactly %d", c, err, want)
+	}
+	b.ReportMetric(float64(want)/elapsed.Seconds(), "msg/s")
+	b.ReportMetric(float64(peak)/1e6, "peakRSS_MB")
+	b.ReportMetric(float64(peakAnon)/1e6, "peakAnon_MB")
+	if cpuOK {
+		b.ReportMetric(perMsg(gwCPU, int(want)), "gw_cpu_us/msg")
+		b.ReportMetric(perMsg(mqCPU, int(want)), "mosquitto_cpu_us/msg")
+		b.ReportMetric(perMsg(inCPU, int(want)), "influxd_cpu_us/msg")
+	}
+}
+
+// runningDrain is the drain of a gateway that has been running: the
+// gateway of the warm-up, which has heard from every device once, is
+// stopped with SIGSTOP (its connection stays open; mosquitto queues for
+// it) while the backlog is published, and resumed with SIGCONT. CPU time is
+// what each process used from the resumption to the last point written,
+// and the gateway's peak RSS is reset (clear_refs) just before, so both
+// are the drain's alone and a large fleet's first sight of its devices
+// (the warm-up) is not in them.
+func runningDrain(b *testing.B, g *gw, pub *publisher, in *testsvc.Influx, mqPid, backlog, devices int, pprofAddr, profile string) {
+	base := pub.base
+	inPid := in.Pid()
+	var elapsed time.Duration
+	var peak, peakAnon int64
+	var gwCPU, mqCPU, inCPU time.Duration
+	cpuOK := true
+	b.StopTimer()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		pub.base = base + int64((i+1)*backlog)
+		if err := g.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		pubStart := time.Now()
+		err := pub.publish(ctx, 0, backlog, 0)
+		cancel()
+		if err != nil {
+			_ = g.cmd.Process.Signal(syscall.SIGCONT)
+			b.Fatal(err)
+		}
+		b.Logf("backlog of %d published in %s (gateway stopped)", backlog, time.Since(pubStart).Round(time.Millisecond))
+		// "5" resets the peak RSS (VmHWM) to the current RSS.
+		_ = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", g.pid()), []byte("5"), 0)
+		gw0, ok0 := cpuTime(g.pid())
+		mq0, ok1 := cpuTime(mqPid)
+		in0, ok2 := cpuTime(inPid)
+		b.StartTimer()
+		start := time.Now()
+		if err := g.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			b.Fatal(err)
+		}
+		var profDone chan error
+		if profile != "" && i == 0 {
+			profDone = make(chan error, 1)
+			go func() { profDone <- fetchProfile(pprofAddr, profile+"."+filepath.Base(b.Name())) }()
+		}
+		anonDone := make(chan int64)
+		stopAnon := make(chan struct{})
+		go func() {
+			var hi int64
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			for {
+				hi = max(hi, procStatus(g.pid(), "RssAnon:"))
+				select {
+				case <-t.C:
+				case <-stopAnon:
+					anonDone <- hi
+					return
+				}
+			}
+		}()
+		want := float64(devices + (i+1)*backlog)
+		g.waitFor("backlog drained", 10*time.Minute, func() bool {
+			return g.metric("iotgw_points_written_total") >= want
+		})
+		d := time.Since(start)
+		b.StopTimer()
+		close(stopAnon)
+		peakAnon = max(peakAnon, <-anonDone)
+		gw1, ok3 := cpuTime(g.pid())
+		mq1, ok4 := cpuTime(mqPid)
+		in1, ok5 := cpuTime(inPid)
+		elapsed += d
+		peak = max(peak, vmHWM(g.pid()))
+		cpu := ""
+		if ok0 && ok1 && ok2 && ok3 && ok4 && ok5 {
+			gwCPU, mqCPU, inCPU = gwCPU+gw1-gw0, mqCPU+mq1-mq0, inCPU+in1-in0
+			cpu = fmt.Sprintf("; CPU per msg: gateway %.2f µs, mosquitto %.2f µs, influxd %.2f µs (in all %s, %s, %s)",
+				perMsg(gw1-gw0, backlog), perMsg(mq1-mq0, backlog), perMsg(in1-in0, backlog),
+				gw1-gw0, mq1-mq0, in1-in0)
+		} else {
+			cpuOK = false
+		}
+		if profDone != nil {
+			if err := <-profDone; err != nil {
+				b.Errorf("cpu profile: %v", err)
+			}
+		}
+		b.Logf("drained %d from %d devices in %s (%.0f msg/s), peak RSS %.1f MB (anonymous %.1f MB)%s", backlog, devices,
+			d.Round(time.Millisecond), float64(backlog)/d.Seconds(), float64(peak)/1e6, float64(peakAnon)/1e6, cpu)
+	}
+	want := int64(b.N * backlog)
+	if c, err := in.Count("env", "v"); err != nil || c != want {
+		b.Fatalf("InfluxDB has %d points of v (%v), want exactly %d", c, err, want)
 	}
 	b.ReportMetric(float64(want)/elapsed.Seconds(), "msg/s")
 	b.ReportMetric(float64(peak)/1e6, "peakRSS_MB")
@@ -330,19 +490,7 @@ func BenchmarkLatencyUnderLoad(b *testing.B) {
 		for end, k := time.Now().Add(dur), 0; time.Now().Before(end); k++ {
 			seq := i*1_000_000 + k
 			sent := time.Now()
-			probe.publishRaw(b, "sensors/s1/probe/probe", []byte(fmt.Sprintf(`{"ts":%d,"seq":%d}`, sent.UnixMilli(), seq)))
-			for {
-				rows, err := in.Query(fmt.Sprintf(`from(bucket: %q) |> range(start: -10m)
-				  |> filter(fn: (r) => r._measurement == "probe" and r._field == "seq" and r._value == %d.0)`, testsvc.Bucket, seq))
-				if err == nil && len(rows) > 0 {
-					break
-				}
-				if time.Since(sent) > 30*time.Second {
-					b.Fatalf("probe %d not queryable after 30s", seq)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			samples = append(samples, time.Since(sent))
+			samples = append(samples, probeLatency(b, probe, in, seq))
 			time.Sleep(time.Until(sent.Add(200 * time.Millisecond)))
 		}
 		b.StopTimer()
@@ -356,4 +504,24 @@ func BenchmarkLatencyUnderLoad(b *testing.B) {
 	b.ReportMetric(float64(q(0.5).Microseconds())/1000, "p50_ms")
 	b.ReportMetric(float64(q(0.99).Microseconds())/1000, "p99_ms")
 	b.ReportMetric(float64(samples[len(samples)-1].Microseconds())/1000, "max_ms")
+}
+
+// probeLatency publishes probe reading seq and returns how long it took to
+// be returned by a Flux query (polled every 10 ms, so up to that much
+// plus one query is included).
+func probeLatency(b *testing.B, probe *publisher, in *testsvc.Influx, seq int) time.Duration {
+	b.Helper()
+	sent := time.Now()
+	probe.publishRaw(b, "sensors/s1/probe/probe", []byte(fmt.Sprintf(`{"ts":%d,"seq":%d}`, sent.UnixMilli(), seq)))
+	for {
+		rows, err := in.Query(fmt.Sprintf(`from(bucket: %q) |> range(start: -10m)
+		  |> filter(fn: (r) => r._measurement == "probe" and r._field == "seq" and r._value == %d.0)`, testsvc.Bucket, seq))
+		if err == nil && len(rows) > 0 {
+			return time.Since(sent)
+		}
+		if time.Since(sent) > 30*time.Second {
+			b.Fatalf("probe %d not queryable after 30s", seq)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

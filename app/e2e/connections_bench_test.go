@@ -28,7 +28,7 @@ func BenchmarkConnections(b *testing.B) {
 			b.Run(fmt.Sprintf("connections-%d/mqtt-%s", n, proto), func(b *testing.B) {
 				b.Setenv("IOTGW_BENCH_CONNECTIONS", strconv.Itoa(n))
 				b.Setenv("IOTGW_BENCH_GATEWAY_ENV", "IOTGW_MQTT_PROTOCOL="+proto)
-				benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 100, MaxQueued: backlog + 1000}, backlog)
+				benchDrain(b, testsvc.MosquittoOptions{MaxInflight: 100, MaxQueued: backlog + 1000}, backlog, 0)
 			})
 		}
 	}

@@ -227,8 +227,11 @@ func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool,
 type publisher struct {
 	client paho.Client
 	base   int64 // unix ms of reading 0
-	// make builds reading i; nil means reading (ten devices).
-	make  func(base int64, i int) (string, []byte)
+	// devices spreads the readings over this many devices (topics); 0
+	// means the ten of reading.
+	devices int
+	// field is the JSON field of each reading; "" means "v".
+	field string
 	mu    sync.Mutex
 	acked int
 }
@@ -251,6 +254,19 @@ func newPublisher(t testing.TB, url string) *publisher {
 // topic and payload of reading i; devices d0..d9 on site s1.
 func reading(base int64, i int) (string, []byte) {
 	return fmt.Sprintf("sensors/s1/d%d/env", i%10), []byte(fmt.Sprintf(`{"ts":%d,"v":%d,"ok":true}`, base+int64(i), i))
+}
+
+// reading returns reading i of this publisher's fleet: as the function
+// reading, over p.devices devices and with field p.field.
+func (p *publisher) reading(i int) (string, []byte) {
+	if p.devices == 0 && p.field == "" {
+		return reading(p.base, i)
+	}
+	devices, field := max(p.devices, 1), p.field
+	if field == "" {
+		field = "v"
+	}
+	return fmt.Sprintf("sensors/s1/d%d/env", i%devices), []byte(fmt.Sprintf(`{"ts":%d,%q:%d,"ok":true}`, p.base+int64(i), field, i))
 }
 
 // publish sends readings [from, to) at about rate per second (0 = as fast
@@ -285,11 +301,7 @@ func (p *publisher) publish(ctx context.Context, from, to int, rate int) error {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			mk := p.make
-			if mk == nil {
-				mk = reading
-			}
-			topic, payload := mk(p.base, i)
+			topic, payload := p.reading(i)
 			for ctx.Err() == nil {
 				tok := p.client.Publish(topic, 1, false, payload)
 				if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {

@@ -29,10 +29,7 @@ func BenchmarkSoak(b *testing.B) {
 	g.start()
 	g.waitFor("ready", 30*time.Second, func() bool { ok, _ := g.ready(); return ok })
 	pub := newPublisher(b, mq.URL())
-	pub.make = func(base int64, i int) (string, []byte) {
-		d := i % devices
-		return fmt.Sprintf("sensors/s%d/d%d/env", d%100, d), []byte(fmt.Sprintf(`{"ts":%d,"v":%d}`, base+int64(i), i))
-	}
+	pub.devices = devices
 	probe := newPublisher(b, mq.URL())
 	n := rate * int(dur/time.Second)
 	pub.base = time.Now().Add(-24 * time.Hour).UnixMilli()
@@ -58,19 +55,7 @@ func BenchmarkSoak(b *testing.B) {
 			nextRSS = now.Add(time.Minute)
 		}
 		sent := time.Now()
-		probe.publishRaw(b, "sensors/s1/probe/probe", []byte(fmt.Sprintf(`{"ts":%d,"seq":%d}`, sent.UnixMilli(), seq)))
-		for {
-			rows, err := in.Query(fmt.Sprintf(`from(bucket: %q) |> range(start: -10m)
-			  |> filter(fn: (r) => r._measurement == "probe" and r._field == "seq" and r._value == %d.0)`, testsvc.Bucket, seq))
-			if err == nil && len(rows) > 0 {
-				break
-			}
-			if time.Since(sent) > 30*time.Second {
-				b.Fatalf("probe %d not queryable after 30s", seq)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		samples = append(samples, time.Since(sent))
+		samples = append(samples, probeLatency(b, probe, in, seq))
 		time.Sleep(time.Until(sent.Add(500 * time.Millisecond)))
 	}
 	if err := <-loadDone; err != nil {

@@ -6,6 +6,7 @@
 package fleet
 
 import (
+	"hash/maphash"
 	"math"
 	"slices"
 	"strings"
@@ -38,6 +39,8 @@ type device struct {
 	interval float32 // smoothed seconds between messages
 	messages uint32
 	rejected uint32
+	idOff    uint32 // the id is ids[idOff:idOff+idLen]
+	idLen    uint16
 	silent   bool
 }
 
@@ -49,17 +52,24 @@ const minSamples = 3
 type Watch struct {
 	opts Options
 
-	mu        sync.Mutex
-	index     map[string]int32
+	mu sync.Mutex
+	// index finds a device by the hash of its id. Neither it nor ids nor
+	// devices holds a pointer, so a large fleet gives the garbage
+	// collector nothing to scan: with string keys, the map's hundred
+	// thousand pointers were scanned at every collection, a cost every
+	// message paid.
+	index map[uint64]int32
+	// collide holds the ids whose hash an earlier id has (rare).
+	collide   map[string]int32
+	seed      maphash.Seed
+	ids       []byte // every tracked id, back to back
 	devices   []device
-	arena     []byte // holds the map's key bytes; chunks are never moved
 	silent    int
 	untracked uint64
 }
 
-// arenaChunk is the size of each block device names are copied into, so a
-// name costs its bytes and not an allocation of its own.
-const arenaChunk = 64 << 10
+// maxIDLen is the longest id tracked; longer ones are counted as untracked.
+const maxIDLen = 0xffff
 
 // New returns an empty Watch.
 func New(o Options) *Watch {
@@ -72,7 +82,42 @@ func New(o Options) *Watch {
 	if o.MinSilence <= 0 {
 		o.MinSilence = DefaultMinSilence
 	}
-	return &Watch{opts: o, index: map[string]int32{}}
+	return &Watch{opts: o, index: map[uint64]int32{}, seed: maphash.MakeSeed()}
+}
+
+// id returns device i's id, viewing w.ids (whose bytes never change; a
+// view outlives a reallocation of w.ids).
+func (w *Watch) id(i int32) string {
+	d := &w.devices[i]
+	return unsafe.String(unsafe.SliceData(w.ids[d.idOff:]), int(d.idLen))
+}
+
+// find returns the index of device id; w.mu is held.
+func (w *Watch) find(h uint64, id string) (int32, bool) {
+	if i, ok := w.index[h]; ok && w.id(i) == id {
+		return i, true
+	}
+	if w.collide != nil {
+		i, ok := w.collide[id]
+		return i, ok
+	}
+	return 0, false
+}
+
+// add tracks a new device; w.mu is held.
+func (w *Watch) add(h uint64, id string, now int64) int32 {
+	i := int32(len(w.devices))
+	w.devices = append(w.devices, device{last: now, idOff: uint32(len(w.ids)), idLen: uint16(len(id))})
+	w.ids = append(w.ids, id...)
+	if _, taken := w.index[h]; taken {
+		if w.collide == nil {
+			w.collide = map[string]int32{}
+		}
+		w.collide[strings.Clone(id)] = i
+	} else {
+		w.index[h] = i
+	}
+	return i
 }
 
 // Seen records a message from the device at time at. id may point into a
@@ -84,17 +129,16 @@ func (w *Watch) Rejected(id string, at time.Time) { w.record(id, at, true) }
 
 func (w *Watch) record(id string, at time.Time, rejected bool) {
 	now := at.UnixNano()
+	h := maphash.String(w.seed, id)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	i, ok := w.index[id]
+	i, ok := w.find(h, id)
 	if !ok {
-		if len(w.devices) >= w.opts.MaxDevices {
+		if len(w.devices) >= w.opts.MaxDevices || len(id) > maxIDLen || uint64(len(w.ids)+len(id)) > math.MaxUint32 {
 			w.untracked++
 			return
 		}
-		i = int32(len(w.devices))
-		w.index[w.intern(id)] = i
-		w.devices = append(w.devices, device{last: now})
+		i = w.add(h, id, now)
 	}
 	d := &w.devices[i]
 	if d.messages > 0 && now > d.last {
@@ -116,20 +160,6 @@ func (w *Watch) record(id string, at time.Time, rejected bool) {
 		d.silent = false
 		w.silent--
 	}
-}
-
-// intern copies id into the arena and returns a string over the copy.
-func (w *Watch) intern(id string) string {
-	if len(id) > arenaChunk/4 {
-		return strings.Clone(id)
-	}
-	if cap(w.arena)-len(w.arena) < len(id) {
-		w.arena = make([]byte, 0, arenaChunk)
-	}
-	start := len(w.arena)
-	w.arena = append(w.arena, id...)
-	b := w.arena[start:len(w.arena):len(w.arena)]
-	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // silenceAfter is how long device d may be quiet before it is silent.
@@ -160,9 +190,10 @@ func (w *Watch) Sweep(now time.Time) int {
 
 // Known reports whether the device has been heard from (and is tracked).
 func (w *Watch) Known(id string) bool {
+	h := maphash.String(w.seed, id)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, ok := w.index[id]
+	_, ok := w.find(h, id)
 	return ok
 }
 
@@ -214,7 +245,8 @@ func (w *Watch) List(match string, limit int) []Device {
 	}
 	picked := make([]entry, 0, min(limit, 1024))
 	w.mu.Lock()
-	for id, i := range w.index {
+	for i := range w.devices {
+		id := w.id(int32(i))
 		if match != "" && !strings.Contains(id, match) {
 			continue
 		}

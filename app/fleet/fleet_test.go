@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -192,5 +193,29 @@ func TestListKeepsTheBest(t *testing.T) {
 	}
 	if got := w.List("d01", 5); len(got) != 5 || !strings.Contains(got[0].ID, "d01") {
 		t.Errorf("List(d01, 5) = %v", got)
+	}
+}
+
+// Two ids with the same hash are still two devices.
+func TestHashCollision(t *testing.T) {
+	w := New(Options{})
+	at := time.Unix(1000, 0)
+	w.Seen("s1/a", at)
+	// Make "s1/b" hash to where "s1/a" is.
+	w.index[maphash.String(w.seed, "s1/b")] = w.index[maphash.String(w.seed, "s1/a")]
+	w.Seen("s1/b", at)
+	w.Seen("s1/b", at.Add(time.Second))
+	if st := w.Stats(); st.Devices != 2 {
+		t.Fatalf("%d devices, want 2", st.Devices)
+	}
+	if !w.Known("s1/a") || !w.Known("s1/b") || w.Known("s1/c") {
+		t.Fatal("Known is wrong after a collision")
+	}
+	got := map[string]uint32{}
+	for _, d := range w.List("", 10) {
+		got[d.ID] = d.Messages
+	}
+	if got["s1/a"] != 1 || got["s1/b"] != 2 {
+		t.Fatalf("messages per device %v, want s1/a 1 and s1/b 2", got)
 	}
 }

@@ -289,6 +289,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// connections: the appender fsyncs what arrived during the last fsync,
 	// so a larger window would only wait in the inbox.
 	mc.ReceiveMaximum = max(maxGroup/max(mc.Connections, 1), 1)
+	mc.TopicCache = g.mapper.Topics()
 	mc.ExpectSession = g.hadSession()
 	mc.SessionLost = func(int) { g.m.sessionsLost.Inc() }
 	src, err := g.opt.Connect(ctx, mc, g.handle, g.onState, g.log)

@@ -94,7 +94,9 @@ type deadRing struct {
 const excerptBytes = 200
 
 func (r *deadRing) add(at time.Time, topic, reason string, cause error, payload []byte) {
-	e := DeadLetter{Time: at.UTC(), Topic: topic, Reason: reason, Size: len(payload)}
+	// The topic is copied: the name a message carries views the topic
+	// cache's memory, which a kept string would hold on to.
+	e := DeadLetter{Time: at.UTC(), Topic: strings.Clone(topic), Reason: reason, Size: len(payload)}
 	if cause != nil {
 		e.Error = cause.Error()
 		if len(e.Error) > 300 {

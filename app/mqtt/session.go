@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	packets5 "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -50,9 +51,6 @@ const (
 	// writeTimeout bounds one flush to the broker; a broker that stops
 	// reading ends the session.
 	writeTimeout = 10 * time.Second
-	// maxTopics bounds the cache of topic names (interned strings and
-	// their payload format); topics beyond it are allocated per message.
-	maxTopics = 4096
 )
 
 // Ack acknowledges one message to the broker. The zero Ack (a QoS 0
@@ -129,13 +127,10 @@ type client struct {
 	closed bool
 
 	// read loop only
-	topics  map[string]topicInfo
 	scratch []byte
-}
-
-type topicInfo struct {
-	name   string
-	format app.Format
+	// topics is shared by the Source's connections (and, in the gateway,
+	// with the mapper).
+	topics *app.TopicCache
 }
 
 // run holds a session open, reconnecting after a drop: first after 50 ms,
@@ -550,7 +545,7 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 	}
 	t := c.topic(p.topic)
 	c.inCall.Store(true)
-	c.h(Message{Message: app.Message{Topic: t.name, Payload: p.payload, Received: time.Now()}, Props: Properties{raw: p.props}}, t.format, ack)
+	c.h(Message{Message: app.Message{Topic: t.Name, Payload: p.payload, Received: time.Now(), Cached: t}, Props: Properties{raw: p.props}}, t.Format, ack)
 	// Packets that arrived while the handler held the read loop are read
 	// only after it returns. Count the return as progress, before clearing
 	// inCall: keepAlive loads inCall first, so it sees either the call or
@@ -617,18 +612,14 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 	return b, nil
 }
 
-// topic returns the interned name and payload format of a topic; sensors
-// publish on a bounded set of topics, so most messages allocate nothing.
-func (c *client) topic(b []byte) topicInfo {
-	if t, ok := c.topics[string(b)]; ok {
+// topic returns the interned name and payload format of a topic from the
+// shared topic cache, so a message from a topic heard from recently
+// allocates nothing.
+func (c *client) topic(b []byte) app.Topic {
+	if t, ok := c.topics.Lookup(b); ok && t.Format != "" {
 		return t
 	}
-	name := string(b)
-	t := topicInfo{name: name, format: routeFormat(c.lines, name)}
-	if len(c.topics) < maxTopics {
-		c.topics[name] = t
-	}
-	return t
+	return c.topics.Add(b, routeFormat(c.lines, unsafe.String(unsafe.SliceData(b), len(b))))
 }
 
 // keepAlive looks at the connection every half interval. It sends PINGREQ

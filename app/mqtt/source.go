@@ -29,7 +29,11 @@ type Config struct {
 	QoS                byte
 	Topics             []string // JSON payloads
 	LineTopics         []string // line-protocol payloads
-	Connections        int      // >1: one client per connection, ids suffixed -1, -2, ...
+	// TopicCache keeps each topic's interned name and payload format; the
+	// gateway passes its mapper's (app.Mapper.Topics), so one lookup per
+	// message serves both. nil: the Source makes its own.
+	TopicCache  *app.TopicCache
+	Connections int // >1: one client per connection, ids suffixed -1, -2, ...
 	// Protocol is V5 (MQTT 5) or V311 (MQTT 3.1.1, also for 0).
 	Protocol byte
 	// SessionExpiry is how long an MQTT 5 broker keeps the session (the
@@ -136,6 +140,10 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 	for _, t := range cfg.LineTopics {
 		filters, qos, lines = append(filters, t), append(qos, cfg.QoS), append(lines, t)
 	}
+	topics := cfg.TopicCache
+	if topics == nil {
+		topics = app.NewTopicCache(nil, 0)
+	}
 	s := &Source{closed: make(chan struct{})}
 	for i := 0; i < cfg.Connections; i++ {
 		id := cfg.ClientID
@@ -144,7 +152,7 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 		}
 		s.clients = append(s.clients, &client{idx: i, id: id, version: version, url: u, cfg: cfg, tc: tc, expectSession: cfg.ExpectSession,
 			filters: filters, qos: qos, lines: lines, h: h, state: state, log: log,
-			topics: map[string]topicInfo{}})
+			topics: topics})
 	}
 	for _, c := range s.clients {
 		s.wg.Add(1)

@@ -25,6 +25,8 @@ bind-address = "127.0.0.1:%d"
   dir = "%[2]s/data"
   wal-dir = "%[2]s/wal"
   query-log-enabled = false
+  max-series-per-database = 0
+  max-values-per-tag = 0
   trace-logging-enabled = false
 [coordinator]
   log-queries-after = "0s"

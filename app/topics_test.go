@@ -1,0 +1,223 @@
+package app
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+)
+
+func newTestMapper(t testing.TB, cacheBytes int) *Mapper {
+	t.Helper()
+	m, err := NewMapper(MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}, TopicCacheBytes: cacheBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// held is what the cache's generations hold, in bytes as it counts them.
+func (c *TopicCache) held(t *testing.T) int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for _, g := range []*topicGen{&s.cur, &s.prev} {
+			n += cap(g.arena) + len(g.slots)*8
+			if cap(g.arena) > g.arenaCap || g.n > g.maxEntries {
+				t.Errorf("a generation holds %d bytes (limit %d) and %d entries (limit %d)", cap(g.arena), g.arenaCap, g.n, g.maxEntries)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+func TestTopicCacheLookup(t *testing.T) {
+	m := newTestMapper(t, 0)
+	c := m.Topics()
+	name := []byte("sensors/s1/d1/env")
+	if _, ok := c.Lookup(name); ok {
+		t.Fatal("found before it was added")
+	}
+	added := c.Add(name, FormatLine)
+	name[0] = 'X' // the cache must hold its own copy
+	got, ok := c.Lookup([]byte("sensors/s1/d1/env"))
+	if !ok || got.Name != "sensors/s1/d1/env" || got.Format != FormatLine || added.Name != got.Name {
+		t.Fatalf("Lookup = %+v, %v; Add returned %+v", got, ok, added)
+	}
+	if string(got.prefix) != "env,device=d1,gateway=gw-1,site=s1" {
+		t.Fatalf("prefix %q", got.prefix)
+	}
+	key := []byte("sensors/s1/d1/env")
+	if a := testing.AllocsPerRun(100, func() { c.Lookup(key) }); a != 0 {
+		t.Fatalf("Lookup of a cached topic: %v allocations", a)
+	}
+	// A topic the pattern refuses is cached without a prefix; the mapper
+	// still reports why.
+	bad := c.Add([]byte("other/x"), FormatJSON)
+	if bad.Name != "other/x" || bad.prefix != nil {
+		t.Fatalf("bad topic cached as %+v", bad)
+	}
+	if _, _, err := m.Append(nil, Message{Topic: "other/x", Payload: []byte(`{"v":1}`)}, FormatJSON); err == nil {
+		t.Fatal("a topic that does not match the pattern was mapped")
+	}
+}
+
+// A fleet far larger than the cache: memory stays within the budget, the
+// names handed out stay intact, a topic heard from all the time stays
+// cached, and every message still maps to the right line.
+func TestTopicCacheBoundedKeepsHot(t *testing.T) {
+	const budget = MinTopicCacheBytes
+	m := newTestMapper(t, budget)
+	c := m.Topics()
+	hot := []byte("sensors/s1/hot/env")
+	c.Add(hot, FormatJSON)
+	var kept []Topic
+	for i := 0; i < 200_000; i++ {
+		name := fmt.Sprintf("sensors/s%d/d%d/env", i%7, i)
+		tp := c.Add([]byte(name), FormatJSON)
+		if i%20_000 == 0 {
+			kept = append(kept, tp)
+		}
+		if i%100 == 0 {
+			if _, ok := c.Lookup(hot); !ok {
+				t.Fatalf("hot topic evicted after %d others", i)
+			}
+		}
+		if i%1000 == 0 {
+			line, _, err := m.Append(nil, Message{Topic: name, Payload: []byte(`{"v":1,"ts":1}`)}, FormatJSON)
+			want := fmt.Sprintf("env,device=d%d,gateway=gw-1,site=s%d v=1 1000000\n", i, i%7)
+			if err != nil || string(line) != want {
+				t.Fatalf("topic %d: %q, %v; want %q", i, line, err, want)
+			}
+		}
+	}
+	if h := c.held(t); h > budget {
+		t.Fatalf("cache holds %d bytes, budget %d", h, budget)
+	}
+	if _, ok := c.Lookup([]byte("sensors/s0/d0/env")); ok {
+		t.Fatal("a topic heard from once, 200k topics ago, is still cached")
+	}
+	for k, tp := range kept {
+		i := k * 20_000
+		if want := fmt.Sprintf("sensors/s%d/d%d/env", i%7, i); tp.Name != want {
+			t.Fatalf("name handed out changed to %q, want %q", tp.Name, want)
+		}
+	}
+}
+
+// Names whose hashes share the half kept in the table, and a full probe
+// sequence, must still be told apart.
+func TestTopicCacheHashCollision(t *testing.T) {
+	g := topicGen{arenaCap: 1024, maxEntries: 12}
+	s := &topicShard{cur: g}
+	const h = 0xabcd_0000_0000_0003 // every entry the same hash
+	for i, n := range []string{"a/b", "c/d", "e/f"} {
+		s.putUnlocked(h, []byte(n), formatByte(FormatJSON), nil, 0)
+		if s.cur.n != i+1 {
+			t.Fatalf("%d entries after %d inserts", s.cur.n, i+1)
+		}
+	}
+	for _, n := range []string{"a/b", "c/d", "e/f"} {
+		if got, ok := s.cur.get(h, n); !ok || got.Name != n {
+			t.Fatalf("get(%q) = %+v, %v", n, got, ok)
+		}
+	}
+	if got, ok := s.cur.get(h, "x/y"); ok {
+		t.Fatalf("x/y found as %q", got.Name)
+	}
+}
+
+func TestTopicCacheConcurrent(t *testing.T) {
+	m := newTestMapper(t, MinTopicCacheBytes)
+	c := m.Topics()
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20_000; i++ {
+				name := fmt.Sprintf("sensors/s1/d%d/env", (i*7+g)%5000)
+				tp, ok := c.Lookup([]byte(name))
+				if !ok {
+					tp = c.Add([]byte(name), FormatJSON)
+				}
+				if tp.Name != name {
+					t.Errorf("got %q for %q", tp.Name, name)
+					return
+				}
+				if _, _, err := m.Append(nil, Message{Topic: name, Payload: []byte(`{"v":1}`)}, FormatJSON); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkMapperJSONFleet maps messages from a fleet larger than the topic
+// cache, each topic heard from once a round: the cost of a miss.
+func BenchmarkMapperJSONFleet(b *testing.B) {
+	m := newTestMapper(b, 0)
+	const fleet = 1_000_000
+	topics := make([]string, fleet)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("sensors/s1/d%d/env", i)
+	}
+	payload := []byte(`{"ts":1700000000000,"t":21.5,"h":40.1,"p":1013.2,"ok":true,"id":"x"}`)
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		out, _, err := m.Append(buf[:0], Message{Topic: topics[i%fleet], Payload: payload}, FormatJSON)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf = out
+	}
+}
+
+// A few topics cost a few kilobytes, not the budget: the cache's bytes
+// are live heap, which the gateway's memory limit counts.
+func TestTopicCacheSmallFleetSmall(t *testing.T) {
+	m := newTestMapper(t, 0)
+	c := m.Topics()
+	for i := 0; i < 100; i++ {
+		c.Add([]byte(fmt.Sprintf("sensors/s1/d%d/env", i)), FormatJSON)
+	}
+	if h := c.held(t); h > 40<<10 {
+		t.Fatalf("100 topics hold %d bytes", h)
+	}
+}
+
+// The entry a message carries is used only by the mapper whose cache made
+// it, and only for its own topic.
+func TestMapperUsesCarriedEntry(t *testing.T) {
+	m1 := newTestMapper(t, 0)
+	m2, err := NewMapper(MapperConfig{StaticTags: map[string]string{"gateway": "gw-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "sensors/s1/d1/env"
+	e := m1.Topics().Add([]byte(name), FormatJSON)
+	payload := []byte(`{"v":1,"ts":1}`)
+	for _, tc := range []struct {
+		m     *Mapper
+		topic string
+		want  string
+	}{
+		{m1, name, "env,device=d1,gateway=gw-1,site=s1 v=1 1000000\n"},
+		{m2, name, "env,device=d1,gateway=gw-2,site=s1 v=1 1000000\n"},
+		{m1, "sensors/s1/d2/env", "env,device=d2,gateway=gw-1,site=s1 v=1 1000000\n"},
+	} {
+		got, _, err := tc.m.Append(nil, Message{Topic: tc.topic, Payload: payload, Cached: e}, FormatJSON)
+		if err != nil || string(got) != tc.want {
+			t.Errorf("%s: %q, %v; want %q", tc.topic, got, err, tc.want)
+		}
+	}
+	msg := Message{Topic: name, Payload: payload, Cached: e}
+	if a := testing.AllocsPerRun(100, func() { _, _, _ = m1.Append(make([]byte, 0, 256)[:0], msg, FormatJSON) }); a > 1 {
+		t.Fatalf("%v allocations with the entry carried", a)
+	}
+}
