@@ -18,7 +18,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // Sample is the documented sample configuration. Its values are the
@@ -269,8 +269,8 @@ func Default() Config {
 			SessionExpiry:        Duration{24 * time.Hour},
 		},
 		Mapping: Mapping{
-			TopicPattern:  app.DefaultTopicPattern,
-			MaxPayload:    app.DefaultMaxPayload,
+			TopicPattern:  sensor.DefaultTopicPattern,
+			MaxPayload:    sensor.DefaultMaxPayload,
 			Tags:          map[string]string{},
 			LinePrecision: map[string]string{},
 		},
@@ -537,7 +537,7 @@ func (c *Config) validateMQTT(bad badFunc) {
 }
 
 func (c *Config) validateMapping(bad badFunc) {
-	if _, err := app.NewMapper(c.MapperConfig()); err != nil {
+	if _, err := sensor.NewMapper(c.MapperConfig()); err != nil {
 		bad("mapping", "%v", err)
 	}
 	if c.Mapping.MaxPayload < 1 || c.Mapping.MaxPayload > 16<<20 {
@@ -626,7 +626,7 @@ func validFilter(f string) error {
 
 // MapperConfig is the mapping section in the domain's terms; the gateway
 // id becomes the "gateway" tag.
-func (c *Config) MapperConfig() app.MapperConfig {
+func (c *Config) MapperConfig() sensor.MapperConfig {
 	tags := map[string]string{}
 	for k, v := range c.Mapping.Tags {
 		tags[k] = v
@@ -638,7 +638,7 @@ func (c *Config) MapperConfig() app.MapperConfig {
 	if id != "" {
 		tags["gateway"] = id
 	}
-	return app.MapperConfig{
+	return sensor.MapperConfig{
 		TopicPattern:  c.Mapping.TopicPattern,
 		Measurement:   c.Mapping.Measurement,
 		StaticTags:    tags,

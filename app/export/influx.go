@@ -17,7 +17,7 @@ import (
 	"github.com/influxdata/influxdb-client-go/v2/api/query"
 	"github.com/influxdata/line-protocol/v2/lineprotocol"
 
-	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // Source reads a bucket's data through the v2 query API (InfluxDB 2, and
@@ -210,7 +210,7 @@ var errNoFields = errors.New("row has no field values")
 // encode appends one row as a line. The line-protocol encoder writes the
 // measurement and tags; fields are written here because the encoder escapes
 // newlines, tabs and carriage returns in strings, which InfluxDB's parser
-// keeps as two bytes: app.AppendString writes the value InfluxDB stored.
+// keeps as two bytes: sensor.AppendString writes the value InfluxDB stored.
 func (l tableLayout) encode(dst []byte, enc *lineprotocol.Encoder, m string, r *query.FluxRecord) ([]byte, error) {
 	if strings.HasPrefix(m, "#") {
 		// A line starting with # is a comment, and no escape changes that.
@@ -239,12 +239,12 @@ func (l tableLayout) encode(dst []byte, enc *lineprotocol.Encoder, m string, r *
 			sep = ' '
 		}
 		var ok bool
-		if out, ok = app.AppendKey(append(out, sep), k); !ok {
+		if out, ok = sensor.AppendKey(append(out, sep), k); !ok {
 			return dst, fmt.Errorf("field key %q cannot be written as line protocol", k)
 		}
 		out = append(out, '=')
 		if s, isString := raw.(string); isString {
-			out = app.AppendString(out, s)
+			out = sensor.AppendString(out, s)
 		} else {
 			v, ok := lineprotocol.NewValue(raw)
 			if !ok {

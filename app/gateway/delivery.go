@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/internal/backoff"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -193,20 +193,20 @@ func (g *Gateway) deliverPart(ctx context.Context, lines [][]byte, bad int, budg
 		}
 		if tooLarge = we.TooLarge(); tooLarge {
 			if len(lines) == 1 {
-				g.rejectLines(lines, app.ReasonTooLarge, err)
+				g.rejectLines(lines, sensor.ReasonTooLarge, err)
 				return 1, nil
 			}
 			bad = -1
 		} else {
 			bad = dropped(we)
 			if len(lines) == 1 || bad == len(lines) {
-				g.rejectLines(lines, app.ReasonRejected, err)
+				g.rejectLines(lines, sensor.ReasonRejected, err)
 				return len(lines), nil
 			}
 			g.lastReject = err
 		}
 	} else if bad >= len(lines) {
-		g.rejectLines(lines, app.ReasonRejected, g.lastReject)
+		g.rejectLines(lines, sensor.ReasonRejected, g.lastReject)
 		return len(lines), nil
 	}
 	// Too large is not the points' fault: those halves are always written.

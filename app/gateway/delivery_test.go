@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/influx"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -102,7 +102,7 @@ func memGateway(t *testing.T, edit func(*config.Config)) (*Gateway, *countingSto
 	if edit != nil {
 		edit(&cfg)
 	}
-	mapper, err := app.NewMapper(cfg.MapperConfig())
+	mapper, err := sensor.NewMapper(cfg.MapperConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +148,8 @@ func TestDeliverySplitsRejectedBatch(t *testing.T) {
 	waitUntil(t, "the spool to be committed", func() bool { return st.Stats().Records == 0 })
 
 	reasons, dead := d.snapshot()
-	if len(dead) != 1 || !bytes.Equal(dead[0], bytes.TrimSuffix(bad, []byte("\n"))) || reasons[0] != app.ReasonRejected {
-		t.Fatalf("dead letters %q (%v), want only the bad point as %s", dead, reasons, app.ReasonRejected)
+	if len(dead) != 1 || !bytes.Equal(dead[0], bytes.TrimSuffix(bad, []byte("\n"))) || reasons[0] != sensor.ReasonRejected {
+		t.Fatalf("dead letters %q (%v), want only the bad point as %s", dead, reasons, sensor.ReasonRejected)
 	}
 	_, _, accepted := w.snapshot()
 	var want [][]byte

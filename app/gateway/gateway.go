@@ -27,10 +27,10 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -101,7 +101,7 @@ type DeadSink interface {
 type Gateway struct {
 	opt    Options
 	log    *slog.Logger
-	mapper *app.Mapper
+	mapper *sensor.Mapper
 	spool  Store
 	writer PointWriter
 	dead   DeadSink
@@ -159,7 +159,7 @@ func (g *Gateway) OnWritten(f func(lines [][]byte, at time.Time)) { g.onWritten 
 type Options struct {
 	Log *slog.Logger // nil: slog.Default()
 	// Mapper decodes a message into points.
-	Mapper *app.Mapper
+	Mapper *sensor.Mapper
 	// TopicPattern names the {site} and {device} levels of a topic, for
 	// the fleet watch.
 	TopicPattern string

@@ -21,11 +21,11 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/deadletter"
 	"github.com/iot-gateway/iot-gateway/app/httpapi"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -346,7 +346,7 @@ func TestDeadLetterFailureCountedAndReady(t *testing.T) {
 	}
 	g.dead = dead
 	bad := func() {
-		g.handle(mqtt.Message{Message: app.Message{Topic: "sensors/s/d/env", Payload: []byte("not json"), Received: time.Now()}}, app.FormatJSON, mqtt.Ack{})
+		g.handle(mqtt.Message{Message: sensor.Message{Topic: "sensors/s/d/env", Payload: []byte("not json"), Received: time.Now()}}, sensor.FormatJSON, mqtt.Ack{})
 	}
 	bad()
 	if err := os.Rename(dir, dir+".gone"); err != nil {
@@ -357,7 +357,7 @@ func TestDeadLetterFailureCountedAndReady(t *testing.T) {
 	if v := metricValue(t, g, "iotgw_dead_letter_write_errors_total"); v != 2 {
 		t.Fatalf("iotgw_dead_letter_write_errors_total = %v, want 2", v)
 	}
-	if v := labelValue(t, g, "iotgw_dead_letters_total", "reason", app.ReasonNotJSON); v != 3 {
+	if v := labelValue(t, g, "iotgw_dead_letters_total", "reason", sensor.ReasonNotJSON); v != 3 {
 		t.Fatalf("dead letters counted %v, want 3", v)
 	}
 	if code, body := readyz(t, g); code != 503 || !strings.Contains(body, "dead-letter writes failing") {
@@ -528,7 +528,7 @@ func TestAcksInArrivalOrder(t *testing.T) {
 	<-mem.entered // the good message's append is in progress
 	peer.publish(t, 2, "sensors/s/d/env", `not json`)
 	waitUntil(t, "the bad message to be dead-lettered", func() bool {
-		return labelValue(t, g, "iotgw_dead_letters_total", "reason", app.ReasonNotJSON) == 1
+		return labelValue(t, g, "iotgw_dead_letters_total", "reason", sensor.ReasonNotJSON) == 1
 	})
 	release()
 	var ids []uint16

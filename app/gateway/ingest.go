@@ -10,9 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/internal/backoff"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -81,9 +81,9 @@ func (p *bufStack) put(group []pending) {
 // the order the messages arrived, as MQTT requires (3.1.1 §4.6): a bad
 // message must not be acknowledged ahead of good ones still waiting for
 // their fsync.
-func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
+func (g *Gateway) handle(m mqtt.Message, f sensor.Format, ack mqtt.Ack) {
 	msg := m.Message
-	if f == app.FormatLine {
+	if f == sensor.FormatLine {
 		g.m.receivedLine.Inc()
 	} else {
 		g.m.receivedJSON.Inc()
@@ -97,8 +97,8 @@ func (g *Gateway) handle(m mqtt.Message, f app.Format, ack mqtt.Ack) {
 	data, n, err := g.mapper.Append(lineBufs.get(), msg, f)
 	if err != nil {
 		lineBufs.put([]pending{{data: data}})
-		reason := app.ReasonBadField
-		var de *app.DecodeError
+		reason := sensor.ReasonBadField
+		var de *sensor.DecodeError
 		if errors.As(err, &de) {
 			reason = de.Reason
 		}

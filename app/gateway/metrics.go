@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -69,8 +69,8 @@ func newMetrics(reg *prometheus.Registry, stats func() spool.Stats) *metrics {
 		deadErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_dead_letter_write_errors_total",
 			Help: "Dead letters that could not be written to the dead-letter file (counted in iotgw_dead_letters_total, not kept)."}),
 	}
-	m.receivedJSON = m.received.WithLabelValues(string(app.FormatJSON))
-	m.receivedLine = m.received.WithLabelValues(string(app.FormatLine))
+	m.receivedJSON = m.received.WithLabelValues(string(sensor.FormatJSON))
+	m.receivedLine = m.received.WithLabelValues(string(sensor.FormatLine))
 	stat := func(f func(spool.Stats) float64) func() float64 { return func() float64 { return f(stats()) } }
 	reg.MustRegister(m.received, m.rejected, m.acked, m.pointsSpooled, m.points, m.batches, m.writeLatency,
 		m.writeErrors, m.spoolWait, m.fsync, m.appendErrors, m.connected, m.disconnects, m.sessionsLost, m.ignored, m.deadErrors,

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // rejectBatch is n points of measurement m; those i for which bad(i) holds
@@ -86,7 +86,7 @@ func TestRejectedBatchBounded(t *testing.T) {
 			runWriter(t, g)
 			waitUntil(t, "the batch to be settled", func() bool { return g.spool.Stats().Records == 0 })
 			reqs := g.requests(t)
-			rejected := labelValue(t, g, "iotgw_dead_letters_total", "reason", app.ReasonRejected)
+			rejected := labelValue(t, g, "iotgw_dead_letters_total", "reason", sensor.ReasonRejected)
 			unresolved := labelValue(t, g, "iotgw_dead_letters_total", "reason", reasonPartlyRejected)
 			stored, err := in.Count(m, "v")
 			if err != nil {

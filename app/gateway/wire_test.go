@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/deadletter"
 	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -22,7 +22,7 @@ import (
 // (mapper, InfluxDB writer) as cfg says, and assembles the gateway over
 // them. cfg must have been validated.
 func newFromConfig(cfg config.Config, log *slog.Logger) (*Gateway, error) {
-	mapper, err := app.NewMapper(cfg.MapperConfig())
+	mapper, err := sensor.NewMapper(cfg.MapperConfig())
 	if err != nil {
 		return nil, fmt.Errorf("mapping: %w", err)
 	}
@@ -63,7 +63,7 @@ func newFromConfig(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 
 // gatewayOptions translates the configuration into the gateway's options
 // over the given parts.
-func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *app.Mapper, sp Store, w PointWriter, dead DeadSink) Options {
+func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *sensor.Mapper, sp Store, w PointWriter, dead DeadSink) Options {
 	mc := cfg.MQTT
 	degraded := cfg.Spool.DegradedBytes
 	if degraded == 0 {

@@ -20,8 +20,8 @@ import (
 	packets5 "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/internal/backoff"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // Why a session of our own rather than paho's client: the gateway only
@@ -130,7 +130,7 @@ type client struct {
 	scratch []byte
 	// topics is shared by the Source's connections (and, in the gateway,
 	// with the mapper).
-	topics *app.TopicCache
+	topics *sensor.TopicCache
 }
 
 // run holds a session open, reconnecting after a drop: first after 50 ms,
@@ -545,7 +545,7 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 	}
 	t := c.topic(p.topic)
 	c.inCall.Store(true)
-	c.h(Message{Message: app.Message{Topic: t.Name, Payload: p.payload, Received: time.Now(), Cached: t}, Props: Properties{raw: p.props}}, t.Format, ack)
+	c.h(Message{Message: sensor.Message{Topic: t.Name, Payload: p.payload, Received: time.Now(), Cached: t}, Props: Properties{raw: p.props}}, t.Format, ack)
 	// Packets that arrived while the handler held the read loop are read
 	// only after it returns. Count the return as progress, before clearing
 	// inCall: keepAlive loads inCall first, so it sees either the call or
@@ -592,7 +592,7 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 		}
 		hdr += k + pl
 	}
-	limit := hdr + nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload) + 1
+	limit := hdr + nonZeroInt(c.cfg.MaxPayload, sensor.DefaultMaxPayload) + 1
 	keep := min(n, limit)
 	if cap(c.scratch) < keep {
 		c.scratch = make([]byte, keep)
@@ -615,7 +615,7 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 // topic returns the interned name and payload format of a topic from the
 // shared topic cache, so a message from a topic heard from recently
 // allocates nothing.
-func (c *client) topic(b []byte) app.Topic {
+func (c *client) topic(b []byte) sensor.Topic {
 	if t, ok := c.topics.Lookup(b); ok && t.Format != "" {
 		return t
 	}

@@ -19,9 +19,9 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/broker"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // waitLong bounds waits for things that must happen; they normally take
@@ -107,7 +107,7 @@ func (s *stateLog) waitUp(t *testing.T, n int) {
 
 type delivery struct {
 	msg    Message
-	format app.Format
+	format sensor.Format
 	ack    Ack
 }
 
@@ -116,14 +116,14 @@ type delivery struct {
 // so that a test can acknowledge later. onMsg, if set, runs inside the
 // handler, on the read loop.
 type collector struct {
-	ackIf func(app.Message) bool
-	onMsg func(app.Message)
+	ackIf func(sensor.Message) bool
+	onMsg func(sensor.Message)
 
 	mu  sync.Mutex
 	got []delivery
 }
 
-func (c *collector) handle(msg Message, f app.Format, ack Ack) {
+func (c *collector) handle(msg Message, f sensor.Format, ack Ack) {
 	// msg.Payload points into the session's read buffer and is valid only
 	// during this call: a handler that keeps it must copy it.
 	msg.Payload = bytes.Clone(msg.Payload)
@@ -528,14 +528,14 @@ func testQoS1DeliveryAndRedelivery(t *testing.T, version byte) {
 
 	type sent struct {
 		topic, payload string
-		format         app.Format
+		format         sensor.Format
 		ack            bool
 	}
 	var msgs []sent
 	for i := 0; i < 10; i++ {
-		m := sent{fmt.Sprintf("sensors/site/dev%d/temp", i), fmt.Sprintf(`{"v":%d}`, i), app.FormatJSON, i%2 == 0}
+		m := sent{fmt.Sprintf("sensors/site/dev%d/temp", i), fmt.Sprintf(`{"v":%d}`, i), sensor.FormatJSON, i%2 == 0}
 		if i%3 == 1 {
-			m.topic, m.payload, m.format = fmt.Sprintf("lp/dev%d", i), fmt.Sprintf("m v=%d", i), app.FormatLine
+			m.topic, m.payload, m.format = fmt.Sprintf("lp/dev%d", i), fmt.Sprintf("m v=%d", i), sensor.FormatLine
 		}
 		msgs = append(msgs, m)
 	}
@@ -546,7 +546,7 @@ func testQoS1DeliveryAndRedelivery(t *testing.T, version byte) {
 		}
 	}
 
-	first := &collector{ackIf: func(m app.Message) bool { return !unacked[string(m.Payload)] }}
+	first := &collector{ackIf: func(m sensor.Message) bool { return !unacked[string(m.Payload)] }}
 	st := &stateLog{}
 	src := startSource(t, cfg, first.handle, st, nil)
 	st.waitUp(t, 1)
@@ -615,7 +615,7 @@ func testQoS2Flow(t *testing.T, version byte) {
 	const n = 6
 	hold := map[string]bool{"q2-1": true, "q2-4": true} // not acknowledged in the first session
 
-	first := &collector{ackIf: func(m app.Message) bool { return !hold[string(m.Payload)] }}
+	first := &collector{ackIf: func(m sensor.Message) bool { return !hold[string(m.Payload)] }}
 	st := &stateLog{}
 	src := startSource(t, cfg, first.handle, st, nil)
 	st.waitUp(t, 1)
@@ -870,7 +870,7 @@ func testBlockingHandlerKeepsConnection(t *testing.T, version byte) {
 	release := make(chan struct{})
 	entered := make(chan struct{})
 	var once sync.Once
-	c := &collector{onMsg: func(m app.Message) {
+	c := &collector{onMsg: func(m sensor.Message) {
 		if string(m.Payload) == "block" {
 			once.Do(func() { close(entered) })
 			<-release
@@ -928,7 +928,7 @@ func TestLargePublish(t *testing.T) {
 		{"over MaxPayload, QoS 1", 1, 1000, "sensors/s/d/m", 200 << 10, 1001},
 		{"over MaxPayload, QoS 0", 0, 1000, "sensors/s/d/m", 200 << 10, 1001},
 		{"over MaxPayload, long topic", 1, 1000, longTopic, 200 << 10, 1001},
-		{"over default MaxPayload", 1, 0, "sensors/s/d/m", 300 << 10, app.DefaultMaxPayload + 1},
+		{"over default MaxPayload", 1, 0, "sensors/s/d/m", 300 << 10, sensor.DefaultMaxPayload + 1},
 		{"one byte over MaxPayload", 1, 100 << 10, "sensors/s/d/m", 100<<10 + 1, 100<<10 + 1},
 		{"exactly MaxPayload", 1, 100 << 10, "sensors/s/d/m", 100 << 10, 100 << 10},
 		{"between read buffer and MaxPayload", 1, 1 << 20, "sensors/s/d/m", 200 << 10, 200 << 10},
@@ -1013,7 +1013,7 @@ func TestMalformedFromBroker(t *testing.T) {
 			var calls atomic.Int32
 			st := &stateLog{}
 			startSource(t, Config{URL: p.URL(), ClientID: "gw-bad", QoS: 1, Topics: []string{"sensors/#"}},
-				func(Message, app.Format, Ack) { calls.Add(1) }, st, nil)
+				func(Message, sensor.Format, Ack) { calls.Add(1) }, st, nil)
 			c1 := p.accept(t, waitLong)
 			handshake(t, c1)
 			st.waitUp(t, 1)
@@ -1045,7 +1045,7 @@ func testCloseFlushesAcks(t *testing.T, version byte) {
 	pub := publisher(t, mq.URL())
 	cfg := Config{Protocol: version, URL: tp.URL(), ClientID: "gw-close", QoS: 1, Topics: []string{"sensors/#"}}
 
-	first := &collector{ackIf: func(app.Message) bool { return false }} // acknowledged below, from the test
+	first := &collector{ackIf: func(sensor.Message) bool { return false }} // acknowledged below, from the test
 	st := &stateLog{}
 	src := startSource(t, cfg, first.handle, st, nil)
 	st.waitUp(t, 1)
@@ -1112,7 +1112,7 @@ func testStaleAckDropped(t *testing.T, version byte) {
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 	tp := startTap(t, mq.Addr())
 	pub := publisher(t, mq.URL())
-	c := &collector{ackIf: func(app.Message) bool { return false }}
+	c := &collector{ackIf: func(sensor.Message) bool { return false }}
 	st := &stateLog{}
 	src := startSource(t, Config{Protocol: version, URL: tp.URL(), ClientID: "gw-stale", QoS: 1, Topics: []string{"sensors/#"}}, c.handle, st, nil)
 	st.waitUp(t, 1)
@@ -1146,7 +1146,7 @@ func TestEverySubscriptionRefused(t *testing.T) {
 	st := &stateLog{}
 	log, logs := testLogger()
 	startSource(t, Config{URL: p.URL(), ClientID: "gw-acl", QoS: 1, Topics: []string{"sensors/#", "more/#"}},
-		func(Message, app.Format, Ack) {}, st, log)
+		func(Message, sensor.Format, Ack) {}, st, log)
 	for attempt := 1; attempt <= 2; attempt++ {
 		c := p.accept(t, waitLong)
 		if _, ok := readPacket(t, c).(*packets.ConnectPacket); !ok {
@@ -1198,7 +1198,7 @@ func TestLongConnackKeepsStep(t *testing.T) {
 func TestCloseHalfCloses(t *testing.T) {
 	p := startPeer(t)
 	st := &stateLog{}
-	c := &collector{ackIf: func(app.Message) bool { return false }}
+	c := &collector{ackIf: func(sensor.Message) bool { return false }}
 	src := startSource(t, Config{URL: p.URL(), ClientID: "gw-fin", QoS: 1, Topics: []string{"sensors/#"}}, c.handle, st, nil)
 	conn := p.accept(t, waitLong)
 	handshake(t, conn)

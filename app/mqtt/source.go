@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // Config is the broker connection.
@@ -30,9 +30,9 @@ type Config struct {
 	Topics             []string // JSON payloads
 	LineTopics         []string // line-protocol payloads
 	// TopicCache keeps each topic's interned name and payload format; the
-	// gateway passes its mapper's (app.Mapper.Topics), so one lookup per
+	// gateway passes its mapper's (sensor.Mapper.Topics), so one lookup per
 	// message serves both. nil: the Source makes its own.
-	TopicCache  *app.TopicCache
+	TopicCache  *sensor.TopicCache
 	Connections int // >1: one client per connection, ids suffixed -1, -2, ...
 	// Protocol is V5 (MQTT 5) or V311 (MQTT 3.1.1, also for 0).
 	Protocol byte
@@ -50,7 +50,7 @@ type Config struct {
 	// on any later reconnect.
 	ExpectSession        bool
 	SessionLost          func(conn int)
-	MaxPayload           int // largest payload the handler accepts; 0: app.DefaultMaxPayload
+	MaxPayload           int // largest payload the handler accepts; 0: sensor.DefaultMaxPayload
 	KeepAlive            time.Duration
 	ConnectTimeout       time.Duration
 	MaxReconnectInterval time.Duration
@@ -62,7 +62,7 @@ type Config struct {
 // Handler receives each message on the connection's read loop, so it must
 // return quickly and must not keep msg.Payload after it returns (it points
 // into the read buffer); ack may be called later from any goroutine, once.
-type Handler func(msg Message, format app.Format, ack Ack)
+type Handler func(msg Message, format sensor.Format, ack Ack)
 
 // StateFunc is told when a connection goes up (subscribed) or down.
 type StateFunc func(conn int, connected bool, err error)
@@ -142,7 +142,7 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 	}
 	topics := cfg.TopicCache
 	if topics == nil {
-		topics = app.NewTopicCache(nil, 0)
+		topics = sensor.NewTopicCache(nil, 0)
 	}
 	s := &Source{closed: make(chan struct{})}
 	for i := 0; i < cfg.Connections; i++ {
@@ -166,13 +166,13 @@ func Start(ctx context.Context, cfg Config, h Handler, state StateFunc, log *slo
 
 // routeFormat picks the payload format of a topic: line protocol if it
 // matches a line-protocol filter, JSON otherwise.
-func routeFormat(lineFilters []string, topic string) app.Format {
+func routeFormat(lineFilters []string, topic string) sensor.Format {
 	for _, filter := range lineFilters {
 		if Match(filter, topic) {
-			return app.FormatLine
+			return sensor.FormatLine
 		}
 	}
-	return app.FormatJSON
+	return sensor.FormatJSON
 }
 
 // Match reports whether topic matches the filter (with + and #, and a

@@ -12,8 +12,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 func TestMatch(t *testing.T) {
@@ -38,12 +38,12 @@ func TestMatch(t *testing.T) {
 
 type received struct {
 	mu   sync.Mutex
-	msgs []app.Message
-	fmts []app.Format
+	msgs []sensor.Message
+	fmts []sensor.Format
 	got  chan struct{}
 }
 
-func (r *received) handle(msg Message, f app.Format, ack Ack) {
+func (r *received) handle(msg Message, f sensor.Format, ack Ack) {
 	m := msg.Message
 	m.Payload = bytes.Clone(m.Payload) // it points into the read buffer
 	r.mu.Lock()
@@ -110,11 +110,11 @@ func TestMutualTLS(t *testing.T) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	formats := map[string]app.Format{}
+	formats := map[string]sensor.Format{}
 	for i, m := range r.msgs {
 		formats[m.Topic] = r.fmts[i]
 	}
-	if formats["sensors/s/d/m"] != app.FormatJSON || formats["lp/x"] != app.FormatLine {
+	if formats["sensors/s/d/m"] != sensor.FormatJSON || formats["lp/x"] != sensor.FormatLine {
 		t.Fatalf("formats = %v", formats)
 	}
 }
@@ -134,7 +134,7 @@ func TestTLSRefused(t *testing.T) {
 			up := make(chan bool, 10)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			src, err := Start(ctx, cfg, func(Message, app.Format, Ack) {}, func(_ int, c bool, _ error) { up <- c }, nil)
+			src, err := Start(ctx, cfg, func(Message, sensor.Format, Ack) {}, func(_ int, c bool, _ error) { up <- c }, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 
-	"github.com/iot-gateway/iot-gateway/app"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // MQTT 5 for the subscriber session. Control packets (CONNECT, CONNACK,
@@ -29,7 +29,7 @@ const (
 // and for MQTT 5 the PUBLISH's properties. Both point into the read buffer
 // and are valid only until the handler returns.
 type Message struct {
-	app.Message
+	sensor.Message
 	Props Properties
 }
 
@@ -335,7 +335,7 @@ func (c *client) connectV5(user, pass string, keepAlive uint16) *packets.Connect
 // arrives and is dead-lettered as too large; one beyond this the broker
 // discards without sending (MQTT 5 §3.1.2.11.4).
 func (c *client) maxPacket() int {
-	return min(nonZeroInt(c.cfg.MaxPayload, app.DefaultMaxPayload)+64<<10+maxProps+16, 268435455)
+	return min(nonZeroInt(c.cfg.MaxPayload, sensor.DefaultMaxPayload)+64<<10+maxProps+16, 268435455)
 }
 
 // maxProps bounds the properties of one PUBLISH.

@@ -17,9 +17,9 @@ import (
 	packets5 "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/broker"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // ---- an MQTT 5 publisher on a raw connection (paho.golang's codec) ----
@@ -115,7 +115,7 @@ func TestSessionBothVersions(t *testing.T) {
 				// barrier-1 is held too: once it is in, every earlier ack
 				// has been written.
 				hold := map[string]bool{"m-1": true, "m-3": true, "barrier-1": true}
-				first := &collector{ackIf: func(m app.Message) bool { return !hold[string(m.Payload)] }}
+				first := &collector{ackIf: func(m sensor.Message) bool { return !hold[string(m.Payload)] }}
 				st := &stateLog{}
 				src := startSource(t, cfg, first.handle, st, nil)
 				st.waitUp(t, 1)
@@ -133,7 +133,7 @@ func TestSessionBothVersions(t *testing.T) {
 					t.Fatalf("first session: %s", g)
 				}
 				for i, d := range got[:5] {
-					if f := d.format; (i == 2) != (f == app.FormatLine) {
+					if f := d.format; (i == 2) != (f == sensor.FormatLine) {
 						t.Errorf("delivery %d: format %v", i, f)
 					}
 					ts, ok := d.msg.Props.User("ts")
@@ -371,7 +371,7 @@ func TestV5ConnectAndSuback(t *testing.T) {
 	p := startPeer(t)
 	log, logs := testLogger()
 	st := &stateLog{}
-	c := &collector{ackIf: func(app.Message) bool { return false }}
+	c := &collector{ackIf: func(sensor.Message) bool { return false }}
 	startSource(t, Config{URL: p.URL(), ClientID: "gw-v5", Username: "gw", Password: "pw", QoS: 1, Protocol: V5,
 		Topics: []string{"sensors/#", "$share/g/other/#"}, SessionExpiry: 90 * time.Minute, ReceiveMaximum: 4096,
 		MaxPayload: 1000, KeepAlive: 30 * time.Second}, c.handle, st, log)
@@ -538,7 +538,7 @@ func TestV5MalformedProperties(t *testing.T) {
 			var calls atomic.Int32
 			st := &stateLog{}
 			startSource(t, Config{URL: p.URL(), ClientID: "gw-bad5", QoS: 0, Protocol: V5, Topics: []string{"sensors/#"}},
-				func(Message, app.Format, Ack) { calls.Add(1) }, st, nil)
+				func(Message, sensor.Format, Ack) { calls.Add(1) }, st, nil)
 			c := p.accept(t, waitLong)
 			handshake5(t, c, &packets5.Connack{Properties: &packets5.Properties{}}, nil)
 			st.waitUp(t, 1)

@@ -5,13 +5,13 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/deadletter"
 	"github.com/iot-gateway/iot-gateway/app/fleet"
 	"github.com/iot-gateway/iot-gateway/app/gateway"
 	"github.com/iot-gateway/iot-gateway/app/influx"
 	"github.com/iot-gateway/iot-gateway/app/mqtt"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
@@ -19,7 +19,7 @@ import (
 // (mapper, InfluxDB writer) as cfg says, and assembles the gateway over
 // them. cfg must have been validated.
 func newGateway(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
-	mapper, err := app.NewMapper(cfg.MapperConfig())
+	mapper, err := sensor.NewMapper(cfg.MapperConfig())
 	if err != nil {
 		return nil, fmt.Errorf("mapping: %w", err)
 	}
@@ -60,7 +60,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
 
 // gatewayOptions translates the configuration into the gateway's options
 // over the given parts.
-func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *app.Mapper, sp gateway.Store, w gateway.PointWriter, dead gateway.DeadSink) gateway.Options {
+func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *sensor.Mapper, sp gateway.Store, w gateway.PointWriter, dead gateway.DeadSink) gateway.Options {
 	mc := cfg.MQTT
 	degraded := cfg.Spool.DegradedBytes
 	if degraded == 0 {

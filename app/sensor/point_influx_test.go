@@ -1,4 +1,4 @@
-package app_test
+package sensor_test
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-gateway/iot-gateway/app"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // write posts line protocol to InfluxDB's v2 write API.
@@ -80,7 +80,7 @@ func stored(t *testing.T, in *testsvc.Influx, m string, cols ...string) map[int6
 // parser (the same models package in 1.8 and 2.x) undoes only \\ and \".
 func TestStringsStoredExactly(t *testing.T) {
 	in := testsvc.StartInflux(t)
-	m, err := app.NewMapper(app.MapperConfig{TopicPattern: "s/{k}/{_measurement}", StaticTags: map[string]string{"gateway": "gw"}})
+	m, err := sensor.NewMapper(sensor.MapperConfig{TopicPattern: "s/{k}/{_measurement}", StaticTags: map[string]string{"gateway": "gw"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,17 +98,17 @@ func TestStringsStoredExactly(t *testing.T) {
 		ts := 1_700_000_000_000 + int64(i)
 		payload := fmt.Appendf(nil, `{"ts":%d,"s":%s}`, ts, jsonString(v))
 		var n int
-		body, n, err = m.Append(body, app.Message{Topic: "s/k/json", Payload: payload, Received: time.Now()}, app.FormatJSON)
+		body, n, err = m.Append(body, sensor.Message{Topic: "s/k/json", Payload: payload, Received: time.Now()}, sensor.FormatJSON)
 		if err != nil || n != 1 {
 			t.Fatalf("value %q: %d points, %v", v, n, err)
 		}
 		want[ts*1e6] = fmt.Sprintf("s=%q", v)
 	}
 	for _, v := range []string{"new\nline", "\n", "end\n"} {
-		_, _, err := m.Append(nil, app.Message{Topic: "s/k/json", Payload: fmt.Appendf(nil, `{"s":%s}`, jsonString(v)), Received: time.Now()}, app.FormatJSON)
-		var de *app.DecodeError
-		if !errors.As(err, &de) || de.Reason != app.ReasonNewline {
-			t.Fatalf("value %q: err %v, want reason %s", v, err, app.ReasonNewline)
+		_, _, err := m.Append(nil, sensor.Message{Topic: "s/k/json", Payload: fmt.Appendf(nil, `{"s":%s}`, jsonString(v)), Received: time.Now()}, sensor.FormatJSON)
+		var de *sensor.DecodeError
+		if !errors.As(err, &de) || de.Reason != sensor.ReasonNewline {
+			t.Fatalf("value %q: err %v, want reason %s", v, err, sensor.ReasonNewline)
 		}
 	}
 
@@ -118,23 +118,23 @@ func TestStringsStoredExactly(t *testing.T) {
 	for i, v := range good {
 		ts := 1_750_000_000_000 + int64(i)
 		var n int
-		body, n, err = m.Append(body, app.Message{Topic: "s/" + v + "/tags", Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, ts), Received: time.Now()}, app.FormatJSON)
+		body, n, err = m.Append(body, sensor.Message{Topic: "s/" + v + "/tags", Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, ts), Received: time.Now()}, sensor.FormatJSON)
 		if err != nil || n != 1 {
 			t.Fatalf("tag value %q: %d points, %v", v, n, err)
 		}
 	}
 	for _, v := range bad {
-		_, _, err := m.Append(nil, app.Message{Topic: "s/" + v + "/tags", Payload: []byte(`{"v":1}`), Received: time.Now()}, app.FormatJSON)
-		var de *app.DecodeError
-		if !errors.As(err, &de) || de.Reason != app.ReasonBadTopic {
-			t.Fatalf("tag value %q: err %v, want reason %s", v, err, app.ReasonBadTopic)
+		_, _, err := m.Append(nil, sensor.Message{Topic: "s/" + v + "/tags", Payload: []byte(`{"v":1}`), Received: time.Now()}, sensor.FormatJSON)
+		var de *sensor.DecodeError
+		if !errors.As(err, &de) || de.Reason != sensor.ReasonBadTopic {
+			t.Fatalf("tag value %q: err %v, want reason %s", v, err, sensor.ReasonBadTopic)
 		}
 	}
 	// Measurement names from a topic level.
 	measurements := []string{"m=x", "sp ace", "co,mma", `"q"`, `a\b`, "x#y", "é"}
 	for i, v := range measurements {
 		var n int
-		body, n, err = m.Append(body, app.Message{Topic: "s/k/" + v, Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, 1_750_000_000_000+int64(i)), Received: time.Now()}, app.FormatJSON)
+		body, n, err = m.Append(body, sensor.Message{Topic: "s/k/" + v, Payload: fmt.Appendf(nil, `{"ts":%d,"v":1}`, 1_750_000_000_000+int64(i)), Received: time.Now()}, sensor.FormatJSON)
 		if err != nil || n != 1 {
 			t.Fatalf("measurement %q: %d points, %v", v, n, err)
 		}
@@ -169,7 +169,7 @@ func TestStringsStoredExactly(t *testing.T) {
 // gateway tag) and once through the mapper, and the values must agree.
 func TestLineProtocolStoredAsInfluxDBWould(t *testing.T) {
 	in := testsvc.StartInflux(t)
-	m, err := app.NewMapper(app.MapperConfig{StaticTags: map[string]string{"gateway": "gw"}})
+	m, err := sensor.NewMapper(sensor.MapperConfig{StaticTags: map[string]string{"gateway": "gw"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestLineProtocolStoredAsInfluxDBWould(t *testing.T) {
 	for i, l := range lines {
 		direct = fmt.Appendf(direct, "%s %d\n", l, T+int64(i))
 		var n int
-		mapped, n, err = m.Append(mapped, app.Message{Topic: "lp", Payload: fmt.Appendf(nil, "%s %d", l, T+1000+int64(i)), Received: time.Now()}, app.FormatLine)
+		mapped, n, err = m.Append(mapped, sensor.Message{Topic: "lp", Payload: fmt.Appendf(nil, "%s %d", l, T+1000+int64(i)), Received: time.Now()}, sensor.FormatLine)
 		if err != nil || n != 1 {
 			t.Fatalf("line %q: %d points, %v", l, n, err)
 		}
@@ -203,13 +203,13 @@ func TestLineProtocolStoredAsInfluxDBWould(t *testing.T) {
 	}
 
 	raw := "lp s=\"new\nline\" 1"
-	if _, _, err := m.Append(nil, app.Message{Topic: "lp", Payload: []byte(raw), Received: time.Now()}, app.FormatLine); !isReason(err, app.ReasonNewline) {
-		t.Fatalf("raw newline in a string: %v, want %s", err, app.ReasonNewline)
+	if _, _, err := m.Append(nil, sensor.Message{Topic: "lp", Payload: []byte(raw), Received: time.Now()}, sensor.FormatLine); !isReason(err, sensor.ReasonNewline) {
+		t.Fatalf("raw newline in a string: %v, want %s", err, sensor.ReasonNewline)
 	}
 }
 
 func isReason(err error, reason string) bool {
-	var de *app.DecodeError
+	var de *sensor.DecodeError
 	return errors.As(err, &de) && de.Reason == reason
 }
 
