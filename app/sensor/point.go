@@ -426,8 +426,8 @@ const maxStackPrefix = 256
 // lines, from the cache when it can; buf is scratch space for one that is
 // not cached.
 func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[maxStackPrefix]byte) ([]byte, error) {
-	if cached.cache == m.topics && cached.prefix != nil && cached.Name == topic {
-		return cached.prefix, nil
+	if p, ok := m.carriedPrefix(topic, cached); ok {
+		return p, nil
 	}
 	t, ok := m.topics.lookupString(topic)
 	if ok && t.prefix != nil {
@@ -443,6 +443,19 @@ func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[max
 		}
 	}
 	return p, nil
+}
+
+// carriedPrefix returns the prefix of the Topic a message carries, when
+// that entry can stand for this topic here: it must come from this
+// mapper's cache (another mapper's static tags and pattern make other
+// prefixes), be for this very topic name (an entry says nothing about any
+// other), and have a prefix (nil: the topic does not match the pattern,
+// which buildPrefix reports with its reason).
+func (m *Mapper) carriedPrefix(topic string, cached Topic) ([]byte, bool) {
+	if cached.cache == m.topics && cached.prefix != nil && cached.Name == topic {
+		return cached.prefix, true
+	}
+	return nil, false
 }
 
 // buildPrefix appends the escaped "measurement,tag=value,..." of topic's
@@ -466,28 +479,41 @@ func (m *Mapper) buildPrefix(dst []byte, topic string) ([]byte, error) {
 	return dst, nil
 }
 
+// appendJSON appends the one point of a JSON object payload: the topic's
+// line prefix, the object's fields and its timestamp.
 func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 	var buf [maxStackPrefix]byte
 	prefix, err := m.linePrefix(msg.Topic, msg.Cached, FormatJSON, &buf)
 	if err != nil {
 		return dst, 0, err
 	}
+	// The fields live on the stack while a message has no more than
+	// this many: the hot path allocates nothing.
+	var fieldBuf [16]jsonField
+	fields, ts, err := decodeJSONFields(fieldBuf[:0], msg.Payload, msg.Received)
+	if err != nil {
+		return dst, 0, err
+	}
+	return encodeJSONPoint(dst, prefix, fields, ts)
+}
+
+// decodeJSONFields reads a JSON object payload into fields, sorted by key
+// with one value per key, and its time ("ts", else received).
+func decodeJSONFields(fields []jsonField, payload []byte, received time.Time) ([]jsonField, time.Time, error) {
 	// gjson validates and walks the object without building a map: this
 	// is the hot path of every message (see BenchmarkMapperJSON).
-	if !gjson.ValidBytes(msg.Payload) {
-		return dst, 0, decodeErr(ReasonNotJSON, "payload is not valid JSON")
+	if !gjson.ValidBytes(payload) {
+		return nil, time.Time{}, decodeErr(ReasonNotJSON, "payload is not valid JSON")
 	}
 	// gjson.ParseBytes copies the payload into a string, the one
 	// allocation per message left here. A string viewing the bytes is
 	// safe: nothing writes to the payload during this call, and no
 	// result (keys, string values) outlives it; the encoder copies them.
-	obj := gjson.Parse(unsafe.String(unsafe.SliceData(msg.Payload), len(msg.Payload)))
+	obj := gjson.Parse(unsafe.String(unsafe.SliceData(payload), len(payload)))
 	if !obj.IsObject() {
-		return dst, 0, decodeErr(ReasonNotObject, "payload is a JSON %s, want an object", gjsonKind(obj))
+		return nil, time.Time{}, decodeErr(ReasonNotObject, "payload is a JSON %s, want an object", gjsonKind(obj))
 	}
-	ts := msg.Received
-	var fieldBuf [16]jsonField
-	fields := fieldBuf[:0]
+	ts := received
 	var ferr error
 	obj.ForEach(func(key, v gjson.Result) bool {
 		k := key.Str
@@ -495,46 +521,61 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 			ts, ferr = parseTS(v)
 			return ferr == nil
 		}
-		if !validName(k) {
-			ferr = decodeErr(ReasonBadField, "bad field name %q", k)
+		val, keep, err := jsonFieldValue(k, v)
+		if err != nil {
+			ferr = err
 			return false
 		}
-		var val lineprotocol.Value
-		ok := true
-		switch v.Type {
-		case gjson.Null:
-			return true // null means "no value this time"
-		case gjson.Number:
-			f, perr := strconv.ParseFloat(v.Raw, 64)
-			if perr != nil {
-				ferr = decodeErr(ReasonBadField, "field %q: number %s out of range", k, v.Raw)
-				return false
-			}
-			val, ok = lineprotocol.FloatValue(f)
-		case gjson.True, gjson.False:
-			val = lineprotocol.BoolValue(v.Type == gjson.True)
-		case gjson.String:
-			val, ok = lineprotocol.StringValue(v.Str)
-		default:
-			ferr = decodeErr(ReasonBadField, "field %q: %s values are not supported", k, gjsonKind(v))
-			return false
+		if keep {
+			fields = append(fields, jsonField{k, val})
 		}
-		if !ok {
-			ferr = decodeErr(ReasonBadField, "field %q: value cannot be stored", k)
-			return false
-		}
-		fields = append(fields, jsonField{k, val})
 		return true
 	})
 	if ferr != nil {
-		return dst, 0, ferr
+		return nil, time.Time{}, ferr
 	}
 	// A key given twice: the last one wins, as in most JSON decoders.
 	slices.SortStableFunc(fields, func(a, b jsonField) int { return strings.Compare(a.key, b.key) })
 	fields = dedupLast(fields)
 	if len(fields) == 0 {
-		return dst, 0, decodeErr(ReasonNoFields, "payload has no fields")
+		return nil, time.Time{}, decodeErr(ReasonNoFields, "payload has no fields")
 	}
+	return fields, ts, nil
+}
+
+// jsonFieldValue converts the JSON value of field k; keep is false for a
+// null, which means "no value this time" and is left out.
+func jsonFieldValue(k string, v gjson.Result) (val lineprotocol.Value, keep bool, err error) {
+	if !validName(k) {
+		return val, false, decodeErr(ReasonBadField, "bad field name %q", k)
+	}
+	ok := true
+	switch v.Type {
+	case gjson.Null:
+		return val, false, nil
+	case gjson.Number:
+		f, perr := strconv.ParseFloat(v.Raw, 64)
+		if perr != nil {
+			return val, false, decodeErr(ReasonBadField, "field %q: number %s out of range", k, v.Raw)
+		}
+		val, ok = lineprotocol.FloatValue(f)
+	case gjson.True, gjson.False:
+		val = lineprotocol.BoolValue(v.Type == gjson.True)
+	case gjson.String:
+		val, ok = lineprotocol.StringValue(v.Str)
+	default:
+		return val, false, decodeErr(ReasonBadField, "field %q: %s values are not supported", k, gjsonKind(v))
+	}
+	if !ok {
+		return val, false, decodeErr(ReasonBadField, "field %q: value cannot be stored", k)
+	}
+	return val, true, nil
+}
+
+// encodeJSONPoint appends one line: prefix, the fields (sorted, names
+// checked) and ts in nanoseconds. On error dst is returned unchanged, so a
+// refused message leaves nothing half-written in the batch.
+func encodeJSONPoint(dst, prefix []byte, fields []jsonField, ts time.Time) ([]byte, int, error) {
 	out := append(dst, prefix...)
 	for i, f := range fields {
 		sep := byte(',')

@@ -221,3 +221,31 @@ func TestMapperUsesCarriedEntry(t *testing.T) {
 		t.Fatalf("%v allocations with the entry carried", a)
 	}
 }
+
+// carriedPrefix trusts an entry only from its own mapper's cache, for its
+// own topic, and only when the entry has a prefix.
+func TestCarriedPrefix(t *testing.T) {
+	m1 := newTestMapper(t, 0)
+	m2 := newTestMapper(t, 0) // the same config, another cache
+	name := "sensors/s1/d1/env"
+	e := m1.Topics().Add([]byte(name), FormatJSON)
+	if p, ok := m1.carriedPrefix(name, e); !ok || string(p) != "env,device=d1,gateway=gw-1,site=s1" {
+		t.Errorf("own entry: %q, %v", p, ok)
+	}
+	refused := m1.Topics().Add([]byte("other/topic"), FormatJSON)
+	for _, tc := range []struct {
+		what  string
+		m     *Mapper
+		topic string
+		e     Topic
+	}{
+		{"another mapper's entry", m2, name, e},
+		{"another topic's entry", m1, "sensors/s1/d2/env", e},
+		{"no entry", m1, name, Topic{}},
+		{"an entry without a prefix", m1, "other/topic", refused},
+	} {
+		if p, ok := tc.m.carriedPrefix(tc.topic, tc.e); ok {
+			t.Errorf("%s: used, prefix %q", tc.what, p)
+		}
+	}
+}
