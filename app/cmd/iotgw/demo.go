@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -97,7 +98,71 @@ func (l *latencies) percentile(p float64) time.Duration {
 	return l.all[min(len(l.all)-1, int(p*float64(len(l.all))))]
 }
 
+// demo is the state the steps of runDemo share.
+type demo struct {
+	out     io.Writer
+	cfg     config.Config
+	log     *slog.Logger
+	mqttURL string
+	token   string // the API token, for the command and the live page
+	g       *gateway.Gateway
+	lat     latencies
+
+	cancelGateway context.CancelFunc
+	gdone         chan struct{} // closed when g.Run has returned runErr
+	runErr        error
+}
+
+// demoFleet is what the simulated fleet did.
+type demoFleet struct {
+	report  sim.Report
+	err     error  // the simulator's
+	command string // how the command round trip went
+}
+
 func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options, verbose bool) error {
+	dm := &demo{out: out}
+	if err := dm.loadConfig(verbose); err != nil {
+		return err
+	}
+	stopBroker, err := dm.startBroker()
+	if err != nil {
+		return err
+	}
+	defer stopBroker()
+	removeSpool, err := dm.configureGateway()
+	if err != nil {
+		return err
+	}
+	defer removeSpool()
+	stopCommands, err := dm.startGateway()
+	if err != nil {
+		return err
+	}
+	// Deferred in this order, the gateway stops before its command
+	// service.
+	defer stopCommands()
+	defer func() { _ = dm.stopGateway() }()
+	if err := dm.waitReady(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
+	dm.printBanner(d)
+	fleet, closeDevices, err := dm.runFleet(ctx, d, so)
+	if err != nil {
+		return err
+	}
+	defer closeDevices()
+	dm.waitWritten()
+	if err := dm.stopGateway(); err != nil {
+		return err
+	}
+	return dm.report(fleet, start)
+}
+
+// loadConfig reads the configuration from the environment and makes the
+// logger.
+func (dm *demo) loadConfig(verbose bool) error {
 	cfg, err := config.Load("", os.LookupEnv)
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -109,33 +174,45 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 	if verbose {
 		logCfg.Level = "info"
 	}
-	log := newLogger(os.Stderr, logCfg)
+	dm.cfg, dm.log = cfg, newLogger(os.Stderr, logCfg)
 	if os.Getenv("IOTGW_INFLUX_URL") == "" {
 		return &exitError{code: 2, err: errors.New("IOTGW_INFLUX_URL is not set: start InfluxDB first (scripts/demo.sh does)")}
 	}
+	return nil
+}
+
+// startBroker starts the in-process broker on a free loopback port.
+func (dm *demo) startBroker() (stop func(), err error) {
 	b, err := broker.New(broker.Options{
 		Listeners:      []broker.Listener{{ID: "demo", Addr: "127.0.0.1:0"}},
 		AllowAnonymous: true,
-		Logger:         log,
+		Logger:         dm.log,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.Start(); err != nil {
-		return err
+		return nil, err
 	}
-	defer b.Close()
-	mqttURL := "tcp://" + b.Addr("demo")
+	dm.mqttURL = "tcp://" + b.Addr("demo")
+	return func() { _ = b.Close() }, nil
+}
 
-	cfg.MQTT.URL = mqttURL
+// configureGateway points the gateway at the demo's broker and fills in
+// what the environment left out (spool directory, HTTP address, API
+// token) with throwaway values; remove deletes a spool made here.
+func (dm *demo) configureGateway() (remove func(), err error) {
+	cfg := &dm.cfg
+	cfg.MQTT.URL = dm.mqttURL
 	cfg.MQTT.ClientID = "iotgw-demo"
 	cfg.Gateway.ID = "demo"
+	remove = func() {}
 	if os.Getenv("IOTGW_SPOOL_DIR") == "" {
 		dir, err := os.MkdirTemp("", "iotgw-demo-")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer os.RemoveAll(dir)
+		remove = func() { _ = os.RemoveAll(dir) }
 		cfg.Spool.Dir = dir
 	}
 	if os.Getenv("IOTGW_HTTP_ADDR") == "" {
@@ -148,112 +225,141 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		cfg.Commands.Token = hex.EncodeToString(b[:])
 	}
 	if err := cfg.Validate(); err != nil {
-		return &exitError{code: 2, err: err}
+		remove()
+		return nil, &exitError{code: 2, err: err}
 	}
-	g, err := newGateway(cfg, log)
-	if err != nil {
-		return err
-	}
-	var lat latencies
-	g.OnWritten(lat.observe)
-	gctx, cancelGateway := context.WithCancel(context.Background())
-	stopCommands, err := startCommands(gctx, cfg, g, log)
-	if err != nil {
-		cancelGateway()
-		return err
-	}
-	defer stopCommands()
-	var runErr error
-	gdone := make(chan struct{}) // closed when Run has returned runErr
-	go func() { runErr = g.Run(gctx); close(gdone) }()
-	stopGateway := func() error { cancelGateway(); <-gdone; return runErr }
-	defer stopGateway()
+	return remove, nil
+}
 
-	// Wait until the gateway is subscribed before the sensors start.
-	for deadline := time.Now().Add(15 * time.Second); g.Ready() != nil; {
+// startGateway builds the gateway and runs it in the background until
+// stopGateway; stopCommands ends the command service.
+func (dm *demo) startGateway() (stopCommands func(), err error) {
+	g, err := newGateway(dm.cfg, dm.log)
+	if err != nil {
+		return nil, err
+	}
+	g.OnWritten(dm.lat.observe)
+	// Its own context: the gateway outlives Ctrl-C long enough to write
+	// what the sensors sent.
+	gctx, cancel := context.WithCancel(context.Background())
+	stopCommands, err = startCommands(gctx, dm.cfg, g, dm.log)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	dm.g, dm.cancelGateway, dm.gdone = g, cancel, make(chan struct{})
+	go func() { dm.runErr = g.Run(gctx); close(dm.gdone) }()
+	return stopCommands, nil
+}
+
+// stopGateway stops the gateway and returns Run's error; it may be called
+// again.
+func (dm *demo) stopGateway() error {
+	dm.cancelGateway()
+	<-dm.gdone
+	return dm.runErr
+}
+
+// waitReady waits until the gateway is subscribed, so that the sensors'
+// first messages are not lost.
+func (dm *demo) waitReady(ctx context.Context) error {
+	for deadline := time.Now().Add(15 * time.Second); dm.g.Ready() != nil; {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("gateway not ready after 15s: %v", g.Ready())
+			return fmt.Errorf("gateway not ready after 15s: %v", dm.g.Ready())
 		}
 		select {
-		case <-gdone:
-			return runErr
+		case <-dm.gdone:
+			return dm.runErr
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	start := time.Now()
-	fmt.Fprintf(out, "iotgw demo: broker %s, gateway metrics http://%s/metrics, InfluxDB %s bucket %q\n",
-		mqttURL, g.HTTPAddr(), cfg.Influx.URL, cfg.Influx.Bucket)
-	tok, _ := commandToken(cfg.Commands)
-	fmt.Fprintf(out, "live page: http://%s/#token=%s\n", g.HTTPAddr(), tok)
-	fmt.Fprintf(out, "publishing for %s (Ctrl-C to stop early)...\n", d)
+	return nil
+}
 
+// printBanner says where everything is.
+func (dm *demo) printBanner(d time.Duration) {
+	fmt.Fprintf(dm.out, "iotgw demo: broker %s, gateway metrics http://%s/metrics, InfluxDB %s bucket %q\n",
+		dm.mqttURL, dm.g.HTTPAddr(), dm.cfg.Influx.URL, dm.cfg.Influx.Bucket)
+	dm.token, _ = commandToken(dm.cfg.Commands)
+	fmt.Fprintf(dm.out, "live page: http://%s/#token=%s\n", dm.g.HTTPAddr(), dm.token)
+	fmt.Fprintf(dm.out, "publishing for %s (Ctrl-C to stop early)...\n", d)
+}
+
+// runFleet runs the simulated sensors for d, and meanwhile sends the demo
+// command to a device and follows it. closeDevices disconnects the devices
+// that answer commands.
+func (dm *demo) runFleet(ctx context.Context, d time.Duration, so sim.Options) (fleet demoFleet, closeDevices func(), err error) {
 	controls := sim.NewControls()
 	so.Controls = controls
-	devices, err := sim.NewResponder(sim.PahoConfig{URL: mqttURL, ClientID: "iotgw-demo-devices"}, controls, nil, log)
+	devices, err := sim.NewResponder(sim.PahoConfig{URL: dm.mqttURL, ClientID: "iotgw-demo-devices"}, controls, nil, dm.log)
 	if err != nil {
-		return err
+		return fleet, nil, err
 	}
-	defer devices.Close()
-	pub, err := sim.NewPahoPublisher(sim.PahoConfig{URL: mqttURL, ClientID: "iotgw-demo-sensors"})
+	pub, err := sim.NewPahoPublisher(sim.PahoConfig{URL: dm.mqttURL, ClientID: "iotgw-demo-sensors"})
 	if err != nil {
-		return err
+		devices.Close()
+		return fleet, nil, err
 	}
 	so.Duration, so.QoS, so.Start = d, 1, time.Now()
 	simCtx, cancelSim := context.WithTimeout(ctx, d+10*time.Second)
-	roundTrip := make(chan string, 1)
-	go func() {
-		roundTrip <- demoCommand(simCtx, &apiClient{base: "http://" + g.HTTPAddr(), token: tok, http: &http.Client{Timeout: 20 * time.Second}}, g)
-	}()
-	report, simErr := sim.Run(simCtx, so, pub, nil)
-	var commandLine string
-	select {
-	case commandLine = <-roundTrip:
-	case <-time.After(15 * time.Second):
-		commandLine = "no answer within 15 s"
-	}
+	roundTrip := dm.startCommandRoundTrip(simCtx)
+	fleet.report, fleet.err = sim.Run(simCtx, so, pub, nil)
+	fleet.command = awaitRoundTrip(roundTrip)
 	cancelSim()
 	_ = pub.Close()
+	return fleet, devices.Close, nil
+}
 
-	// Let the writer finish: wait until everything spooled is written.
+// startCommandRoundTrip sends the demo command through the API in the
+// background; the channel gets how it went.
+func (dm *demo) startCommandRoundTrip(ctx context.Context) <-chan string {
+	roundTrip := make(chan string, 1)
+	c := &apiClient{base: "http://" + dm.g.HTTPAddr(), token: dm.token, http: &http.Client{Timeout: 20 * time.Second}}
+	go func() { roundTrip <- demoCommand(ctx, c, dm.g) }()
+	return roundTrip
+}
+
+// awaitRoundTrip waits a bounded time for the command's outcome: the
+// report must not hang on a device that never answers.
+func awaitRoundTrip(roundTrip <-chan string) string {
+	select {
+	case line := <-roundTrip:
+		return line
+	case <-time.After(15 * time.Second):
+		return "no answer within 15 s"
+	}
+}
+
+// waitWritten lets the writer finish: it waits, for a bounded time, until
+// everything spooled is written.
+func (dm *demo) waitWritten() {
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
-		if spooled, written := gatherCounter(g, "iotgw_points_spooled_total"), gatherCounter(g, "iotgw_points_written_total"); spooled > 0 && spooled == written {
+		if spooled, written := gatherCounter(dm.g, "iotgw_points_spooled_total"), gatherCounter(dm.g, "iotgw_points_written_total"); spooled > 0 && spooled == written {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := stopGateway(); err != nil {
-		return err
-	}
+}
 
+// report prints what the sensors sent, what the gateway did and what is in
+// InfluxDB, and fails when an acknowledged reading is missing there.
+func (dm *demo) report(fleet demoFleet, start time.Time) error {
+	out, g, report := dm.out, dm.g, fleet.report
 	fmt.Fprintf(out, "\nsensors: %d sent, %d acknowledged by the broker, %d malformed on purpose\n",
 		report.Sent, report.Acked, sumBad(report.Bad))
 	fmt.Fprintf(out, "gateway: %.0f messages received, %.0f points written, %.0f dead letters\n",
 		gatherCounter(g, "iotgw_messages_received_total"), gatherCounter(g, "iotgw_points_written_total"),
 		gatherCounter(g, "iotgw_dead_letters_total"))
 	fmt.Fprintf(out, "latency publish→InfluxDB: p50 %s, p99 %s\n",
-		lat.percentile(0.50).Round(time.Millisecond), lat.percentile(0.99).Round(time.Millisecond))
-	fmt.Fprintf(out, "command round trip: %s\n", commandLine)
-	flux := fmt.Sprintf(`from(bucket: %q)
-  |> range(start: %s)
-  |> filter(fn: (r) => r.gateway == "demo")
-  |> group(columns: ["_measurement", "_field"])
-  |> count()`, cfg.Influx.Bucket, start.Add(-time.Minute).UTC().Format(time.RFC3339))
-	counts, qerr := pointsPerMeasurement(cfg, flux)
-	var stored int64
-	if qerr != nil {
-		fmt.Fprintf(out, "points per measurement: query failed: %v\n", qerr)
-	} else {
-		fmt.Fprintln(out, "points in InfluxDB per measurement:")
-		for _, m := range slices.Sorted(maps.Keys(counts)) {
-			fmt.Fprintf(out, "  %-12s %d\n", m, counts[m])
-			stored += counts[m]
-		}
-	}
-	fmt.Fprintf(out, "\nsee the data yourself (POST %s/api/v2/query, or the InfluxDB UI):\n%s\n", redacted(cfg.Influx.URL), flux)
-	if simErr != nil && !errors.Is(simErr, context.Canceled) {
-		return fmt.Errorf("simulator: %w", simErr)
+		dm.lat.percentile(0.50).Round(time.Millisecond), dm.lat.percentile(0.99).Round(time.Millisecond))
+	fmt.Fprintf(out, "command round trip: %s\n", fleet.command)
+	flux := demoFlux(dm.cfg.Influx.Bucket, start)
+	stored, qerr := dm.printStored(flux)
+	fmt.Fprintf(out, "\nsee the data yourself (POST %s/api/v2/query, or the InfluxDB UI):\n%s\n", redacted(dm.cfg.Influx.URL), flux)
+	if fleet.err != nil && !errors.Is(fleet.err, context.Canceled) {
+		return fmt.Errorf("simulator: %w", fleet.err)
 	}
 	if qerr != nil {
 		return fmt.Errorf("count the points in InfluxDB: %w", qerr)
@@ -264,6 +370,33 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 		return fmt.Errorf("readings lost: %d well-formed readings acknowledged, %d points in InfluxDB", want, stored)
 	}
 	return nil
+}
+
+// demoFlux is the query counting the demo's points per measurement and
+// field, from a minute before start (device clocks may lag).
+func demoFlux(bucket string, start time.Time) string {
+	return fmt.Sprintf(`from(bucket: %q)
+  |> range(start: %s)
+  |> filter(fn: (r) => r.gateway == "demo")
+  |> group(columns: ["_measurement", "_field"])
+  |> count()`, bucket, start.Add(-time.Minute).UTC().Format(time.RFC3339))
+}
+
+// printStored prints the points in InfluxDB per measurement and returns
+// their total.
+func (dm *demo) printStored(flux string) (int64, error) {
+	counts, err := pointsPerMeasurement(dm.cfg, flux)
+	if err != nil {
+		fmt.Fprintf(dm.out, "points per measurement: query failed: %v\n", err)
+		return 0, err
+	}
+	var stored int64
+	fmt.Fprintln(dm.out, "points in InfluxDB per measurement:")
+	for _, m := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Fprintf(dm.out, "  %-12s %d\n", m, counts[m])
+		stored += counts[m]
+	}
+	return stored, nil
 }
 
 // demoDevice is the device the demo sends its command to.
