@@ -57,89 +57,86 @@ func Run(ctx context.Context, o Options, p Publisher, observe func(Message)) (Re
 		return Report{}, err
 	}
 	o = f.Options()
-	rate := o.TotalRate
-	if rate == 0 {
-		rate = o.Rate * float64(o.Devices)
+	sch := newSchedule(o)
+	rep := Report{Bad: make(map[string]int64)}
+	r := startReaper(o.MaxInFlight)
+	produce(ctx, f, o, p, observe, sch, r.pending, &rep)
+	r.finish(o.DrainTimeout)
+	rep.Acked, rep.Failed = r.acked, r.failed
+	rep.Unacked = rep.Sent - r.acked - r.failed
+	rep.Elapsed = time.Since(sch.started)
+	return rep, runError(rep, r.firstErr, o.DrainTimeout)
+}
+
+// schedule says how many messages are due by now and which device time
+// each carries.
+type schedule struct {
+	rate    float64 // messages per second, the whole fleet
+	limit   int64   // messages in the run
+	started time.Time
+	origin  time.Time // device time of message 0
+}
+
+// newSchedule reads the rate and the run's length from o; the run starts
+// now.
+func newSchedule(o Options) schedule {
+	s := schedule{rate: o.TotalRate, limit: math.MaxInt64, started: time.Now(), origin: o.Start}
+	if s.rate == 0 {
+		s.rate = o.Rate * float64(o.Devices)
 	}
-	limit := int64(math.MaxInt64)
 	if o.Count > 0 {
-		limit = int64(o.Count)
+		s.limit = int64(o.Count)
 	}
 	if o.Duration > 0 {
-		limit = min(limit, int64(math.Ceil(o.Duration.Seconds()*rate)))
+		s.limit = min(s.limit, int64(math.Ceil(o.Duration.Seconds()*s.rate)))
 	}
-
-	started := time.Now()
-	origin := o.Start
-	if origin.IsZero() {
-		origin = started
+	if s.origin.IsZero() {
+		s.origin = s.started
 	}
-	rep := Report{Bad: make(map[string]int64)}
+	return s
+}
 
+// due is how many messages should have been published by now.
+func (s schedule) due() int64 {
+	return min(s.limit, int64(time.Since(s.started).Seconds()*s.rate)+1)
+}
+
+// deviceTime is the device time of message i: its due time from origin,
+// not when it was actually sent, so a run is reproducible.
+func (s schedule) deviceTime(i int64) time.Time {
+	return s.origin.Add(time.Duration(math.Round(float64(i) * float64(time.Second) / s.rate)))
+}
+
+// tick is how often due messages are released: the message interval,
+// kept between a millisecond (faster rates go out in batches per tick) and
+// a tenth of a second (no message goes out later than that past its due
+// time).
+func (s schedule) tick() time.Duration {
+	interval := time.Duration(float64(time.Second) / s.rate)
+	return min(max(interval, time.Millisecond), 100*time.Millisecond)
+}
+
+// produce publishes the due messages tick after tick until the schedule's
+// limit or ctx's end, handing each publish's Token to pending and counting
+// sent and malformed messages in rep.
+func produce(ctx context.Context, f *Fleet, o Options, p Publisher, observe func(Message), sch schedule, pending chan<- Token, rep *Report) {
+	defer close(pending)
 	async, _ := p.(AsyncPublisher)
-
-	// The channel's capacity bounds the publishes in flight; one reaper
-	// collects completions in order.
-	pending := make(chan Token, o.MaxInFlight)
-	abort := make(chan struct{})
-	reaped := make(chan struct{})
-	var acked, failed int64
-	var firstErr error
-	account := func(t Token) {
-		if err := t.Error(); err != nil {
-			failed++
-			if firstErr == nil {
-				firstErr = err
-			}
-		} else {
-			acked++
-		}
-	}
-	go func() {
-		defer close(reaped)
-		for t := range pending {
-			select {
-			case <-t.Done():
-				account(t)
-			case <-abort:
-				// Count what has completed; the rest stays unacked.
-				for _, t := range append([]Token{t}, drain(pending)...) {
-					select {
-					case <-t.Done():
-						account(t)
-					default:
-					}
-				}
+	ticker := time.NewTicker(sch.tick())
+	defer ticker.Stop()
+	for rep.Sent < sch.limit {
+		for due := sch.due(); rep.Sent < due; {
+			if ctx.Err() != nil {
 				return
 			}
-		}
-	}()
-
-	interval := time.Duration(float64(time.Second) / rate)
-	ticker := time.NewTicker(min(max(interval, time.Millisecond), 100*time.Millisecond))
-	defer ticker.Stop()
-
-produce:
-	for rep.Sent < limit {
-		due := min(limit, int64(time.Since(started).Seconds()*rate)+1)
-		for rep.Sent < due {
-			if ctx.Err() != nil {
-				break produce
-			}
-			at := origin.Add(time.Duration(math.Round(float64(rep.Sent) * float64(time.Second) / rate)))
-			m := f.Next(at)
+			m := f.Next(sch.deviceTime(rep.Sent))
 			if m.Topic == "" {
 				break // every device is held back by its interval: wait for the ticker
 			}
 			if observe != nil {
 				observe(m)
 			}
-			var t Token
-			if async != nil {
-				t = async.PublishAsync(m.Topic, o.QoS, m.Payload)
-			} else {
-				t = syncPublish(ctx, p, m, o.QoS)
-			}
+			t := publish(ctx, p, async, m, o.QoS)
 			rep.Sent++
 			if m.Bad != "" {
 				rep.Bad[m.Bad]++
@@ -150,41 +147,102 @@ produce:
 			select {
 			case pending <- t:
 			case <-ctx.Done():
-				break produce // t stays unacked
+				return // t stays unacked
 			}
 		}
-		if rep.Sent == limit {
-			break
+		if rep.Sent == sch.limit {
+			return
 		}
 		select {
 		case <-ticker.C:
 		case <-ctx.Done():
-			break produce
+			return
 		}
 	}
+}
 
-	close(pending)
-	drainTimer := time.NewTimer(o.DrainTimeout)
+// publish starts m's publish when p can do it asynchronously, else runs it;
+// nil means ctx ended during a blocking publish.
+func publish(ctx context.Context, p Publisher, async AsyncPublisher, m Message, qos byte) Token {
+	if async != nil {
+		return async.PublishAsync(m.Topic, qos, m.Payload)
+	}
+	return syncPublish(ctx, p, m, qos)
+}
+
+// reaper collects publish completions in order. pending's capacity bounds
+// the publishes in flight.
+type reaper struct {
+	pending  chan Token
+	abort    chan struct{}
+	reaped   chan struct{}
+	acked    int64
+	failed   int64
+	firstErr error
+}
+
+func startReaper(maxInFlight int) *reaper {
+	r := &reaper{pending: make(chan Token, maxInFlight), abort: make(chan struct{}), reaped: make(chan struct{})}
+	go r.run()
+	return r
+}
+
+func (r *reaper) run() {
+	defer close(r.reaped)
+	for t := range r.pending {
+		select {
+		case <-t.Done():
+			r.account(t)
+		case <-r.abort:
+			// Count what has completed; the rest stays unacked.
+			for _, t := range append([]Token{t}, drain(r.pending)...) {
+				select {
+				case <-t.Done():
+					r.account(t)
+				default:
+				}
+			}
+			return
+		}
+	}
+}
+
+func (r *reaper) account(t Token) {
+	if err := t.Error(); err != nil {
+		r.failed++
+		if r.firstErr == nil {
+			r.firstErr = err
+		}
+	} else {
+		r.acked++
+	}
+}
+
+// finish waits up to timeout for the outstanding publishes (pending is
+// closed), then stops counting; the counts are final when it returns.
+func (r *reaper) finish(timeout time.Duration) {
+	drainTimer := time.NewTimer(timeout)
 	defer drainTimer.Stop()
 	select {
-	case <-reaped:
+	case <-r.reaped:
 	case <-drainTimer.C:
-		close(abort)
-		<-reaped
+		close(r.abort)
+		<-r.reaped
 	}
-	rep.Acked, rep.Failed = acked, failed
-	rep.Unacked = rep.Sent - acked - failed
-	rep.Elapsed = time.Since(started)
+}
 
+// runError says why a finished run is not a success: a failed or an
+// unacknowledged publish.
+func runError(rep Report, firstErr error, drainTimeout time.Duration) error {
 	switch {
 	case rep.Failed > 0:
-		return rep, fmt.Errorf("sim: %d of %d publishes failed, %d unacknowledged; first error: %w",
+		return fmt.Errorf("sim: %d of %d publishes failed, %d unacknowledged; first error: %w",
 			rep.Failed, rep.Sent, rep.Unacked, firstErr)
 	case rep.Unacked > 0:
-		return rep, fmt.Errorf("sim: %d of %d publishes unacknowledged after %v drain",
-			rep.Unacked, rep.Sent, o.DrainTimeout)
+		return fmt.Errorf("sim: %d of %d publishes unacknowledged after %v drain",
+			rep.Unacked, rep.Sent, drainTimeout)
 	}
-	return rep, nil
+	return nil
 }
 
 // syncPublish runs a blocking Publish and wraps its result as a completed
