@@ -656,120 +656,23 @@ func dedupLast(fields []jsonField) []jsonField {
 // the database is harder to reason about than none. Values are stored as
 // InfluxDB would store the same lines written to it directly.
 func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
-	prec := m.linePrecision(msg.Topic)
-	dec := lineprotocol.NewDecoderWithBytes(serverEscapes(msg.Payload))
+	e := lineEncoder{
+		dec:        lineprotocol.NewDecoderWithBytes(serverEscapes(msg.Payload)),
+		prec:       m.linePrecision(msg.Topic),
+		received:   msg.Received,
+		staticOnly: m.staticOnly,
+		scratch:    make([]byte, 0, 256),
+	}
 	out := dst
-	type kv struct{ k, v []byte }
-	var tags []kv
-	// The decoder's slices are valid only until its next call, so keep
-	// the measurement and tags in a scratch arena while sorting them. The
-	// arena is reused line after line: they are copied into out by the
-	// time the next one starts. (When it grows, the slices kept so far
-	// still point into the old array, which nothing changes.)
-	scratch := make([]byte, 0, 256)
-	keep := func(b []byte) []byte {
-		start := len(scratch)
-		scratch = append(scratch, b...)
-		return scratch[start:len(scratch):len(scratch)]
-	}
-	// untimed counts, per series, the lines without a timestamp so far.
-	var untimed map[string]int64
 	n := 0
-	fail := func(reason, format string, args ...any) ([]byte, int, error) {
-		return dst, 0, decodeErr(reason, "line %d: %s", n+1, fmt.Sprintf(format, args...))
-	}
-	for dec.Next() {
-		scratch = scratch[:0]
-		meas, err := dec.Measurement()
-		if err != nil {
-			return fail(ReasonBadLine, "%v", err)
+	for e.dec.Next() {
+		var err error
+		if out, err = e.appendPoint(out); err != nil {
+			return dst, 0, atLine(n+1, err)
 		}
-		if !validNameBytes(meas) {
-			return fail(ReasonBadLine, "measurement %q cannot be stored as it is", meas)
-		}
-		meas = keep(meas)
-		tags = tags[:0]
-		for {
-			k, v, err := dec.NextTag()
-			if err != nil {
-				return fail(ReasonBadLine, "%v", err)
-			}
-			if k == nil {
-				break
-			}
-			if !validNameBytes(k) || !validNameBytes(v) {
-				return fail(ReasonBadLine, "tag %q=%q cannot be stored as it is", k, v)
-			}
-			tags = append(tags, kv{keep(k), keep(v)})
-		}
-		for _, s := range m.staticOnly {
-			tags = append(tags, kv{[]byte(s.key), []byte(s.static)})
-		}
-		slices.SortFunc(tags, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
-		lineStart := len(out)
-		out = appendName(out, unsafeString(meas), false)
-		for i, t := range tags {
-			if i > 0 && bytes.Equal(tags[i-1].k, t.k) {
-				return fail(ReasonBadLine, "tag %q given twice", t.k)
-			}
-			out = appendName(append(out, ','), unsafeString(t.k), true)
-			out = appendName(append(out, '='), unsafeString(t.v), true)
-		}
-		series := out[lineStart:]
-		fields := 0
-		for {
-			k, v, err := dec.NextField()
-			if err != nil {
-				return fail(ReasonBadLine, "%v", err)
-			}
-			if k == nil {
-				break
-			}
-			if !validNameBytes(k) {
-				return fail(ReasonBadLine, "field key %q cannot be stored as it is", k)
-			}
-			sep := byte(',')
-			if fields == 0 {
-				sep = ' '
-			}
-			out = appendName(append(out, sep), unsafeString(k), true)
-			var ok bool
-			if out, ok = appendValue(append(out, '='), v); !ok {
-				return fail(ReasonNewline, "field %q: a newline in a string value cannot be stored in line protocol", k)
-			}
-			fields++
-		}
-		if fields == 0 {
-			return fail(ReasonBadLine, "no fields")
-		}
-		raw, err := dec.TimeBytes()
-		if err != nil {
-			return fail(ReasonBadLine, "%v", err)
-		}
-		var ts int64
-		if raw == nil {
-			// Lines without a timestamp take the receive time. A second
-			// line of the same series in the message would overwrite the
-			// first at that time, so the k-th is stamped k-1 ns later.
-			ts = msg.Received.UnixNano()
-			if untimed == nil {
-				untimed = map[string]int64{}
-			}
-			k := untimed[string(series)]
-			untimed[string(series)] = k + 1
-			ts += k
-		} else {
-			ts, err = strconv.ParseInt(unsafeString(raw), 10, 64)
-			d := int64(prec.Duration())
-			if err != nil || ts > math.MaxInt64/d || ts < math.MinInt64/d+1 {
-				return fail(ReasonBadLine, "timestamp %s (precision %s) is out of range", raw, prec)
-			}
-			ts *= d
-		}
-		out = append(strconv.AppendInt(append(out, ' '), ts, 10), '\n')
 		n++
 	}
-	if err := dec.Err(); err != nil {
+	if err := e.dec.Err(); err != nil {
 		return dst, 0, decodeErr(ReasonBadLine, "%v", err)
 	}
 	if n == 0 {
@@ -778,7 +681,163 @@ func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
 	return out, n, nil
 }
 
+// atLine puts the number of the line that failed into a DecodeError.
+func atLine(n int, err error) error {
+	reason := ReasonBadLine
+	if de, ok := err.(*DecodeError); ok {
+		reason, err = de.Reason, de.Err
+	}
+	return decodeErr(reason, "line %d: %s", n, err.Error())
+}
+
+// lineEncoder re-encodes the lines of one line-protocol payload.
+type lineEncoder struct {
+	dec        *lineprotocol.Decoder
+	prec       lineprotocol.Precision // unit of the payload's timestamps
+	received   time.Time
+	staticOnly []tagSource
+	tags       []lineTag
+	// The decoder's slices are valid only until its next call, so the
+	// measurement and tags are kept in scratch while they are sorted. It
+	// is reused line after line: they are copied into the output by the
+	// time the next one starts. (When it grows, the slices kept so far
+	// still point into the old array, which nothing changes.)
+	scratch []byte
+	// untimed counts, per series, the lines without a timestamp so far.
+	untimed map[string]int64
+}
+
+type lineTag struct{ k, v []byte }
+
+// keep copies b into scratch, to outlive the decoder's next call.
+func (e *lineEncoder) keep(b []byte) []byte {
+	start := len(e.scratch)
+	e.scratch = append(e.scratch, b...)
+	return e.scratch[start:len(e.scratch):len(e.scratch)]
+}
+
+// appendPoint appends the decoder's current line, re-encoded.
+func (e *lineEncoder) appendPoint(out []byte) ([]byte, error) {
+	lineStart := len(out)
+	out, err := e.appendSeries(out)
+	if err != nil {
+		return out, err
+	}
+	// series views the bytes written so far; they do not change even if
+	// appending the fields moves out to a new array.
+	series := out[lineStart:]
+	if out, err = e.appendFields(out); err != nil {
+		return out, err
+	}
+	ts, err := e.timestamp(series)
+	if err != nil {
+		return out, err
+	}
+	return append(strconv.AppendInt(append(out, ' '), ts, 10), '\n'), nil
+}
+
+// appendSeries appends the line's measurement and its tags with the static
+// ones, sorted, after checking that each is stored as it is written.
+func (e *lineEncoder) appendSeries(out []byte) ([]byte, error) {
+	e.scratch = e.scratch[:0]
+	meas, err := e.dec.Measurement()
+	if err != nil {
+		return out, decodeErr(ReasonBadLine, "%v", err)
+	}
+	if !validNameBytes(meas) {
+		return out, decodeErr(ReasonBadLine, "measurement %q cannot be stored as it is", meas)
+	}
+	meas = e.keep(meas)
+	e.tags = e.tags[:0]
+	for {
+		k, v, err := e.dec.NextTag()
+		if err != nil {
+			return out, decodeErr(ReasonBadLine, "%v", err)
+		}
+		if k == nil {
+			break
+		}
+		if !validNameBytes(k) || !validNameBytes(v) {
+			return out, decodeErr(ReasonBadLine, "tag %q=%q cannot be stored as it is", k, v)
+		}
+		e.tags = append(e.tags, lineTag{e.keep(k), e.keep(v)})
+	}
+	for _, s := range e.staticOnly {
+		// Views of the strings, not copies: tags are only read.
+		e.tags = append(e.tags, lineTag{unsafeBytes(s.key), unsafeBytes(s.static)})
+	}
+	slices.SortFunc(e.tags, func(a, b lineTag) int { return bytes.Compare(a.k, b.k) })
+	out = appendName(out, unsafeString(meas), false)
+	for i, t := range e.tags {
+		if i > 0 && bytes.Equal(e.tags[i-1].k, t.k) {
+			return out, decodeErr(ReasonBadLine, "tag %q given twice", t.k)
+		}
+		out = appendName(append(out, ','), unsafeString(t.k), true)
+		out = appendName(append(out, '='), unsafeString(t.v), true)
+	}
+	return out, nil
+}
+
+// appendFields appends the line's fields; a line needs at least one.
+func (e *lineEncoder) appendFields(out []byte) ([]byte, error) {
+	fields := 0
+	for {
+		k, v, err := e.dec.NextField()
+		if err != nil {
+			return out, decodeErr(ReasonBadLine, "%v", err)
+		}
+		if k == nil {
+			break
+		}
+		if !validNameBytes(k) {
+			return out, decodeErr(ReasonBadLine, "field key %q cannot be stored as it is", k)
+		}
+		sep := byte(',')
+		if fields == 0 {
+			sep = ' '
+		}
+		out = appendName(append(out, sep), unsafeString(k), true)
+		var ok bool
+		if out, ok = appendValue(append(out, '='), v); !ok {
+			return out, decodeErr(ReasonNewline, "field %q: a newline in a string value cannot be stored in line protocol", k)
+		}
+		fields++
+	}
+	if fields == 0 {
+		return out, decodeErr(ReasonBadLine, "no fields")
+	}
+	return out, nil
+}
+
+// timestamp returns the line's time in nanoseconds: its own, in the
+// topic's precision, or the receive time for a line without one.
+func (e *lineEncoder) timestamp(series []byte) (int64, error) {
+	raw, err := e.dec.TimeBytes()
+	if err != nil {
+		return 0, decodeErr(ReasonBadLine, "%v", err)
+	}
+	if raw == nil {
+		// A second line of the same series in the message would overwrite
+		// the first at the receive time, so the k-th is stamped k-1 ns
+		// later.
+		if e.untimed == nil {
+			e.untimed = map[string]int64{}
+		}
+		k := e.untimed[string(series)]
+		e.untimed[string(series)] = k + 1
+		return e.received.UnixNano() + k, nil
+	}
+	ts, err := strconv.ParseInt(unsafeString(raw), 10, 64)
+	d := int64(e.prec.Duration())
+	if err != nil || ts > math.MaxInt64/d || ts < math.MinInt64/d+1 {
+		return 0, decodeErr(ReasonBadLine, "timestamp %s (precision %s) is out of range", raw, e.prec)
+	}
+	return ts * d, nil
+}
+
 func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // serverEscapes makes the line-protocol library read string field values
 // as InfluxDB does. InfluxDB's parser turns only \\ and \" back into one

@@ -128,6 +128,22 @@ func TestMapperLineProtocol(t *testing.T) {
 	}
 }
 
+// A refused payload names the line that failed and keeps that line's
+// reason, so a device's operator can find it.
+func TestMapperLineErrorNamesLine(t *testing.T) {
+	m := mustMapper(t, MapperConfig{StaticTags: map[string]string{"gateway": "gw-1"}})
+	for _, tc := range []struct{ payload, reason, text string }{
+		{"cpu v=1\ncpu v=", ReasonBadLine, "bad_line_protocol: line 2: "},
+		{"cpu v=1\ncpu v=2\ncpu s=\"a\nb\"", ReasonNewline, "newline_in_string: line 3: field \"s\""},
+	} {
+		_, _, err := m.Append(nil, Message{Topic: "any/topic", Payload: []byte(tc.payload), Received: recv}, FormatLine)
+		var de *DecodeError
+		if !errors.As(err, &de) || de.Reason != tc.reason || !strings.HasPrefix(err.Error(), tc.text) {
+			t.Errorf("%q: %v, want reason %s and %q...", tc.payload, err, tc.reason, tc.text)
+		}
+	}
+}
+
 // Lines without a timestamp in one message: a series seen again is stamped
 // a nanosecond later each time, so no line overwrites another; different
 // series keep the same receive time. Timestamps are read in the precision
