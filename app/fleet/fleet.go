@@ -2,7 +2,7 @@
 // heard from, how often it usually publishes, how many of its messages were
 // rejected, and which have fallen silent for longer than their own habit
 // allows. Memory is bounded by a device count, and per device it is a few
-// dozen bytes, so a million devices fit in about a hundred megabytes.
+// dozen bytes, so a million devices fit in about sixty megabytes.
 package fleet
 
 import (
@@ -34,15 +34,27 @@ type Options struct {
 }
 
 // device is one tracked device, kept small: it is multiplied by the fleet.
+// It lives in a chunk of Watch's words, followed by its id.
 type device struct {
 	last     int64   // unix nanoseconds
 	interval float32 // smoothed seconds between messages
 	messages uint32
 	rejected uint32
-	idOff    uint32 // the id is ids[idOff:idOff+idLen]
 	idLen    uint16
 	silent   bool
 }
+
+// deviceWords is a device's size in 8-byte words.
+const deviceWords = uint32((unsafe.Sizeof(device{}) + 7) / 8)
+
+// Devices are stored in chunks that never move, so a device's place (its
+// offset: chunk<<chunkShift | word) stays valid as the fleet grows, and a
+// growing fleet is never copied.
+const (
+	chunkShift = 14 // 16,384 words, 128 KiB: room for the longest id
+	chunkWords = 1 << chunkShift
+	chunkMask  = chunkWords - 1
+)
 
 // minSamples is how many messages a device must have sent before its
 // habit is known well enough to call it silent.
@@ -52,18 +64,20 @@ const minSamples = 3
 type Watch struct {
 	opts Options
 
-	mu sync.Mutex
-	// index finds a device by the hash of its id. Neither it nor ids nor
-	// devices holds a pointer, so a large fleet gives the garbage
-	// collector nothing to scan: with string keys, the map's hundred
-	// thousand pointers were scanned at every collection, a cost every
-	// message paid.
-	index map[uint64]int32
-	// collide holds the ids whose hash an earlier id has (rare).
-	collide   map[string]int32
-	seed      maphash.Seed
-	ids       []byte // every tracked id, back to back
-	devices   []device
+	mu   sync.Mutex
+	seed maphash.Seed
+	// slots find a device by the hash of its id: each holds the high half
+	// of the hash and the device's offset + 1 (0 is an empty slot). Open
+	// addressing, at most half full, so a lookup, found or not (a device
+	// beyond MaxDevices), ends within a probe or two of one cache line.
+	slots []uint64
+	// chunks hold every device followed by its id (padded to a word), back
+	// to back: a lookup touches one slot and one place in a chunk. Nothing
+	// here holds a pointer the collector must follow per device: with a map
+	// of strings, a hundred thousand pointers were scanned at every
+	// collection, a cost every message paid.
+	chunks    [][]uint64
+	count     int
 	silent    int
 	untracked uint64
 }
@@ -82,42 +96,111 @@ func New(o Options) *Watch {
 	if o.MinSilence <= 0 {
 		o.MinSilence = DefaultMinSilence
 	}
-	return &Watch{opts: o, index: map[uint64]int32{}, seed: maphash.MakeSeed()}
+	return &Watch{opts: o, seed: maphash.MakeSeed()}
 }
 
-// id returns device i's id, viewing w.ids (whose bytes never change; a
-// view outlives a reallocation of w.ids).
-func (w *Watch) id(i int32) string {
-	d := &w.devices[i]
-	return unsafe.String(unsafe.SliceData(w.ids[d.idOff:]), int(d.idLen))
+// dev returns the device at off.
+func (w *Watch) dev(off uint32) *device {
+	c := w.chunks[off>>chunkShift]
+	return (*device)(unsafe.Pointer(&c[off&chunkMask]))
 }
 
-// find returns the index of device id; w.mu is held.
-func (w *Watch) find(h uint64, id string) (int32, bool) {
-	if i, ok := w.index[h]; ok && w.id(i) == id {
-		return i, true
+// id returns the id of the device at off, viewing its chunk (whose id
+// bytes never change).
+func (w *Watch) id(off uint32) string {
+	d := w.dev(off)
+	if d.idLen == 0 {
+		return ""
 	}
-	if w.collide != nil {
-		i, ok := w.collide[id]
-		return i, ok
-	}
-	return 0, false
+	c := w.chunks[off>>chunkShift]
+	return unsafe.String((*byte)(unsafe.Pointer(&c[off&chunkMask+deviceWords])), int(d.idLen))
 }
 
-// add tracks a new device; w.mu is held.
-func (w *Watch) add(h uint64, id string, now int64) int32 {
-	i := int32(len(w.devices))
-	w.devices = append(w.devices, device{last: now, idOff: uint32(len(w.ids)), idLen: uint16(len(id))})
-	w.ids = append(w.ids, id...)
-	if _, taken := w.index[h]; taken {
-		if w.collide == nil {
-			w.collide = map[string]int32{}
+// size is how many words the device at off takes with its id.
+func (w *Watch) size(off uint32) uint32 {
+	return deviceWords + (uint32(w.dev(off).idLen)+7)/8
+}
+
+// each calls f with the offset of every device, in the order first heard.
+func (w *Watch) each(f func(off uint32)) {
+	for k, c := range w.chunks {
+		for i := uint32(0); i < uint32(len(c)); {
+			off := uint32(k)<<chunkShift | i
+			f(off)
+			i += w.size(off)
 		}
-		w.collide[strings.Clone(id)] = i
-	} else {
-		w.index[h] = i
+	}
+}
+
+// find returns the offset of device id; w.mu is held.
+func (w *Watch) find(h uint64, id string) (uint32, bool) {
+	if len(w.slots) == 0 {
+		return 0, false
+	}
+	mask := uint64(len(w.slots) - 1)
+	tag := h >> 32
+	for i := tag & mask; ; i = (i + 1) & mask {
+		sl := w.slots[i]
+		if sl == 0 {
+			return 0, false
+		}
+		// The same half of the hash: this id, or another one's.
+		if sl>>32 == tag && w.id(uint32(sl)-1) == id {
+			return uint32(sl) - 1, true
+		}
+	}
+}
+
+// free returns the first empty slot from tag's place on.
+func (w *Watch) free(tag uint64) uint64 {
+	mask := uint64(len(w.slots) - 1)
+	i := tag & mask
+	for w.slots[i] != 0 {
+		i = (i + 1) & mask
 	}
 	return i
+}
+
+// grow doubles the slots; a slot's place comes from its tag alone, so no
+// id is read.
+func (w *Watch) grow() {
+	old := w.slots
+	w.slots = make([]uint64, max(64, 2*len(old)))
+	for _, sl := range old {
+		if sl != 0 {
+			w.slots[w.free(sl>>32)] = sl
+		}
+	}
+}
+
+// add tracks a new device; w.mu is held. ok is false when the chunks are
+// out of offsets.
+func (w *Watch) add(h uint64, id string, now int64) (uint32, bool) {
+	need := deviceWords + (uint32(len(id))+7)/8
+	k := len(w.chunks) - 1
+	if k < 0 || uint32(len(w.chunks[k]))+need > chunkWords {
+		if len(w.chunks) >= 1<<(32-chunkShift) {
+			return 0, false
+		}
+		w.chunks = append(w.chunks, make([]uint64, 0, chunkWords))
+		k++
+	}
+	c := w.chunks[k]
+	at := uint32(len(c))
+	c = c[:at+need]
+	clear(c[at:])
+	w.chunks[k] = c
+	off := uint32(k)<<chunkShift | at
+	*w.dev(off) = device{last: now, idLen: uint16(len(id))}
+	if len(id) > 0 {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&c[at+deviceWords])), len(id)), id)
+	}
+	if (w.count+1)*2 > len(w.slots) {
+		w.grow()
+	}
+	w.slots[w.free(h>>32)] = h>>32<<32 | uint64(off+1)
+	w.count++
+	return off, true
 }
 
 // Seen records a message from the device at time at. id may point into a
@@ -132,15 +215,18 @@ func (w *Watch) record(id string, at time.Time, rejected bool) {
 	h := maphash.String(w.seed, id)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	i, ok := w.find(h, id)
+	off, ok := w.find(h, id)
 	if !ok {
-		if len(w.devices) >= w.opts.MaxDevices || len(id) > maxIDLen || uint64(len(w.ids)+len(id)) > math.MaxUint32 {
+		if w.count >= w.opts.MaxDevices || len(id) > maxIDLen {
 			w.untracked++
 			return
 		}
-		i = w.add(h, id, now)
+		if off, ok = w.add(h, id, now); !ok {
+			w.untracked++
+			return
+		}
 	}
-	d := &w.devices[i]
+	d := w.dev(off)
 	if d.messages > 0 && now > d.last {
 		gap := float32(float64(now-d.last) / 1e9)
 		if d.messages == 1 {
@@ -175,16 +261,16 @@ func (w *Watch) Sweep(now time.Time) int {
 	t := now.UnixNano()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for i := range w.devices {
-		d := &w.devices[i]
+	w.each(func(off uint32) {
+		d := w.dev(off)
 		if d.silent || d.messages < minSamples {
-			continue
+			return
 		}
 		if time.Duration(t-d.last) > w.silenceAfter(d) {
 			d.silent = true
 			w.silent++
 		}
-	}
+	})
 	return w.silent
 }
 
@@ -208,7 +294,7 @@ type Stats struct {
 func (w *Watch) Stats() Stats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return Stats{Devices: len(w.devices), Silent: w.silent, Untracked: w.untracked}
+	return Stats{Devices: w.count, Silent: w.silent, Untracked: w.untracked}
 }
 
 // Device is one device as List reports it.
@@ -245,14 +331,14 @@ func (w *Watch) List(match string, limit int) []Device {
 	}
 	picked := make([]entry, 0, min(limit, 1024))
 	w.mu.Lock()
-	for i := range w.devices {
-		id := w.id(int32(i))
+	w.each(func(off uint32) {
+		id := w.id(off)
 		if match != "" && !strings.Contains(id, match) {
-			continue
+			return
 		}
-		e := entry{id, w.devices[i]}
+		e := entry{id, *w.dev(off)}
 		if len(picked) == limit && !before(&e, &picked[len(picked)-1]) {
-			continue
+			return
 		}
 		at, _ := slices.BinarySearchFunc(picked, e, func(x, y entry) int {
 			if before(&x, &y) {
@@ -265,7 +351,7 @@ func (w *Watch) List(match string, limit int) []Device {
 		}
 		copy(picked[at+1:], picked[at:len(picked)-1])
 		picked[at] = e
-	}
+	})
 	w.mu.Unlock()
 	out := make([]Device, 0, min(limit, len(picked)))
 	for _, e := range picked[:min(limit, len(picked))] {

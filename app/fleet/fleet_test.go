@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"fmt"
-	"hash/maphash"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -196,26 +195,57 @@ func TestListKeepsTheBest(t *testing.T) {
 	}
 }
 
-// Two ids with the same hash are still two devices.
+// Two ids with the same hash are still two devices, and a third with
+// that hash is not either of them.
 func TestHashCollision(t *testing.T) {
 	w := New(Options{})
-	at := time.Unix(1000, 0)
-	w.Seen("s1/a", at)
-	// Make "s1/b" hash to where "s1/a" is.
-	w.index[maphash.String(w.seed, "s1/b")] = w.index[maphash.String(w.seed, "s1/a")]
-	w.Seen("s1/b", at)
-	w.Seen("s1/b", at.Add(time.Second))
-	if st := w.Stats(); st.Devices != 2 {
-		t.Fatalf("%d devices, want 2", st.Devices)
+	const h = 0xabcd_0000_0000_0003 // every id the same hash
+	a, _ := w.add(h, "s1/a", 1)
+	b, _ := w.add(h, "s1/b", 2)
+	if a == b {
+		t.Fatal("two devices at one place")
 	}
-	if !w.Known("s1/a") || !w.Known("s1/b") || w.Known("s1/c") {
-		t.Fatal("Known is wrong after a collision")
+	for id, want := range map[string]uint32{"s1/a": a, "s1/b": b} {
+		if got, ok := w.find(h, id); !ok || got != want {
+			t.Errorf("find(%s) = %d, %v; want %d", id, got, ok, want)
+		}
+	}
+	if _, ok := w.find(h, "s1/c"); ok {
+		t.Error("an id never added was found")
+	}
+	if w.dev(a).last != 1 || w.dev(b).last != 2 {
+		t.Error("the devices' records are mixed up")
+	}
+}
+
+// Devices spread over many chunks, ids of every length up to the longest
+// tracked: each keeps its own id and record.
+func TestChunks(t *testing.T) {
+	w := New(Options{MaxDevices: 1 << 20})
+	var ids []string
+	for i := range 40_000 {
+		ids = append(ids, fmt.Sprintf("s%d/%s", i, strings.Repeat("x", i%97)))
+	}
+	ids = append(ids, strings.Repeat("L", maxIDLen), "")
+	for i, id := range ids {
+		for range i%3 + 1 {
+			w.Seen(id, t0.Add(time.Duration(i)*time.Second))
+		}
+	}
+	if w.Stats().Devices != len(ids) || len(w.chunks) < 2 {
+		t.Fatalf("%d devices in %d chunks", w.Stats().Devices, len(w.chunks))
 	}
 	got := map[string]uint32{}
-	for _, d := range w.List("", 10) {
+	for _, d := range w.List("", len(ids)) {
 		got[d.ID] = d.Messages
 	}
-	if got["s1/a"] != 1 || got["s1/b"] != 2 {
-		t.Fatalf("messages per device %v, want s1/a 1 and s1/b 2", got)
+	for i, id := range ids {
+		if got[id] != uint32(i%3+1) {
+			t.Fatalf("device %d (%d bytes): %d messages, want %d", i, len(id), got[id], i%3+1)
+		}
+	}
+	w.Seen(strings.Repeat("L", maxIDLen+1), t0)
+	if w.Stats().Untracked != 1 {
+		t.Fatal("an id longer than the longest tracked was tracked")
 	}
 }

@@ -612,14 +612,14 @@ func (c *client) readLarge(r *bufio.Reader, qos byte, n int) ([]byte, error) {
 	return b, nil
 }
 
-// topic returns the interned name and payload format of a topic from the
-// shared topic cache, so a message from a topic heard from recently
-// allocates nothing.
+// topic returns the name and payload format of a topic from the shared
+// topic cache, so a message from a topic heard from recently allocates
+// nothing, and one the cache declines (a fleet larger than it) neither.
 func (c *client) topic(b []byte) sensor.Topic {
 	if t, ok := c.topics.Lookup(b); ok && t.Format != "" {
 		return t
 	}
-	return c.topics.Add(b, routeFormat(c.lines, unsafe.String(unsafe.SliceData(b), len(b))))
+	return c.topics.AddOrPass(b, routeFormat(c.lines, unsafe.String(unsafe.SliceData(b), len(b))))
 }
 
 // keepAlive looks at the connection every half interval. It sends PINGREQ

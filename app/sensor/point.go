@@ -18,6 +18,8 @@ import (
 
 // Message is one MQTT message as the gateway received it.
 type Message struct {
+	// Topic is valid while the message is handled (it may view the
+	// session's read buffer): copy it to keep it.
 	Topic    string
 	Payload  []byte
 	Received time.Time // when the gateway took it; the fallback timestamp
@@ -429,6 +431,11 @@ func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[max
 	if p, ok := m.carriedPrefix(topic, cached); ok {
 		return p, nil
 	}
+	if cached.passing && cached.cache == m.topics && cached.Name == topic {
+		// Declined by a frozen shard a moment ago: build, do not look
+		// again.
+		return m.buildPrefix(buf[:0], topic)
+	}
 	t, ok := m.topics.lookupString(topic)
 	if ok && t.prefix != nil {
 		return t.prefix, nil
@@ -438,7 +445,7 @@ func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[max
 		return nil, err
 	}
 	if !ok {
-		if t, ok := m.topics.add(unsafe.Slice(unsafe.StringData(topic), len(topic)), format, p); ok {
+		if t, ok := m.topics.add(unsafe.Slice(unsafe.StringData(topic), len(topic)), format, p, false); ok {
 			return t.prefix, nil
 		}
 	}

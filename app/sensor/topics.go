@@ -8,15 +8,22 @@ import (
 	"unsafe"
 )
 
-// Topic is what the gateway keeps about one MQTT topic: its name (a string
-// that stays valid after the message, so it needs no copy of its own), its
+// Topic is what the gateway keeps about one MQTT topic: its name, its
 // payload format, and for topics the mapper can map, the escaped start of
 // their lines.
+//
+// A cached Topic's name stays valid after the message. A passing one (the
+// cache declined to keep it, see AddOrPass) views the caller's buffer and
+// is valid only while the message is handled: whoever keeps a topic name
+// beyond that copies it.
 type Topic struct {
 	Name   string
 	Format Format
 	prefix []byte      // nil when the topic does not match the pattern
 	cache  *TopicCache // whose mapper made prefix
+	// passing: not cached and no prefix built; the mapper builds the
+	// prefix into the line itself.
+	passing bool
 }
 
 // TopicCache keeps Topics for the topics heard from recently, shared by the
@@ -34,6 +41,16 @@ type Topic struct {
 // heard from at least once a generation stay, and the rest go with the old
 // generation in one piece (no per-entry eviction bookkeeping). Safe for
 // concurrent use.
+//
+// A fleet larger than the cache that publishes in turn (every device once
+// a minute, say) would make every message a miss that also copies its
+// topic in, only for the entry to leave before the device speaks again.
+// So a shard whose full generation saw fewer hits than new entries stops
+// admitting (it is frozen): it keeps the topics it holds, a stable share of
+// the fleet that then hits on every message, and the others pass through
+// without being copied or allocating (AddOrPass). Every thawAfter
+// generations' worth of declined topics it admits one generation again, so
+// a fleet that changes is followed.
 type TopicCache struct {
 	m      *Mapper // computes prefixes; nil: names and formats only
 	seed   maphash.Seed
@@ -53,7 +70,17 @@ const MinTopicCacheBytes = 256 << 10
 type topicShard struct {
 	mu        sync.Mutex
 	cur, prev topicGen
+	// hits and adds count the lookups found and the new entries since the
+	// current generation started: what decides whether to freeze.
+	hits, adds int
+	frozen     bool
+	declined   int  // misses declined since frozen
+	thawing    bool // the next new generation starts without a verdict
 }
+
+// thawAfter is how many generations' worth of declined misses a frozen
+// shard waits before it admits a new generation.
+const thawAfter = 16
 
 // topicGen is one generation: entries back to back in arena, found
 // through an open-addressing table whose slots hold the high half of the
@@ -129,15 +156,13 @@ func (c *TopicCache) lookupString(name string) (Topic, bool) {
 	return t, ok
 }
 
-// Add computes name's Topic with format f, caches it when it fits, and
-// returns it. The returned Name never aliases name.
+// Add computes name's Topic with format f, caches it when it fits (a
+// frozen shard starts a new generation for it), and returns it. The
+// returned Name never aliases name.
 func (c *TopicCache) Add(name []byte, f Format) Topic {
 	var buf [maxStackPrefix]byte
-	var prefix []byte
-	if c.m != nil {
-		prefix, _ = c.m.buildPrefix(buf[:0], unsafe.String(unsafe.SliceData(name), len(name)))
-	}
-	t, ok := c.add(name, f, prefix)
+	prefix := c.buildPrefix(&buf, name)
+	t, ok := c.add(name, f, prefix, true)
 	if !ok {
 		// Too big to cache: a copy of its own.
 		t = Topic{Name: string(name), Format: f, prefix: bytes.Clone(prefix), cache: c}
@@ -145,28 +170,74 @@ func (c *TopicCache) Add(name []byte, f Format) Topic {
 	return t
 }
 
-// add caches name with its prefix (nil for a topic the mapper refuses);
-// ok is false when the entry is too big to cache.
-func (c *TopicCache) add(name []byte, f Format, prefix []byte) (Topic, bool) {
+// AddOrPass is Add for the messages of a broker session, a name Lookup
+// did not find: when its shard admits topics it is cached as by Add;
+// when the shard is frozen (a fleet larger than the cache) it returns a
+// passing Topic, whose Name views name, without building or copying
+// anything. It does not allocate then.
+func (c *TopicCache) AddOrPass(name []byte, f Format) Topic {
 	h := maphash.Bytes(c.seed, name)
 	s := &c.shards[h%topicShards]
 	s.mu.Lock()
-	t, ok := s.put(c.genCap, h, name, formatByte(f), prefix, prefix != nil)
+	admit := s.admit()
+	s.mu.Unlock()
+	if admit {
+		var buf [maxStackPrefix]byte
+		if t, ok := c.add(name, f, c.buildPrefix(&buf, name), false); ok {
+			return t
+		}
+	}
+	return Topic{Name: unsafe.String(unsafe.SliceData(name), len(name)), Format: f, cache: c, passing: true}
+}
+
+// buildPrefix is the mapper's prefix of name in buf (nil without a mapper,
+// or for a topic the mapper refuses).
+func (c *TopicCache) buildPrefix(buf *[maxStackPrefix]byte, name []byte) []byte {
+	if c.m == nil {
+		return nil
+	}
+	prefix, _ := c.m.buildPrefix(buf[:0], unsafe.String(unsafe.SliceData(name), len(name)))
+	return prefix
+}
+
+// add caches name with its prefix (nil for a topic the mapper refuses);
+// ok is false when the entry is too big to cache, or when force is false
+// and its shard declines it.
+func (c *TopicCache) add(name []byte, f Format, prefix []byte, force bool) (Topic, bool) {
+	h := maphash.Bytes(c.seed, name)
+	s := &c.shards[h%topicShards]
+	s.mu.Lock()
+	t, ok := s.put(c.genCap, h, name, formatByte(f), prefix, prefix != nil, force)
 	s.mu.Unlock()
 	t.cache = c
 	return t, ok
+}
+
+// admit reports whether a missed topic may be cached; s.mu is held.
+func (s *topicShard) admit() bool {
+	if !s.frozen {
+		return true
+	}
+	s.declined++
+	if s.declined < thawAfter*max(s.cur.maxEntries, 1) {
+		return false
+	}
+	s.frozen, s.thawing = false, true
+	return true
 }
 
 // find looks name up in the current generation, then in the previous one,
 // promoting it from there; s.mu is held.
 func (s *topicShard) find(h uint64, name string) (Topic, bool) {
 	if t, ok := s.cur.get(h, name); ok {
+		s.hits++
 		return t, true
 	}
 	t, ok := s.prev.get(h, name)
 	if !ok {
 		return Topic{}, false
 	}
+	s.hits++
 	// The Topic returned views the previous arena, which is never written
 	// again: it stays valid whatever happens to the copy.
 	flags := byte(0)
@@ -242,13 +313,21 @@ func (g *topicGen) at(off uint32) Topic {
 }
 
 // put stores an entry in the current generation, starting a new one when
-// it is full; ok is false when the entry is too big to cache.
-func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix []byte, hasPrefix bool) (Topic, bool) {
+// it is full; ok is false when the entry is too big to cache, or when the
+// generation is full, force is false and the shard freezes instead: both
+// generations full and the current one filled with more new topics than
+// hits, which is a fleet larger than the cache.
+func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix []byte, hasPrefix, force bool) (Topic, bool) {
 	need := topicHeader + len(name) + len(prefix)
 	if len(name) > 0xffff || len(prefix) > 0xffff || need > genCap/8 {
 		return Topic{}, false
 	}
 	if !s.cur.fits(need) {
+		if !force && !s.thawing && s.prev.n > 0 && s.hits < s.adds {
+			s.frozen, s.declined = true, 0
+			return Topic{}, false
+		}
+		s.hits, s.adds, s.thawing = 0, 0, false
 		s.prev = s.cur
 		// An eighth of the generation's bytes for the table (8 bytes a
 		// slot, three quarters of them used at most), the rest for the
@@ -264,6 +343,7 @@ func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix 
 		flags = flagHasPrefix
 	}
 	off, _ := s.putUnlocked(h, name, format, prefix, flags)
+	s.adds++
 	return s.cur.at(off), true
 }
 

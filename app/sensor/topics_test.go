@@ -249,3 +249,130 @@ func TestCarriedPrefix(t *testing.T) {
 		}
 	}
 }
+
+// session resolves a topic as a broker session does: Lookup, then
+// AddOrPass; it reports whether the lookup hit.
+func session(c *TopicCache, name []byte) (Topic, bool) {
+	if t, ok := c.Lookup(name); ok {
+		return t, true
+	}
+	return c.AddOrPass(name, FormatJSON), false
+}
+
+// A fleet ten times larger than the cache, publishing in turn: a cache
+// that kept admitting would miss on every message (each topic leaves
+// before it is heard from again). Frozen shards keep a stable share that
+// hits every round, the others pass through without allocating, and
+// every message still maps to its own line.
+func TestTopicCacheFleetLargerThanCacheKeepsAShare(t *testing.T) {
+	const budget = MinTopicCacheBytes
+	m := newTestMapper(t, budget)
+	c := m.Topics()
+	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3) // entries at most
+	fleet := 10 * capacity
+	names := make([][]byte, fleet)
+	for i := range names {
+		names[i] = []byte(fmt.Sprintf("sensors/s%d/d%d/env", i%7, i))
+	}
+	for round := 0; round < 3; round++ { // fill and freeze
+		for _, n := range names {
+			session(c, n)
+		}
+	}
+	hits := 0
+	for i, n := range names {
+		tp, hit := session(c, n)
+		if hit {
+			hits++
+		}
+		if tp.Name != string(n) {
+			t.Fatalf("topic %d: name %q", i, tp.Name)
+		}
+		if i%97 == 0 {
+			line, _, err := m.Append(nil, Message{Topic: tp.Name, Payload: []byte(`{"v":1,"ts":1}`), Cached: tp}, FormatJSON)
+			want := fmt.Sprintf("env,device=d%d,gateway=gw-1,site=s%d v=1 1000000\n", i, i%7)
+			if err != nil || string(line) != want {
+				t.Fatalf("topic %d: %q, %v; want %q", i, line, err, want)
+			}
+		}
+	}
+	// A cache of capacity entries over a fleet of 10×capacity can hit at
+	// most a tenth of the time; frozen, it should come close.
+	if rate, want := float64(hits)/float64(fleet), 0.5/10; rate < want {
+		t.Fatalf("hit rate %.3f over a fleet 10× the cache, want at least %.3f", rate, want)
+	}
+	if h := c.held(t); h > budget {
+		t.Fatalf("cache holds %d bytes, budget %d", h, budget)
+	}
+	// A topic passing through costs nothing.
+	var missed []byte
+	for _, n := range names {
+		if _, ok := c.Lookup(n); !ok {
+			missed = n
+			break
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() {
+		if tp := c.AddOrPass(missed, FormatJSON); !tp.passing {
+			t.Fatal("a frozen shard admitted a topic at once")
+		}
+	}); a != 0 {
+		t.Fatalf("a topic declined by a frozen shard: %v allocations", a)
+	}
+}
+
+// A frozen cache follows a fleet that changes: once all devices are new,
+// it admits them a generation at a time and hits again.
+func TestTopicCacheFrozenFollowsANewFleet(t *testing.T) {
+	m := newTestMapper(t, MinTopicCacheBytes)
+	c := m.Topics()
+	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3)
+	old := make([][]byte, 10*capacity)
+	for i := range old {
+		old[i] = []byte(fmt.Sprintf("sensors/old/d%d/env", i))
+	}
+	for round := 0; round < 3; round++ {
+		for _, n := range old {
+			session(c, n)
+		}
+	}
+	// A small new fleet that fits: after the thaw it is cached whole.
+	small := make([][]byte, capacity/4)
+	for i := range small {
+		small[i] = []byte(fmt.Sprintf("sensors/new/d%d/env", i))
+	}
+	rounds := 0
+	for ; rounds < 2*thawAfter*capacity/len(small)+10; rounds++ {
+		hits := 0
+		for _, n := range small {
+			if _, hit := session(c, n); hit {
+				hits++
+			}
+		}
+		if hits == len(small) {
+			break
+		}
+	}
+	for _, n := range small {
+		if _, ok := c.Lookup(n); !ok {
+			t.Fatalf("after %d rounds a small new fleet is not cached (%s)", rounds, n)
+		}
+	}
+}
+
+// Hot topics never freeze a shard: a cache that holds its fleet admits
+// every topic.
+func TestTopicCacheFittingFleetNeverFreezes(t *testing.T) {
+	m := newTestMapper(t, 0)
+	c := m.Topics()
+	for round := 0; round < 5; round++ {
+		for i := 0; i < 5000; i++ {
+			session(c, []byte(fmt.Sprintf("sensors/s1/d%d/env", i)))
+		}
+	}
+	for i := range c.shards {
+		if c.shards[i].frozen {
+			t.Fatalf("shard %d froze with a fleet that fits", i)
+		}
+	}
+}
