@@ -283,6 +283,14 @@ func (w *Watch) Known(id string) bool {
 	return ok
 }
 
+// Bytes is the memory the watch holds for its devices (bounded by
+// MaxDevices). None of it is pointers: the collector does not scan it.
+func (w *Watch) Bytes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.chunks)*chunkWords*8 + len(w.slots)*8
+}
+
 // Stats is the fleet in numbers.
 type Stats struct {
 	Devices   int    // tracked

@@ -249,3 +249,17 @@ func TestChunks(t *testing.T) {
 		t.Fatal("an id longer than the longest tracked was tracked")
 	}
 }
+
+// Bytes counts what the devices take, and grows with them.
+func TestBytes(t *testing.T) {
+	w := New(Options{})
+	if w.Bytes() != 0 {
+		t.Fatalf("an empty watch holds %d bytes", w.Bytes())
+	}
+	for i := range 50_000 {
+		w.Seen(fmt.Sprintf("s1/d%d", i), t0)
+	}
+	if b := w.Bytes(); b < 50_000*32 || b > 50_000*100 {
+		t.Fatalf("50,000 devices hold %d bytes", b)
+	}
+}

@@ -248,6 +248,16 @@ func New(o Options) (*Gateway, error) {
 // Registry is the gateway's metrics registry (the demo reads it).
 func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
 
+// HeldBytes is the memory the fleet watch and the topic cache hold: bounded
+// by their own settings (fleet.max_devices, the cache's budget), growing
+// with the fleet, and free of pointers, so the collector has nothing of
+// it to scan. The daemon's memory limit is raised by it (see
+// cmd/iotgw's followFleet), so that a large fleet does not leave the
+// collector less room and make it run more often per message.
+func (g *Gateway) HeldBytes() int64 {
+	return int64(g.fleet.Bytes() + g.mapper.Topics().Bytes())
+}
+
 // HTTPAddr is the bound metrics/health address, "" when disabled.
 func (g *Gateway) HTTPAddr() string {
 	if g.http == nil {

@@ -113,6 +113,19 @@ func NewTopicCache(m *Mapper, budget int) *TopicCache {
 	return &TopicCache{m: m, seed: maphash.MakeSeed(), genCap: budget / topicShards / 2}
 }
 
+// Bytes is the memory the cache holds (at most about its budget). None of
+// it is pointers: the collector does not scan it.
+func (c *TopicCache) Bytes() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += cap(s.cur.arena) + len(s.cur.slots)*8 + cap(s.prev.arena) + len(s.prev.slots)*8
+		s.mu.Unlock()
+	}
+	return n
+}
+
 func formatByte(f Format) byte {
 	switch f {
 	case FormatJSON:

@@ -96,7 +96,8 @@ for profiling; it is off by default.`,
 				return nil
 			}
 			log := newLogger(os.Stderr, cfg.Log)
-			if os.Getenv("GOMEMLIMIT") == "" && cfg.Gateway.MemoryLimit > 0 {
+			followLimit := os.Getenv("GOMEMLIMIT") == "" && cfg.Gateway.MemoryLimit > 0
+			if followLimit {
 				debug.SetMemoryLimit(cfg.Gateway.MemoryLimit)
 			}
 			if addr := os.Getenv("IOTGW_PPROF_ADDR"); addr != "" {
@@ -114,6 +115,9 @@ for profiling; it is off by default.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if followLimit {
+				go followFleet(ctx, cfg.Gateway.MemoryLimit, g.HeldBytes, setMemoryLimit)
+			}
 			stopCommands, err := startCommands(ctx, cfg, g, log)
 			if err != nil {
 				return err
