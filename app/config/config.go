@@ -144,6 +144,11 @@ type Mapping struct {
 	// LinePrecision maps topic filters to the unit of the timestamps in
 	// line-protocol payloads on matching topics ("ns", "us", "ms", "s").
 	LinePrecision map[string]string `toml:"line_precision"`
+	// TimestampProperty names an MQTT 5 user property carrying the device
+	// time ("" = off); TimestampPropertyPrecision is the unit of an
+	// integer value ("ns", "us", "ms", "s"). See sensor.MapperConfig.
+	TimestampProperty          string `toml:"timestamp_property"`
+	TimestampPropertyPrecision string `toml:"timestamp_property_precision"`
 }
 
 // Influx is the InfluxDB 2 write target.
@@ -273,6 +278,8 @@ func Default() Config {
 			MaxPayload:    sensor.DefaultMaxPayload,
 			Tags:          map[string]string{},
 			LinePrecision: map[string]string{},
+
+			TimestampPropertyPrecision: "ms",
 		},
 		Influx: Influx{
 			URL:              "http://127.0.0.1:8086",
@@ -644,6 +651,9 @@ func (c *Config) MapperConfig() sensor.MapperConfig {
 		StaticTags:    tags,
 		MaxPayload:    c.Mapping.MaxPayload,
 		LinePrecision: c.Mapping.LinePrecision,
+
+		TimestampProperty:          c.Mapping.TimestampProperty,
+		TimestampPropertyPrecision: c.Mapping.TimestampPropertyPrecision,
 	}
 }
 

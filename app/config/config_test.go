@@ -279,3 +279,33 @@ func TestValidateExport(t *testing.T) {
 		}
 	}
 }
+
+func TestTimestampProperty(t *testing.T) {
+	c, err := Load(write(t, "[mapping]\ntimestamp_property = \"device-ts\"\ntimestamp_property_precision = \"us\"\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if mc := c.MapperConfig(); mc.TimestampProperty != "device-ts" || mc.TimestampPropertyPrecision != "us" {
+		t.Fatalf("MapperConfig() = %+v", mc)
+	}
+	if d := Default(); d.Mapping.TimestampProperty != "" || d.Mapping.TimestampPropertyPrecision != "ms" {
+		t.Fatalf("defaults %+v, want off and ms", d.Mapping)
+	}
+	for _, tt := range []struct{ file, want string }{
+		{"[mapping]\ntimestamp_property = \"ts\"\ntimestamp_property_precision = \"minutes\"\n",
+			`mapping: timestamp_property_precision: precision "minutes" is not ns, us, ms or s`},
+		{"[mapping]\ntimestamp_property = \"t\\u0001s\"\n", `mapping: timestamp_property "t\x01s"`},
+		{"[mapping]\ntimestamp_property = \"" + strings.Repeat("k", 129) + "\"\n", `mapping: timestamp_property "kkk`},
+	} {
+		c, err := Load(write(t, tt.file), noEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: Validate = %v, want %s", tt.file, err, tt.want)
+		}
+	}
+}

@@ -128,6 +128,7 @@ type client struct {
 
 	// read loop only
 	scratch []byte
+	props   Properties // the current PUBLISH's, for sensor.Message.Props
 	// topics is shared by the Source's connections (and, in the gateway,
 	// with the mapper).
 	topics *sensor.TopicCache
@@ -544,8 +545,17 @@ func (c *client) publish(conn *bufferedConn, typ byte, n int) error {
 		}
 	}
 	t := c.topic(p.topic)
+	msg := Message{Message: sensor.Message{Topic: t.Name, Payload: p.payload, Received: time.Now(), Cached: t}, Props: Properties{raw: p.props}}
+	if c.version == V5 {
+		// A pointer to the client's own copy fits the interface without an
+		// allocation per message; the next message overwrites it, as it
+		// does the read buffer the properties point into.
+		c.props = msg.Props
+		msg.Message.Props = &c.props
+	}
 	c.inCall.Store(true)
-	c.h(Message{Message: sensor.Message{Topic: t.Name, Payload: p.payload, Received: time.Now(), Cached: t}, Props: Properties{raw: p.props}}, t.Format, ack)
+	c.h(msg, t.Format, ack)
+	c.props = Properties{}
 	// Packets that arrived while the handler held the read loop are read
 	// only after it returns. Count the return as progress, before clearing
 	// inCall: keepAlive loads inCall first, so it sees either the call or

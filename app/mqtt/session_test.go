@@ -128,6 +128,9 @@ func (c *collector) handle(msg Message, f sensor.Format, ack Ack) {
 	// during this call: a handler that keeps it must copy it.
 	msg.Payload = bytes.Clone(msg.Payload)
 	msg.Props = Properties{raw: bytes.Clone(msg.Props.raw)}
+	if msg.Message.Props != nil {
+		msg.Message.Props = &msg.Props
+	}
 	c.mu.Lock()
 	c.got = append(c.got, delivery{msg, f, ack})
 	c.mu.Unlock()

@@ -27,7 +27,9 @@ const (
 
 // Message is what the session hands to the handler: the domain message,
 // and for MQTT 5 the PUBLISH's properties. Both point into the read buffer
-// and are valid only until the handler returns.
+// and are valid only until the handler returns. The domain message's own
+// Props (Message.Message.Props) views the same properties, for the mapper;
+// it is nil for MQTT 3.1.1.
 type Message struct {
 	sensor.Message
 	Props Properties
@@ -64,6 +66,22 @@ func (p Properties) User(key string) (string, bool) {
 		return true
 	})
 	return out, found
+}
+
+// UserProperty returns the value of the first user property named key and
+// how many carry that key, without copying (sensor.Props): the value is
+// valid only during the handler call.
+func (p *Properties) UserProperty(key string) (value []byte, n int) {
+	p.EachUser(func(k, v []byte) bool {
+		if string(k) == key {
+			if n == 0 {
+				value = v
+			}
+			n++
+		}
+		return true
+	})
+	return value, n
 }
 
 // EachUser calls f for every user property in order (a key may repeat)

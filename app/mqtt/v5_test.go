@@ -397,7 +397,8 @@ func TestV5ConnectAndSuback(t *testing.T) {
 		t.Fatalf("the refusal is not logged with its reason:\n%s", l)
 	}
 
-	props := &packets5.Properties{ContentType: "text/plain", User: []packets5.User{{Key: "ts", Value: "1764150000123"}}}
+	props := &packets5.Properties{ContentType: "text/plain", User: []packets5.User{{Key: "ts", Value: "1764150000123"},
+		{Key: "fw", Value: "1"}, {Key: "fw", Value: "2"}}}
 	fmtByte := byte(1)
 	props.PayloadFormat = &fmtByte
 	writeV5(t, conn, &packets5.Publish{Topic: "sensors/s/d/m", QoS: 1, PacketID: 7, Payload: []byte("hello"), Properties: props})
@@ -407,6 +408,19 @@ func TestV5ConnectAndSuback(t *testing.T) {
 	}
 	if ts, ok := d.msg.Props.User("ts"); !ok || ts != "1764150000123" {
 		t.Fatalf("user property ts = %q, %v", ts, ok)
+	}
+	// The mapper's view of the same properties.
+	if d.msg.Message.Props == nil {
+		t.Fatal("an MQTT 5 message without sensor.Message.Props")
+	}
+	if v, n := d.msg.Message.Props.UserProperty("ts"); n != 1 || string(v) != "1764150000123" {
+		t.Fatalf("UserProperty(ts) = %q, %d", v, n)
+	}
+	if v, n := d.msg.Message.Props.UserProperty("fw"); n != 2 || string(v) != "1" {
+		t.Fatalf("UserProperty(fw) = %q, %d, want the first of 2", v, n)
+	}
+	if _, n := d.msg.Message.Props.UserProperty("none"); n != 0 {
+		t.Fatalf("UserProperty(none) found %d", n)
 	}
 	d.ack.WithReason(0x99).Ack()
 	_ = conn.SetReadDeadline(time.Now().Add(waitLong))

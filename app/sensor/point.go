@@ -22,11 +22,25 @@ type Message struct {
 	// session's read buffer): copy it to keep it.
 	Topic    string
 	Payload  []byte
-	Received time.Time // when the gateway took it; the fallback timestamp
+	Received time.Time // when the gateway took it; the last fallback timestamp
 	// Cached is what the topic cache had for Topic when the message was
 	// read (the zero Topic when it was not looked up), so that the mapper
 	// does not look it up again.
 	Cached Topic
+	// Props are the user properties of the MQTT 5 PUBLISH (nil for MQTT
+	// 3.1.1), valid as long as Payload is. The mapper reads only those its
+	// configuration names (MapperConfig.TimestampProperty).
+	Props Props
+}
+
+// Props reads a message's MQTT 5 user properties. It is an interface so
+// that the MQTT package keeps the encoding, and a pointer fits it without
+// an allocation per message.
+type Props interface {
+	// UserProperty returns the value of the first user property named key
+	// and how many user properties carry that key (MQTT 5 lets a key
+	// repeat). The value is valid only as long as the message.
+	UserProperty(key string) (value []byte, n int)
 }
 
 // Format is how a subscription's payloads are encoded.
@@ -46,10 +60,13 @@ const (
 	ReasonNotJSON   = "not_json"
 	ReasonNotObject = "not_object"
 	ReasonBadTS     = "bad_ts"
-	ReasonBadField  = "bad_field"
-	ReasonNoFields  = "no_fields"
-	ReasonBadTopic  = "bad_topic"
-	ReasonBadLine   = "bad_line_protocol"
+	// ReasonBadTSProperty: the user property named by
+	// MapperConfig.TimestampProperty is present but is not a time.
+	ReasonBadTSProperty = "bad_ts_property"
+	ReasonBadField      = "bad_field"
+	ReasonNoFields      = "no_fields"
+	ReasonBadTopic      = "bad_topic"
+	ReasonBadLine       = "bad_line_protocol"
 	// ReasonNewline: a string value holds a newline. Line protocol ends a
 	// point at a newline and has no escape InfluxDB turns back into one, so
 	// the value cannot be stored as sent.
@@ -110,6 +127,8 @@ type Mapper struct {
 	staticOnly  []tagSource // static tags alone, for line-protocol payloads
 	maxPayload  int
 	precisions  []linePrecision
+	tsProp      string                 // user property holding the device time; "" when off
+	tsPropUnit  lineprotocol.Precision // unit of an integer tsProp value
 
 	// topics caches, per topic, the escaped start of its lines
 	// ("measurement,tag=value,..."): escaping the same names for every
@@ -137,6 +156,15 @@ type MapperConfig struct {
 	// line-protocol payloads on matching topics: "ns" (the default), "us",
 	// "ms" or "s". When several filters match, the first in sorted order wins.
 	LinePrecision map[string]string
+	// TimestampProperty names an MQTT 5 user property whose value is the
+	// device time of the message's points: an integer in
+	// TimestampPropertyPrecision or an RFC 3339 time. It stands in for the
+	// receive time; a payload's own timestamp still wins. "" turns it off.
+	TimestampProperty string
+	// TimestampPropertyPrecision is the unit of an integer
+	// TimestampProperty: "ns", "us", "ms" (the default, as for a JSON
+	// "ts") or "s".
+	TimestampPropertyPrecision string
 }
 
 // linePrecision is one LinePrecision entry.
@@ -270,6 +298,9 @@ func NewMapper(cfg MapperConfig) (*Mapper, error) {
 		}
 		m.precisions = append(m.precisions, linePrecision{filter: levels, prec: p})
 	}
+	if err := m.setTimestampProperty(cfg.TimestampProperty, cfg.TimestampPropertyPrecision); err != nil {
+		return nil, err
+	}
 	byKey := func(a, b tagSource) int { return strings.Compare(a.key, b.key) }
 	slices.SortFunc(m.tags, byKey)
 	slices.SortFunc(m.staticOnly, byKey)
@@ -371,10 +402,22 @@ func (m *Mapper) Append(dst []byte, msg Message, format Format) ([]byte, int, er
 	if !utf8.Valid(msg.Payload) {
 		return dst, 0, decodeErr(ReasonBadUTF8, "payload is not valid UTF-8")
 	}
-	if format == FormatLine {
-		return m.appendLine(dst, msg)
+	// The time of points whose payload gives none: the device's, from the
+	// timestamp property, else the receive time.
+	at := msg.Received
+	if m.tsProp != "" && msg.Props != nil {
+		t, ok, err := m.propertyTime(msg.Props)
+		if err != nil {
+			return dst, 0, err
+		}
+		if ok {
+			at = t
+		}
 	}
-	return m.appendJSON(dst, msg)
+	if format == FormatLine {
+		return m.appendLine(dst, msg, at)
+	}
+	return m.appendJSON(dst, msg, at)
 }
 
 // topicValues splits a topic by the pattern: the measurement and the
@@ -488,7 +531,7 @@ func (m *Mapper) buildPrefix(dst []byte, topic string) ([]byte, error) {
 
 // appendJSON appends the one point of a JSON object payload: the topic's
 // line prefix, the object's fields and its timestamp.
-func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
+func (m *Mapper) appendJSON(dst []byte, msg Message, at time.Time) ([]byte, int, error) {
 	var buf [maxStackPrefix]byte
 	prefix, err := m.linePrefix(msg.Topic, msg.Cached, FormatJSON, &buf)
 	if err != nil {
@@ -497,7 +540,7 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 	// The fields live on the stack while a message has no more than
 	// this many: the hot path allocates nothing.
 	var fieldBuf [16]jsonField
-	fields, ts, err := decodeJSONFields(fieldBuf[:0], msg.Payload, msg.Received)
+	fields, ts, err := decodeJSONFields(fieldBuf[:0], msg.Payload, at)
 	if err != nil {
 		return dst, 0, err
 	}
@@ -505,8 +548,8 @@ func (m *Mapper) appendJSON(dst []byte, msg Message) ([]byte, int, error) {
 }
 
 // decodeJSONFields reads a JSON object payload into fields, sorted by key
-// with one value per key, and its time ("ts", else received).
-func decodeJSONFields(fields []jsonField, payload []byte, received time.Time) ([]jsonField, time.Time, error) {
+// with one value per key, and its time ("ts", else at).
+func decodeJSONFields(fields []jsonField, payload []byte, at time.Time) ([]jsonField, time.Time, error) {
 	// gjson validates and walks the object without building a map: this
 	// is the hot path of every message (see BenchmarkMapperJSON).
 	if !gjson.ValidBytes(payload) {
@@ -520,7 +563,7 @@ func decodeJSONFields(fields []jsonField, payload []byte, received time.Time) ([
 	if !obj.IsObject() {
 		return nil, time.Time{}, decodeErr(ReasonNotObject, "payload is a JSON %s, want an object", gjsonKind(obj))
 	}
-	ts := received
+	ts := at
 	var ferr error
 	obj.ForEach(func(key, v gjson.Result) bool {
 		k := key.Str
@@ -662,11 +705,11 @@ func dedupLast(fields []jsonField) []jsonField {
 // point. A payload with any bad line is rejected whole: half a message in
 // the database is harder to reason about than none. Values are stored as
 // InfluxDB would store the same lines written to it directly.
-func (m *Mapper) appendLine(dst []byte, msg Message) ([]byte, int, error) {
+func (m *Mapper) appendLine(dst []byte, msg Message, at time.Time) ([]byte, int, error) {
 	e := lineEncoder{
 		dec:        lineprotocol.NewDecoderWithBytes(serverEscapes(msg.Payload)),
 		prec:       m.linePrecision(msg.Topic),
-		received:   msg.Received,
+		untimedAt:  at,
 		staticOnly: m.staticOnly,
 		scratch:    make([]byte, 0, 256),
 	}
@@ -701,7 +744,7 @@ func atLine(n int, err error) error {
 type lineEncoder struct {
 	dec        *lineprotocol.Decoder
 	prec       lineprotocol.Precision // unit of the payload's timestamps
-	received   time.Time
+	untimedAt  time.Time              // the time of a line without one
 	staticOnly []tagSource
 	tags       []lineTag
 	// The decoder's slices are valid only until its next call, so the
@@ -817,7 +860,7 @@ func (e *lineEncoder) appendFields(out []byte) ([]byte, error) {
 }
 
 // timestamp returns the line's time in nanoseconds: its own, in the
-// topic's precision, or the receive time for a line without one.
+// topic's precision, or untimedAt for a line without one.
 func (e *lineEncoder) timestamp(series []byte) (int64, error) {
 	raw, err := e.dec.TimeBytes()
 	if err != nil {
@@ -825,14 +868,13 @@ func (e *lineEncoder) timestamp(series []byte) (int64, error) {
 	}
 	if raw == nil {
 		// A second line of the same series in the message would overwrite
-		// the first at the receive time, so the k-th is stamped k-1 ns
-		// later.
+		// the first at the same time, so the k-th is stamped k-1 ns later.
 		if e.untimed == nil {
 			e.untimed = map[string]int64{}
 		}
 		k := e.untimed[string(series)]
 		e.untimed[string(series)] = k + 1
-		return e.received.UnixNano() + k, nil
+		return e.untimedAt.UnixNano() + k, nil
 	}
 	ts, err := strconv.ParseInt(unsafeString(raw), 10, 64)
 	d := int64(e.prec.Duration())
