@@ -24,6 +24,7 @@ import (
 func slotParams(slot int, admin bool) Params {
 	p := baseParams()
 	p.Role = RoleGateway
+	p.ExportRoleArn = ""
 	p.Slot = slot
 	p.MQTTClientID = "iot-gateway-dev-gw-" + string(rune('0'+slot))
 	p.BrokerURL = "ssl://a1b2c3d4e5f6g7-ats.iot.eu-central-1.amazonaws.com:8883"
@@ -123,7 +124,8 @@ func TestGatewayRoleValidate(t *testing.T) {
 		"unknown role":      {func(p *Params) { p.Role = "broker" }, "Role"},
 		"bad share group":   {func(p *Params) { p.MQTTTopics = []string{"$share/a b/sensors/#"} }, "MQTTTopics"},
 		"dollar elsewhere":  {func(p *Params) { p.MQTTTopics = []string{"$share/g/sensors/$x"} }, "MQTTTopics"},
-		"all-in-one + slot": {func(p *Params) { p.Role = RoleAllInOne }, "gateway role only"},
+		"all-in-one + slot": {func(p *Params) { p.Role, p.ExportRoleArn = RoleAllInOne, baseParams().ExportRoleArn }, "gateway role only"},
+		"export role":       {func(p *Params) { p.ExportRoleArn = baseParams().ExportRoleArn }, "no STS endpoint"},
 	} {
 		p := slotParams(1, false)
 		c.edit(&p)

@@ -66,6 +66,10 @@ const (
 	BrokerUsersFile = "/etc/iotgw/broker-users"
 	SigningKeyFile  = "/etc/iotgw/signing.pub" // Params.SigningPublicKey; checks the artifact
 	ExportEnvFile   = "/etc/iotgw/export.env"  // iotgw-export.service: the export's own token
+	// ExportCredsFile: the export role's short-lived credentials, written
+	// by iotgw-export-secrets.service (root only), read by systemd for
+	// iotgw-export.service.
+	ExportCredsFile = "/run/iotgw-export-secrets/aws.env"
 	MQTTPlainPort   = "1883"
 	MQTTTLSPort     = "8883"
 )
@@ -143,6 +147,11 @@ type Params struct {
 	HTTPAddr     string // gateway health and metrics listener
 	ExportBucket string // S3 bucket of the daily export
 	ExportPrefix string // key prefix of the daily export, ending in "/"
+	// ExportRoleArn is the IAM role iotgw-export-secrets.service assumes
+	// with the instance role for the export's short-lived credentials;
+	// required on the all-in-one host. A gateway slot has none: its VPC
+	// has no STS endpoint, and slot 0 exports with its own role.
+	ExportRoleArn string
 
 	// SigningPublicKey is the Ed25519 public key (PEM) the host checks the
 	// gateway artifact's signature with (package provision/signing). It
@@ -217,6 +226,7 @@ func (p Params) Validate() error {
 		{"HTTPAddr", p.HTTPAddr, true},
 		{"ExportBucket", p.ExportBucket, true},
 		{"ExportPrefix", p.ExportPrefix, true},
+		{"ExportRoleArn", p.ExportRoleArn, p.Role == RoleAllInOne},
 		{"Role", p.Role, true},
 		{"BrokerURL", p.BrokerURL, p.Role == RoleGateway},
 		{"InfluxURL", p.InfluxURL, p.Role == RoleGateway},
@@ -234,6 +244,9 @@ func (p Params) Validate() error {
 		if !safe.MatchString(f.value) {
 			return fmt.Errorf("provision: %s %q has characters other than letters, digits and ._:/#+@=-", f.name, f.value)
 		}
+	}
+	if p.ExportRoleArn != "" && !exportRoleArn.MatchString(p.ExportRoleArn) {
+		return fmt.Errorf("provision: ExportRoleArn %q is not an IAM role ARN (arn:<partition>:iam::<account>:role/<name>)", p.ExportRoleArn)
 	}
 	if !strings.HasPrefix(p.ParamPath, "/") || strings.HasSuffix(p.ParamPath, "/") {
 		return fmt.Errorf("provision: ParamPath %q must start with / and not end with /", p.ParamPath)
@@ -258,6 +271,9 @@ func (p Params) Validate() error {
 			return errors.New("provision: BrokerURL, InfluxURL, InfluxAdmin, MQTTConnections and Slot are for the gateway role only")
 		}
 	case RoleGateway:
+		if p.ExportRoleArn != "" {
+			return errors.New("provision: ExportRoleArn is for the all-in-one host only: a gateway slot's VPC has no STS endpoint")
+		}
 		if !strings.HasPrefix(p.BrokerURL, "ssl://") {
 			return fmt.Errorf("provision: BrokerURL %q is not ssl://host:port: a gateway slot reaches its broker over TLS only", p.BrokerURL)
 		}
@@ -291,6 +307,10 @@ func (p Params) Validate() error {
 	return nil
 }
 
+// exportRoleArn is the shape of an IAM role ARN, as aws sts assume-role
+// takes it.
+var exportRoleArn = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$`)
+
 // shareGroup matches the $share/<group>/ prefix of a shared subscription.
 var shareGroup = regexp.MustCompile(`^\$share/[A-Za-z0-9_-]+/`)
 
@@ -313,8 +333,10 @@ var payload = []struct {
 	{"files/systemd/iotgw-export.service", "/etc/systemd/system/iotgw-export.service", ""},
 	{"files/systemd/iotgw-export.timer", "/etc/systemd/system/iotgw-export.timer", ""},
 	{"files/systemd/iotgw-secrets.service", "/etc/systemd/system/iotgw-secrets.service", ""},
+	{"files/systemd/iotgw-export-secrets.service", "/etc/systemd/system/iotgw-export-secrets.service", ""},
 	{"files/systemd/influxdb-dropin.conf", "/etc/systemd/system/influxdb.service.d/iotgw.conf", RoleAllInOne},
 	{"files/systemd/iotgw-secrets-gateway.conf", "/etc/systemd/system/iotgw-secrets.service.d/gateway.conf", RoleGateway},
+	{"files/systemd/iotgw-export-gateway.conf", "/etc/systemd/system/iotgw-export.service.d/gateway.conf", RoleGateway},
 }
 
 // Files renders every file the host gets: the bootstrap and setup scripts

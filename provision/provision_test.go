@@ -57,6 +57,7 @@ func baseParams() Params {
 		ParamPath:           "/iot-gateway/dev",
 		DataVolumeID:        "vol-0123456789abcdef0",
 		ExportBucket:        "iot-gateway-dev-0a1b2c3d",
+		ExportRoleArn:       "arn:aws:iam::123456789012:role/host-export-role-1a2b3c4",
 		MQTTQoS:             1,
 		InfluxRetentionDays: 0,
 		SigningPublicKey:    string(testSigner.pub),
@@ -278,6 +279,9 @@ func TestParamsValidate(t *testing.T) {
 		"topic #":          func(p *Params) { p.MQTTTopics = []string{"#"} },
 		"qos":              func(p *Params) { p.MQTTQoS = 5 },
 		"space":            func(p *Params) { p.Region = "eu central" },
+		"no export role":   func(p *Params) { p.ExportRoleArn = "" },
+		"export role user": func(p *Params) { p.ExportRoleArn = "arn:aws:iam::123456789012:user/export" },
+		"export role name": func(p *Params) { p.ExportRoleArn = "host-export-role" },
 	}
 	for name, edit := range tests {
 		p := baseParams()
@@ -321,8 +325,8 @@ func unitNames(t *testing.T) []string {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	if len(names) != 5 {
-		t.Fatalf("units = %v, want 5", names)
+	if len(names) != 6 {
+		t.Fatalf("units = %v, want 6", names)
 	}
 	return names
 }
@@ -379,11 +383,12 @@ func TestUnitsExposure(t *testing.T) {
 		}
 		level, _ := strconv.ParseFloat(string(m[2]), 64)
 		t.Logf("%s exposure %.1f", name, level)
-		// iotgw-secrets.service runs as root (it reads root's files and
-		// writes /run) and needs the network for SSM.
+		// iotgw-secrets.service and iotgw-export-secrets.service run as
+		// root (they read root's files and write /run) and need the
+		// network for SSM and STS.
 		limit := 1.5
 		switch name {
-		case "iotgw-secrets.service":
+		case "iotgw-secrets.service", "iotgw-export-secrets.service":
 			limit = 2.0
 		case "iotgw-broker.service":
 			// The internet talks to it: no local sockets, its own mounts.

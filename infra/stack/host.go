@@ -30,6 +30,7 @@ type Host struct {
 	pulumi.ResourceState
 
 	Role       *iam.Role
+	ExportRole *iam.Role // what iotgw export runs with; only Role may assume it
 	Profile    *iam.InstanceProfile
 	Instance   *ec2.Instance
 	DataVolume *ebs.Volume
@@ -94,8 +95,8 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 	// What the host is configured with lives in an SSM parameter, not in
 	// the user-data: a change reaches the running host through the rollout
 	// below instead of replacing it.
-	params := pulumi.All(h.DataVolume.ID(), s.Bucket.Bucket).ApplyT(func(v []any) (string, error) {
-		b, err := provision.HostParams(AllInOneParams(e, c, string(v[0].(pulumi.ID)), v[1].(string)))
+	params := pulumi.All(h.DataVolume.ID(), s.Bucket.Bucket, h.ExportRole.Arn).ApplyT(func(v []any) (string, error) {
+		b, err := provision.HostParams(AllInOneParams(e, c, string(v[0].(pulumi.ID)), v[1].(string), v[2].(string)))
 		return string(b), err
 	}).(pulumi.StringOutput)
 	h.Params, err = ssm.NewParameter(ctx, name+"-params", &ssm.ParameterArgs{
@@ -280,8 +281,11 @@ func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *St
 	if err != nil {
 		return err
 	}
-	policy := s.Bucket.Arn.ApplyT(func(bucketArn string) (string, error) {
-		return HostPolicy(e, c, bucketArn, s.ArtifactKey)
+	if err := h.exportIdentity(ctx, name, e, c, s, parent); err != nil {
+		return err
+	}
+	policy := pulumi.All(s.Bucket.Arn, h.ExportRole.Arn).ApplyT(func(v []any) (string, error) {
+		return HostPolicy(e, v[0].(string), s.ArtifactKey, v[1].(string))
 	}).(pulumi.StringOutput)
 	_, err = iam.NewRolePolicy(ctx, name+"-policy", &iam.RolePolicyArgs{
 		Role:   h.Role.Name,
@@ -295,6 +299,89 @@ func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *St
 		Tags: e.tagged("host"),
 	}, parent)
 	return err
+}
+
+// exportIdentity declares the export's role: the daily export's S3 writes
+// and its own InfluxDB token, nothing else, assumable by the instance role
+// only. iotgw-export-secrets.service (root) assumes it and hands the
+// export the session, so the export never holds the instance role.
+func (h *Host) exportIdentity(ctx *pulumi.Context, name string, e env, c Config, s *Storage, parent pulumi.ResourceOption) error {
+	trust := h.Role.Arn.ApplyT(func(arn string) (string, error) { return ExportTrustPolicy(arn) }).(pulumi.StringOutput)
+	var err error
+	h.ExportRole, err = iam.NewRole(ctx, name+"-export-role", &iam.RoleArgs{
+		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s daily export (assumed by the host role)", e.stack)),
+		AssumeRolePolicy: trust,
+		// An hour: the most a session assumed with instance credentials
+		// may have (role chaining).
+		MaxSessionDuration: pulumi.Int(3600),
+		Tags:               e.tagged("export"),
+	}, parent)
+	if err != nil {
+		return err
+	}
+	policy := s.Bucket.Arn.ApplyT(func(bucketArn string) (string, error) {
+		return ExportPolicy(e, c, bucketArn)
+	}).(pulumi.StringOutput)
+	_, err = iam.NewRolePolicy(ctx, name+"-export-policy", &iam.RolePolicyArgs{
+		Role:   h.ExportRole.Name,
+		Policy: policy,
+	}, parent)
+	return err
+}
+
+// ExportTrustPolicy lets the host role, and no one else, assume the export
+// role.
+func ExportTrustPolicy(hostRoleArn string) (string, error) {
+	return policyDoc{
+		Version: "2012-10-17",
+		Statement: []statement{{
+			Effect:    "Allow",
+			Principal: map[string]string{"AWS": hostRoleArn},
+			Action:    []string{"sts:AssumeRole"},
+		}},
+	}.json()
+}
+
+// ExportPolicy is the export role's inline policy: what `iotgw export`
+// calls and nothing more. The token is a SecureString under the AWS
+// managed key aws/ssm, whose key policy lets the account's principals
+// decrypt through SSM, so no kms: statement is needed.
+func ExportPolicy(e env, c Config, bucketArn string) (string, error) {
+	token := []string{e.paramArn("/" + provision.ExportSecrets[0])}
+	return policyDoc{
+		Version: "2012-10-17",
+		Statement: []statement{
+			{
+				// iotgw export replaces a day's objects: the old manifest
+				// first, stale files last (app/export/s3.go).
+				Sid:      "WriteExports",
+				Effect:   "Allow",
+				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
+				Resource: []string{bucketArn + "/" + c.ExportPrefix + "*"},
+			},
+			{
+				// HeadBucket (the export's first check) has no prefix; a
+				// listing with one stays under the export prefix.
+				Sid:       "ListExports",
+				Effect:    "Allow",
+				Action:    []string{"s3:ListBucket"},
+				Resource:  []string{bucketArn},
+				Condition: map[string]any{"StringLikeIfExists": map[string]any{"s3:prefix": []string{c.ExportPrefix + "*"}}},
+			},
+			{
+				Sid:      "ReadExportToken",
+				Effect:   "Allow",
+				Action:   []string{"ssm:GetParameter"},
+				Resource: token,
+			},
+			{
+				Sid:         "DenyOtherParameters",
+				Effect:      "Deny",
+				Action:      parameterReads,
+				NotResource: token,
+			},
+		},
+	}.json()
 }
 
 // SSMAgentActions are what the SSM agent calls for Session Manager, Run
@@ -335,11 +422,12 @@ var HostWritableParams = []string{"broker-ca", "influx-run-token", "influx-expor
 var parameterReads = []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"}
 
 // HostPolicy is the host's inline policy: read its own gateway binary,
-// write the export prefix, read the stack's parameters and write the ones
-// the host makes. Every resource of an Allow is named; nothing is "*". An
+// read the stack's parameters and write the ones the host makes, and
+// assume the export role (the export's S3 writes are that role's, not
+// this one's). Every resource of an Allow is named; nothing is "*". An
 // explicit Deny keeps parameter reads inside the stack's path whatever
 // other policy is attached to the role later.
-func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) {
+func HostPolicy(e env, bucketArn, artifactKey, exportRoleArn string) (string, error) {
 	var writable []string
 	for _, p := range HostWritableParams {
 		writable = append(writable, e.paramArn("/"+p))
@@ -354,21 +442,12 @@ func HostPolicy(e env, c Config, bucketArn, artifactKey string) (string, error) 
 				Resource: []string{bucketArn + "/" + artifactKey},
 			},
 			{
-				// iotgw export replaces a day's objects: the old manifest
-				// first, stale files last (app/export/s3.go).
-				Sid:      "WriteExports",
+				// iotgw-export-secrets.service (root) hands the export a
+				// session of this role.
+				Sid:      "AssumeExportRole",
 				Effect:   "Allow",
-				Action:   []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
-				Resource: []string{bucketArn + "/" + c.ExportPrefix + "*"},
-			},
-			{
-				// HeadBucket (the export's first check) has no prefix; a
-				// listing with one stays under the export prefix.
-				Sid:       "ListExports",
-				Effect:    "Allow",
-				Action:    []string{"s3:ListBucket"},
-				Resource:  []string{bucketArn},
-				Condition: map[string]any{"StringLikeIfExists": map[string]any{"s3:prefix": []string{c.ExportPrefix + "*"}}},
+				Action:   []string{"sts:AssumeRole"},
+				Resource: []string{exportRoleArn},
 			},
 			{
 				Sid:      "ReadStackParameters",

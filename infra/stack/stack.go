@@ -141,7 +141,7 @@ func (e env) hostParamsName() string { return e.paramPath() + "/host-params" }
 
 // AllInOneParams are the all-in-one host's parameters: what iotgw
 // provision-files renders its configuration from.
-func AllInOneParams(e env, c Config, volumeID, bucket string) provision.Params {
+func AllInOneParams(e env, c Config, volumeID, bucket, exportRoleArn string) provision.Params {
 	return provision.Params{
 		Stack:               e.stack,
 		Region:              e.region,
@@ -159,6 +159,7 @@ func AllInOneParams(e env, c Config, volumeID, bucket string) provision.Params {
 		MQTTPlaintextPublic: c.MQTTPlaintext,
 		ExportBucket:        bucket,
 		ExportPrefix:        c.ExportPrefix,
+		ExportRoleArn:       exportRoleArn,
 		SigningPublicKey:    c.SigningPublicKey,
 	}
 }

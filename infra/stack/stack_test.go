@@ -232,8 +232,7 @@ func TestDeployDefaults(t *testing.T) {
 		actions, resources []string
 	}{
 		"ReadGatewayArtifact": {"Allow", []string{"s3:GetObject"}, []string{"arn:aws:s3:::" + mockBucket + "/artifacts/iotgw-linux-arm64/" + sha}},
-		"WriteExports":        {"Allow", []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"}, []string{"arn:aws:s3:::" + mockBucket + "/exports/*"}},
-		"ListExports":         {"Allow", []string{"s3:ListBucket"}, []string{"arn:aws:s3:::" + mockBucket}},
+		"AssumeExportRole":    {"Allow", []string{"sts:AssumeRole"}, []string{"arn:aws:iam::" + mockAccount + ":role/host-export-role"}},
 		"ReadStackParameters": {"Allow", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"}, []string{params, params + "/*"}},
 		"DenyParametersOutsideStack": {"Deny", []string{"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "ssm:GetParameterHistory"},
 			[]string{params, params + "/*"}}, // NotResource
@@ -251,12 +250,8 @@ func TestDeployDefaults(t *testing.T) {
 		if !ok || s.Effect != w.effect || !slices.Equal(s.Action, w.actions) || !slices.Equal(res, w.resources) {
 			t.Errorf("host policy statement %+v, want %+v", s, w)
 		}
-		if s.Sid == "ListExports" {
-			if c, _ := s.Condition["StringLikeIfExists"].(map[string]any); c == nil || !slices.Equal(toStrings(c["s3:prefix"]), []string{"exports/*"}) {
-				t.Errorf("the export's listing is not held to its prefix: %+v", s.Condition)
-			}
-		}
 	}
+	checkExportPolicy(t, m, "exports/")
 
 	// Secrets: SecureString parameters whose values are secret.
 	names := map[string]bool{}
@@ -518,6 +513,7 @@ func checkPolicies(t *testing.T, r deployResult) {
 	if !denied {
 		t.Error("policy: no explicit Deny of parameter reads outside /iot-gateway/dev")
 	}
+	checkExportRole(t, m)
 	// Tags on everything taggable.
 	for _, res := range m.resources {
 		if untaggable[res.Type] || strings.HasPrefix(res.Type, "iot-gateway:") {

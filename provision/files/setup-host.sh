@@ -626,6 +626,47 @@ gateway_secrets() {
 	mv -f "$dst.new" "$dst"
 }
 
+# `iotgw-setup export-secrets` (iotgw-export-secrets.service, before each
+# start of iotgw-export.service): the export role assumed with the instance
+# role, its session into /run/iotgw-export-secrets/aws.env (memory, root
+# only), which systemd reads for iotgw-export.service, so the export runs
+# without the instance metadata service and with nothing but the export
+# role. An hour is the longest session a role assumed with instance
+# credentials may have (role chaining). Retries for 5 minutes, since the
+# timer may fire early in a boot. A gateway slot has no export role (its
+# VPC has no STS endpoint): its export keeps the slot role.
+export_secrets() {
+	local dst=$ROOT/run/iotgw-export-secrets/aws.env creds="" i key secret token extra
+	if gateway_role; then
+		log "gateway slot: the export uses the slot role"
+		return 0
+	fi
+	[[ -n ${EXPORT_ROLE_ARN:-} ]] || die "EXPORT_ROLE_ARN is not set in $HOST_ENV"
+	for ((i = 0; i < 60; i++)); do
+		creds=$(aws sts assume-role --region "$AWS_REGION" --role-arn "$EXPORT_ROLE_ARN" \
+			--role-session-name "iotgw-export-$STACK" --duration-seconds 3600 \
+			--query 'Credentials.[AccessKeyId,SecretAccessKey,SessionToken]' --output text) && break
+		creds=""
+		sleep "${SECRETS_RETRY:-5}"
+	done
+	[[ -n $creds ]] || die "cannot assume $EXPORT_ROLE_ARN"
+	read -r key secret token extra <<<"$creds"
+	[[ -z $extra ]] || die "aws sts assume-role answered more than a key, a secret and a token"
+	# A systemd environment file quotes, escapes and expands: only values
+	# that need none of it (AWS's are letters, digits and +/=).
+	[[ $key =~ ^[A-Z0-9]{16,128}$ ]] || die "aws sts assume-role answered an access key id that is not one"
+	[[ $secret =~ ^[A-Za-z0-9+/=]+$ && $token =~ ^[A-Za-z0-9+/=]+$ ]] ||
+		die "aws sts assume-role answered a secret or session token with characters other than letters, digits and +/="
+	mkdir -p "$(dirname "$dst")"
+	(
+		umask 077
+		printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_SESSION_TOKEN=%s\nAWS_REGION=%s\n' \
+			"$key" "$secret" "$token" "$AWS_REGION" >"$dst.new"
+	)
+	mv -f "$dst.new" "$dst"
+	log "export credentials: a session of $EXPORT_ROLE_ARN, for an hour"
+}
+
 # gateway_iot_identity: the gateways' IoT Core certificate and private key
 # from SSM into /run/iotgw-secrets (memory), readable by the iotgw group
 # only; the environment file next to them stays root's. The unit runs with
@@ -720,6 +761,10 @@ main() {
 	[[ $(id -u) == 0 ]] || die "must run as root"
 	if [[ ${1:-} == gateway-secrets ]]; then
 		gateway_secrets
+		return
+	fi
+	if [[ ${1:-} == export-secrets ]]; then
+		export_secrets
 		return
 	fi
 	# cloud-init and the SSM rollout association may start it at the same
