@@ -93,6 +93,8 @@ type PointWriter interface {
 
 // DeadSink keeps what will never be accepted (*deadletter.File).
 type DeadSink interface {
+	// Add keeps a rejected message. topic and payload are valid only
+	// during the call (they may view the session's read buffer).
 	Add(at time.Time, topic, reason string, cause error, payload []byte) error
 	Close() error
 }
@@ -238,6 +240,7 @@ func New(o Options) (*Gateway, error) {
 	g.fleet = fleet.New(o.Fleet)
 	g.devKey = newDeviceKey(o.TopicPattern)
 	g.ownDropped = registerFleetMetrics(reg, g.fleet)
+	registerTopicCacheMetrics(reg, g.mapper.Topics())
 	g.details = map[string]httpapi.Detail{"fleet": g.fleetDetail}
 	if st := o.Spool.Stats(); st.CorruptRecords > 0 {
 		g.log.Warn("spool: damaged records skipped or cut off at start", "records", st.CorruptRecords, "bytes", st.CorruptBytes)

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iot-gateway/iot-gateway/app/fleet"
+	"github.com/iot-gateway/iot-gateway/app/sensor"
 )
 
 // deviceKey finds the device a topic belongs to: the {site} and {device}
@@ -213,6 +214,23 @@ func (g *Gateway) fleetDetail() any {
 		d["silent_devices"] = ids
 	}
 	return d
+}
+
+// registerTopicCacheMetrics shows how well the topic cache holds the
+// fleet: a hit costs nothing per topic; a miss builds the topic's line
+// prefix again (docs/benchmarks.md).
+func registerTopicCacheMetrics(reg *prometheus.Registry, c *sensor.TopicCache) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_topic_cache_bytes", Help: "Memory the topic cache holds."},
+			func() float64 { return float64(c.Stats().Bytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_topic_cache_hits_total", Help: "Topic lookups found in the cache."},
+			func() float64 { return float64(c.Stats().Hits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_topic_cache_misses_total", Help: "Topic lookups not found in the cache."},
+			func() float64 { return float64(c.Stats().Misses) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "iotgw_topic_cache_frozen_shards",
+			Help: "Shards of 16 that hold a stable share of a fleet larger than the cache and let the rest pass."},
+			func() float64 { return float64(c.Stats().FrozenShards) }),
+	)
 }
 
 func registerFleetMetrics(reg *prometheus.Registry, w *fleet.Watch) prometheus.Counter {

@@ -73,9 +73,11 @@ type topicShard struct {
 	// hits and adds count the lookups found and the new entries since the
 	// current generation started: what decides whether to freeze.
 	hits, adds int
-	frozen     bool
-	declined   int  // misses declined since frozen
-	thawing    bool // the next new generation starts without a verdict
+	// Since the start, for TopicCacheStats.
+	hitsTotal, missesTotal uint64
+	frozen                 bool
+	declined               int  // misses declined since frozen
+	thawing                bool // the next new generation starts without a verdict
 }
 
 // thawAfter is how many generations' worth of declined misses a frozen
@@ -115,15 +117,33 @@ func NewTopicCache(m *Mapper, budget int) *TopicCache {
 
 // Bytes is the memory the cache holds (at most about its budget). None of
 // it is pointers: the collector does not scan it.
-func (c *TopicCache) Bytes() int {
-	n := 0
+func (c *TopicCache) Bytes() int { return c.Stats().Bytes }
+
+// TopicCacheStats is a TopicCache in numbers.
+type TopicCacheStats struct {
+	Bytes         int    // held
+	Topics        int    // cached
+	Hits, Misses  uint64 // lookups since the start
+	FrozenShards  int    // shards holding a share of a fleet larger than them
+	ShardsInTotal int
+}
+
+// Stats returns the cache's current numbers.
+func (c *TopicCache) Stats() TopicCacheStats {
+	st := TopicCacheStats{ShardsInTotal: topicShards}
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		n += cap(s.cur.arena) + len(s.cur.slots)*8 + cap(s.prev.arena) + len(s.prev.slots)*8
+		st.Bytes += cap(s.cur.arena) + len(s.cur.slots)*8 + cap(s.prev.arena) + len(s.prev.slots)*8
+		st.Topics += s.cur.n + s.prev.n // a promoted topic is in both: an upper bound
+		st.Hits += s.hitsTotal
+		st.Misses += s.missesTotal
+		if s.frozen {
+			st.FrozenShards++
+		}
 		s.mu.Unlock()
 	}
-	return n
+	return st
 }
 
 func formatByte(f Format) byte {
@@ -244,13 +264,16 @@ func (s *topicShard) admit() bool {
 func (s *topicShard) find(h uint64, name string) (Topic, bool) {
 	if t, ok := s.cur.get(h, name); ok {
 		s.hits++
+		s.hitsTotal++
 		return t, true
 	}
 	t, ok := s.prev.get(h, name)
 	if !ok {
+		s.missesTotal++
 		return Topic{}, false
 	}
 	s.hits++
+	s.hitsTotal++
 	// The Topic returned views the previous arena, which is never written
 	// again: it stays valid whatever happens to the copy.
 	flags := byte(0)
