@@ -90,6 +90,12 @@ func TestDeviceCannotRetain(t *testing.T) {
 	url := "tcp://" + b.Addr("plain")
 	dev := mustConnect(t, clientConf{url: url, user: "dev1", pass: "dev1-secret"})
 	wait(t, dev.Publish("sensors/plant-a/dev1/temp", 1, true, `{"temperature":1}`))
+	// mochi acknowledges a QoS 1 publish before it hands it to subscribers,
+	// and handles one connection's packets in order: once a second publish
+	// (on a topic the subscriber below does not see) is acknowledged, the
+	// first has reached every subscriber it will, and cannot reach the new
+	// subscription live.
+	wait(t, dev.Publish("replies/plant-a/dev1/sync", 1, false, "sync"))
 
 	// A subscription made after the retained publish gets nothing retained.
 	msgs := gatewaySubscriber(t, url)
