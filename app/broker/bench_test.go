@@ -169,7 +169,7 @@ func benchIdle(b *testing.B, mode string, conns, addrs int) {
 			defer wg.Done()
 			local := fmt.Sprintf("127.0.1.%d", a+1)
 			for i := a; i < conns; i += addrs {
-				c, err := tryDialWire(addr, dialConf{local: local, tls: clientTLS})
+				c, err := tryDialRaw(addr, dialConf{local: local, tls: clientTLS})
 				if err != nil {
 					errs <- err
 					return
@@ -224,7 +224,7 @@ func BenchmarkPublishThroughput(b *testing.B) {
 func benchPublish(b *testing.B, payload []byte) {
 	const chunk = 200
 	type rig struct {
-		dev  *wireClient
+		dev  *rawClient
 		got  chan struct{}
 		busy time.Duration
 	}
@@ -232,7 +232,7 @@ func benchPublish(b *testing.B, payload []byte) {
 		o := plainOptions(b)
 		o.noLimits = noLimits
 		br := startBroker(b, o)
-		sub := dialWire(b, br.Addr("plain"), dialConf{})
+		sub := dialRaw(b, br.Addr("plain"), dialConf{})
 		sub.login("bench-gw", "gateway", "gw-secret")
 		sub.send(subscribePacket("sensors/#", 0, 1))
 		if typ, _ := sub.next(); typ != 0x90 {
@@ -250,7 +250,7 @@ func benchPublish(b *testing.B, payload []byte) {
 				}
 			}
 		}()
-		dev := dialWire(b, br.Addr("plain"), dialConf{})
+		dev := dialRaw(b, br.Addr("plain"), dialConf{})
 		dev.login("", "dev1", "dev1-secret")
 		return &rig{dev: dev, got: got}
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -20,169 +19,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
-// wireClient speaks just enough MQTT 3.1.1 over a socket to attack the broker
-// byte by byte, which paho cannot.
-type wireClient struct {
-	t    testing.TB
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-type dialConf struct {
-	local  string // source IP, e.g. 127.0.0.2; "" lets the kernel choose
-	rcvBuf int    // SO_RCVBUF before connecting; 0 keeps the default
-	tls    *tls.Config
-}
-
-func dialWire(t testing.TB, addr string, dc dialConf) *wireClient {
-	t.Helper()
-	c, err := tryDialWire(addr, dc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &wireClient{t: t, conn: c, r: bufio.NewReader(c)}
-}
-
-func tryDialWire(addr string, dc dialConf) (net.Conn, error) {
-	d := net.Dialer{Timeout: waitFor}
-	if dc.local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(dc.local)}
-	}
-	if dc.rcvBuf > 0 {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, dc.rcvBuf)
-			})
-			return errors.Join(err, serr)
-		}
-	}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	if dc.tls != nil {
-		tc := tls.Client(c, dc.tls)
-		_ = tc.SetDeadline(time.Now().Add(waitFor))
-		if err := tc.Handshake(); err != nil {
-			c.Close()
-			return nil, err
-		}
-		_ = tc.SetDeadline(time.Time{})
-		return tc, nil
-	}
-	return c, nil
-}
-
-func mqttString(b *bytes.Buffer, s string) {
-	_ = binary.Write(b, binary.BigEndian, uint16(len(s)))
-	b.WriteString(s)
-}
-
-func remainingLength(n int) []byte {
-	var out []byte
-	for {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		out = append(out, d)
-		if n == 0 {
-			return out
-		}
-	}
-}
-
-func packet(typ byte, body []byte) []byte {
-	return append(append([]byte{typ}, remainingLength(len(body))...), body...)
-}
-
-func connectPacket(id, user, pass string, keepalive uint16) []byte {
-	var b bytes.Buffer
-	mqttString(&b, "MQTT")
-	b.WriteByte(4)    // 3.1.1
-	b.WriteByte(0xc2) // username, password, clean session
-	_ = binary.Write(&b, binary.BigEndian, keepalive)
-	mqttString(&b, id)
-	mqttString(&b, user)
-	mqttString(&b, pass)
-	return packet(0x10, b.Bytes())
-}
-
-func publishPacket(topic string, payload []byte, qos byte, id uint16) []byte {
-	var b bytes.Buffer
-	mqttString(&b, topic)
-	if qos > 0 {
-		_ = binary.Write(&b, binary.BigEndian, id)
-	}
-	b.Write(payload)
-	return packet(0x30|qos<<1, b.Bytes())
-}
-
-func subscribePacket(filter string, qos byte, id uint16) []byte {
-	var b bytes.Buffer
-	_ = binary.Write(&b, binary.BigEndian, id)
-	mqttString(&b, filter)
-	b.WriteByte(qos)
-	return packet(0x82, b.Bytes())
-}
-
-func (c *wireClient) send(p []byte) {
-	c.t.Helper()
-	_ = c.conn.SetWriteDeadline(time.Now().Add(waitFor))
-	if _, err := c.conn.Write(p); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-// next reads one packet, failing the test after waitFor.
-func (c *wireClient) next() (byte, []byte) {
-	c.t.Helper()
-	typ, body, err := c.tryNext(waitFor)
-	if err != nil {
-		c.t.Fatalf("read packet: %v", err)
-	}
-	return typ, body
-}
-
-func (c *wireClient) tryNext(within time.Duration) (byte, []byte, error) {
-	_ = c.conn.SetReadDeadline(time.Now().Add(within))
-	typ, err := c.r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, mul := 0, 1
-	for {
-		d, err := c.r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n += int(d&0x7f) * mul
-		mul *= 128
-		if d&0x80 == 0 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return 0, nil, err
-	}
-	return typ, body, nil
-}
-
-// login sends CONNECT (clean session) and checks the CONNACK accepts it.
-// Devices log in with their user name or an empty id.
-func (c *wireClient) login(id, user, pass string) {
-	c.t.Helper()
-	c.send(connectPacket(id, user, pass, 0))
-	typ, body := c.next()
-	if typ != 0x20 || len(body) != 2 || body[1] != 0 {
-		c.t.Fatalf("CONNACK: type %#x body %x", typ, body)
-	}
-}
-
 // waitClosed reads (and discards) until the broker closes the connection;
 // it fails the test if that has not happened within the bound.
 func waitClosed(t testing.TB, c net.Conn, within time.Duration, what string) {
@@ -198,7 +34,7 @@ func waitClosed(t testing.TB, c net.Conn, within time.Duration, what string) {
 // reset before the dial returns).
 func refused(t testing.TB, addr string, dc dialConf, what string) {
 	t.Helper()
-	c, err := tryDialWire(addr, dc)
+	c, err := tryDialRaw(addr, dc)
 	if err != nil {
 		return
 	}
@@ -288,7 +124,7 @@ func TestHugeConnectRefusedAtHeader(t *testing.T) {
 			addr = b.Addr("tls")
 		}
 		for range perListener {
-			c := dialWire(t, addr, dc)
+			c := dialRaw(t, addr, dc)
 			c.send(header)
 			conns = append(conns, c.conn)
 		}
@@ -310,7 +146,7 @@ func TestOversizedPublishRefusedAtHeader(t *testing.T) {
 	b := startBroker(t, o)
 	topic := "sensors/plant-a/dev1/big"
 
-	c := dialWire(t, b.Addr("plain"), dialConf{})
+	c := dialRaw(t, b.Addr("plain"), dialConf{})
 	c.login("dev1", "dev1", "dev1-secret")
 	// Fixed header 0x32 + 2 length bytes, topic, packet id: the payload
 	// that makes the packet exactly MaxPacketSize.
@@ -340,7 +176,7 @@ func TestConnackAdvertisesMaxPacketSize(t *testing.T) {
 	o := plainOptions(t)
 	o.MaxPacketSize = 5000
 	b := startBroker(t, o)
-	c := dialWire(t, b.Addr("plain"), dialConf{})
+	c := dialRaw(t, b.Addr("plain"), dialConf{})
 	var v bytes.Buffer
 	mqttString(&v, "MQTT")
 	v.Write([]byte{5, 0xc2, 0, 30, 0}) // MQTT 5, user+password+clean, keepalive, no properties
@@ -371,11 +207,11 @@ func TestConnectTimeout(t *testing.T) {
 	b := startBroker(t, o)
 
 	good := mustConnect(t, clientConf{url: "tcp://" + b.Addr("plain"), user: "dev1", pass: "dev1-secret"})
-	silent := dialWire(t, b.Addr("plain"), dialConf{})
-	partial := dialWire(t, b.Addr("plain"), dialConf{})
+	silent := dialRaw(t, b.Addr("plain"), dialConf{})
+	partial := dialRaw(t, b.Addr("plain"), dialConf{})
 	partial.send(connectPacket("dev2", "dev2", "dev2-secret", 30)[:12])
-	noHello := dialWire(t, b.Addr("tls"), dialConf{})
-	afterHandshake := dialWire(t, b.Addr("tls"), dialConf{tls: clientTLS})
+	noHello := dialRaw(t, b.Addr("tls"), dialConf{})
+	afterHandshake := dialRaw(t, b.Addr("tls"), dialConf{tls: clientTLS})
 
 	waitClosed(t, silent.conn, waitFor, "plain socket that sent nothing")
 	waitClosed(t, partial.conn, waitFor, "plain socket with half a CONNECT")
@@ -401,10 +237,10 @@ func TestConnectionCaps(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	held := map[string][]*wireClient{}
+	held := map[string][]*rawClient{}
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
 		for range 2 {
-			held[ip] = append(held[ip], dialWire(t, addr, dialConf{local: ip}))
+			held[ip] = append(held[ip], dialRaw(t, addr, dialConf{local: ip}))
 		}
 	}
 	waitStats(t, b, "six connections open", func(s LimitStats) bool { return s.Connections == 6 })
@@ -412,7 +248,7 @@ func TestConnectionCaps(t *testing.T) {
 	// A third from an address at its cap is closed; a new address gets the
 	// last slot, and the one after it is closed.
 	refused(t, addr, dialConf{local: "127.0.0.2"}, "third connection from 127.0.0.2")
-	held["127.0.0.5"] = []*wireClient{dialWire(t, addr, dialConf{local: "127.0.0.5"})}
+	held["127.0.0.5"] = []*rawClient{dialRaw(t, addr, dialConf{local: "127.0.0.5"})}
 	waitStats(t, b, "seven connections open", func(s LimitStats) bool { return s.Connections == 7 })
 	refused(t, addr, dialConf{local: "127.0.0.6"}, "eighth connection")
 	s := b.LimitStats()
@@ -445,7 +281,7 @@ func TestConnectionCaps(t *testing.T) {
 func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	b := startBroker(t, plainOptions(t))
 	addr := b.Addr("plain")
-	dialWire(t, addr, dialConf{}).login("", "dev1", "dev1-secret")
+	dialRaw(t, addr, dialConf{}).login("", "dev1", "dev1-secret")
 
 	var saved syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
@@ -476,7 +312,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	}
 	fill[len(fill)-1].Close()
 	fill = fill[:len(fill)-1]
-	waiting, err := tryDialWire(addr, dialConf{})
+	waiting, err := tryDialRaw(addr, dialConf{})
 	if err != nil {
 		restore()
 		t.Fatalf("dial with one descriptor left: %v", err)
@@ -489,7 +325,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	fill = nil
 	restore()
 
-	c := &wireClient{t: t, conn: waiting, r: bufio.NewReader(waiting)}
+	c := newRawClient(t, waiting, 0)
 	c.login("", "dev1", "dev1-secret")
 }
 
@@ -503,7 +339,7 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialWire(t, addr, dialConf{rcvBuf: 4096})
+	sub := dialRaw(t, addr, dialConf{rcvBuf: 4096})
 	sub.login("stalled", "gateway", "gw-secret")
 	sub.send(subscribePacket("sensors/#", 1, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
@@ -511,10 +347,10 @@ func TestStalledSubscriberDoesNotBlockPublishers(t *testing.T) {
 	}
 	// sub reads nothing from here on.
 
-	pinger := dialWire(t, addr, dialConf{})
+	pinger := dialRaw(t, addr, dialConf{})
 	pinger.login("dev2", "dev2", "dev2-secret")
 
-	dev := dialWire(t, addr, dialConf{})
+	dev := dialRaw(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("p"), 60<<10)
 	var maxAck, maxPing time.Duration
@@ -566,11 +402,11 @@ func testQueuedBytesBounded(t *testing.T, filter string) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialWire(t, addr, dialConf{rcvBuf: 4096})
+	sub := dialRaw(t, addr, dialConf{rcvBuf: 4096})
 	sub.login("stalled", "gateway", "gw-secret")
 	// A large message before the subscription: its topic's (empty)
 	// recipient list must not outlive the SUBSCRIBE.
-	dev := dialWire(t, addr, dialConf{})
+	dev := dialRaw(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("q"), 60<<10)
 	dev.send(publishPacket("sensors/plant-a/dev1/blob", payload, 1, 1000))
@@ -620,13 +456,13 @@ func testQueuedBytesCredited(t *testing.T, filter string) {
 	b := startBroker(t, o)
 	addr := b.Addr("plain")
 
-	sub := dialWire(t, addr, dialConf{})
+	sub := dialRaw(t, addr, dialConf{})
 	sub.login("reader", "gateway", "gw-secret")
 	sub.send(subscribePacket(filter, 1, 1))
 	if typ, _ := sub.next(); typ != 0x90 {
 		t.Fatalf("want SUBACK, got %#x", typ)
 	}
-	dev := dialWire(t, addr, dialConf{})
+	dev := dialRaw(t, addr, dialConf{})
 	dev.login("dev1", "dev1", "dev1-secret")
 	payload := bytes.Repeat([]byte("r"), 60<<10)
 	const n = 400 // 23 MiB in all, 23 times the budget

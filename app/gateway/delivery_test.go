@@ -107,7 +107,7 @@ func memGateway(t *testing.T, edit func(*config.Config)) (*Gateway, *countingSto
 		t.Fatal(err)
 	}
 	st, w, d := &countingStore{memStore: newMemStore()}, &memWriter{}, &memDead{}
-	g, err := New(gatewayOptions(cfg, slog.New(slog.DiscardHandler), mapper, st, w, d))
+	g, err := New(OptionsFromConfig(cfg, slog.New(slog.DiscardHandler), mapper, st, w, d))
 	if err != nil {
 		t.Fatal(err)
 	}

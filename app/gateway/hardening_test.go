@@ -64,7 +64,7 @@ func testGateway(t *testing.T, url string, edit func(*config.Config)) (*Gateway,
 		edit(&cfg)
 	}
 	buf := &syncBuffer{}
-	g, err := newFromConfig(cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	g, err := FromConfig(cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}

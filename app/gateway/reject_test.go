@@ -37,7 +37,7 @@ func influxGateway(tb testing.TB, in *testsvc.Influx, measurement string) *Gatew
 	cfg.Influx.BatchSize = 5000
 	cfg.Influx.FlushInterval = config.Duration{Duration: time.Millisecond}
 	cfg.HTTP.Addr = ""
-	g, err := newFromConfig(cfg, slog.New(slog.DiscardHandler))
+	g, err := FromConfig(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,104 +1,20 @@
 package gateway
 
-// The tests' copy of app/cmd/iotgw's wiring (wire.go there): most tests
-// here state their setting as configuration, and build the gateway from it
-// the way the binary does.
+// Most tests here state their setting as configuration and build the
+// gateway from it the way the binary does, through app/gateway/gwconfig.
+// gwconfig imports this package, so this package's own tests cannot import
+// it; gwconfig_test.go, in the external test package of this directory,
+// hands its functions over before any test runs.
 
 import (
-	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/iot-gateway/iot-gateway/app/config"
-	"github.com/iot-gateway/iot-gateway/app/deadletter"
-	"github.com/iot-gateway/iot-gateway/app/fleet"
-	"github.com/iot-gateway/iot-gateway/app/influx"
-	"github.com/iot-gateway/iot-gateway/app/mqtt"
 	"github.com/iot-gateway/iot-gateway/app/sensor"
-	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
-// newFromConfig opens the gateway's state (spool, dead letters) and parts
-// (mapper, InfluxDB writer) as cfg says, and assembles the gateway over
-// them. cfg must have been validated.
-func newFromConfig(cfg config.Config, log *slog.Logger) (*Gateway, error) {
-	mapper, err := sensor.NewMapper(cfg.MapperConfig())
-	if err != nil {
-		return nil, fmt.Errorf("mapping: %w", err)
-	}
-	if err := os.MkdirAll(cfg.Spool.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("spool.dir: %w", err)
-	}
-	sp, err := spool.Open(spool.Options{
-		Dir:          cfg.Spool.Dir,
-		SegmentBytes: cfg.Spool.SegmentBytes,
-		MaxBytes:     cfg.Spool.MaxBytes,
-		Policy:       spool.Policy(cfg.Spool.Policy),
-		Logger:       log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	dead, err := deadletter.Open(cfg.Spool.Dir, cfg.DeadLetter.MaxBytes)
-	if err != nil {
-		sp.Close()
-		return nil, err
-	}
-	w, err := influx.New(influx.Config{URL: cfg.Influx.URL, Token: cfg.Influx.Token, Org: cfg.Influx.Org,
-		Bucket: cfg.Influx.Bucket, Timeout: cfg.Influx.Timeout.Duration, Gzip: cfg.Influx.Gzip.Enabled(cfg.Influx.URL)})
-	if err != nil {
-		sp.Close()
-		dead.Close()
-		return nil, err
-	}
-	g, err := New(gatewayOptions(cfg, log, mapper, sp, w, dead))
-	if err != nil {
-		sp.Close()
-		dead.Close()
-		w.Close()
-		return nil, err
-	}
-	return g, nil
-}
-
-// gatewayOptions translates the configuration into the gateway's options
-// over the given parts.
-func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *sensor.Mapper, sp Store, w PointWriter, dead DeadSink) Options {
-	mc := cfg.MQTT
-	degraded := cfg.Spool.DegradedBytes
-	if degraded == 0 {
-		degraded = cfg.Spool.MaxBytes / 10 * 8
-	}
-	return Options{
-		Log: log, Mapper: mapper, TopicPattern: cfg.Mapping.TopicPattern,
-		Spool: sp, Writer: w, DeadLetters: dead,
-		MQTT: mqtt.Config{
-			URL: mc.URL, ClientID: mc.ClientID, Username: mc.Username, Password: mc.Password,
-			QoS: byte(mc.QoS), Topics: mc.Topics, LineTopics: mc.LineTopics, Connections: mc.Connections,
-			MaxPayload: cfg.Mapping.MaxPayload,
-			KeepAlive:  mc.KeepAlive.Duration, ConnectTimeout: mc.ConnectTimeout.Duration,
-			MaxReconnectInterval: mc.MaxReconnectInterval.Duration,
-			CAFile:               mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify,
-			Protocol: testProtocol(mc.Protocol), SessionExpiry: mc.SessionExpiry.Duration,
-		},
-		BatchSize:        cfg.Influx.BatchSize,
-		FlushInterval:    cfg.Influx.FlushInterval.Duration,
-		MaxRetryInterval: cfg.Influx.MaxRetryInterval.Duration,
-		Secret:           cfg.Influx.Token,
-		DegradedBytes:    degraded,
-		StateDir:         cfg.Spool.Dir,
-		HTTPAddr:         cfg.HTTP.Addr,
-		TLSCertFile:      cfg.Commands.TLSCertFile,
-		TLSKeyFile:       cfg.Commands.TLSKeyFile,
-		Fleet: fleet.Options{MaxDevices: cfg.Fleet.MaxDevices, SilentFactor: cfg.Fleet.SilentFactor,
-			MinSilence: cfg.Fleet.MinSilence.Duration},
-		SweepInterval: cfg.Fleet.SweepInterval.Duration,
-	}
-}
-
-func testProtocol(p config.Protocol) byte {
-	if p == config.MQTT311 {
-		return mqtt.V311
-	}
-	return mqtt.V5
-}
+// Set to gwconfig.New and gwconfig.Options by gwconfig_test.go.
+var (
+	FromConfig        func(config.Config, *slog.Logger) (*Gateway, error)
+	OptionsFromConfig func(config.Config, *slog.Logger, *sensor.Mapper, Store, PointWriter, DeadSink) Options
+)

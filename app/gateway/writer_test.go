@@ -122,7 +122,7 @@ func writerGateway(t *testing.T, url string, capReadings, batch int) *Gateway {
 	cfg.Influx.BatchSize = batch
 	cfg.Influx.FlushInterval = config.Duration{Duration: time.Millisecond}
 	cfg.Influx.MaxRetryInterval = config.Duration{Duration: 20 * time.Millisecond}
-	g, err := newFromConfig(cfg, slog.New(slog.DiscardHandler))
+	g, err := FromConfig(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

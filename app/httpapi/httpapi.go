@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -128,5 +129,14 @@ func ListenTLS(addr string, h http.Handler, certFile, keyFile string) (*Server, 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Shutdown stops accepting and waits for requests in progress.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Shutdown stops accepting and waits for requests in progress. It closes
+// the listener itself: http.Server.Shutdown closes only the listeners Serve
+// has started tracking, and a Shutdown right after Listen (a start that
+// failed later) can come before the serving goroutine ran.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if cerr := s.ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -66,4 +68,25 @@ func TestEndpoints(t *testing.T) {
 	if got := r.Checks["influx"]; len(got) > maxReason+3 || !strings.HasSuffix(got, "...") || !utf8.ValidString(got) {
 		t.Fatalf("long reason shown as %d bytes: %q", len(got), got)
 	}
+}
+
+// Shutdown right after Listen closes the socket before it returns, even if
+// the serving goroutine has not run yet, so a gateway that fails to start
+// leaves no listener behind. With one P and nothing between the calls that
+// parks, that goroutine cannot have run; binding the same address again
+// (which does not park either) fails while the socket is open.
+func TestShutdownBeforeServeCloses(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	srv, err := Listen("127.0.0.1:0", http.NotFoundHandler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", srv.Addr())
+	if err != nil {
+		t.Fatalf("%s still bound after Shutdown: %v", srv.Addr(), err)
+	}
+	ln.Close()
 }

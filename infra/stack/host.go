@@ -68,15 +68,7 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 	}
 
 	var err error
-	h.DataVolume, err = ebs.NewVolume(ctx, name+"-data", &ebs.VolumeArgs{
-		AvailabilityZone: pulumi.String(n.AvailabilityZone),
-		Type:             pulumi.String("gp3"),
-		Size:             pulumi.Int(c.DataVolumeSize),
-		Iops:             pulumi.Int(c.DataVolumeIops),
-		Throughput:       pulumi.Int(125),
-		Encrypted:        pulumi.Bool(true),
-		Tags:             withSnapshotTag(e, e.tagged("data")),
-	}, parent, pulumi.RetainOnDelete(c.DataVolumeRetain), pulumi.Protect(c.DataVolumeProtect))
+	h.DataVolume, err = dataVolume(ctx, name, e, c, n.AvailabilityZone, "data", parent)
 	if err != nil {
 		return nil, err
 	}
@@ -99,14 +91,8 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		b, err := provision.HostParams(AllInOneParams(e, c, string(v[0].(pulumi.ID)), v[1].(string), v[2].(string)))
 		return string(b), err
 	}).(pulumi.StringOutput)
-	h.Params, err = ssm.NewParameter(ctx, name+"-params", &ssm.ParameterArgs{
-		Name:        pulumi.String(e.hostParamsName()),
-		Description: pulumi.String("Host parameters (JSON) iotgw provision-files renders the host's files from; no secrets"),
-		Type:        pulumi.String("String"),
-		Tier:        pulumi.String("Standard"),
-		Value:       params,
-		Tags:        e.tagged("host-params"),
-	}, parent)
+	h.Params, err = hostParams(ctx, name, e, e.hostParamsName(),
+		"Host parameters (JSON) iotgw provision-files renders the host's files from; no secrets", params, "host-params", parent)
 	if err != nil {
 		return nil, err
 	}
@@ -123,20 +109,9 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		IamInstanceProfile:       h.Profile.Name,
 		AssociatePublicIpAddress: pulumi.Bool(true),
 		Monitoring:               pulumi.Bool(false),
-		MetadataOptions: &ec2.InstanceMetadataOptionsArgs{
-			HttpEndpoint:            pulumi.String("enabled"),
-			HttpTokens:              pulumi.String("required"),
-			HttpPutResponseHopLimit: pulumi.Int(1),
-			InstanceMetadataTags:    pulumi.String("disabled"),
-		},
-		RootBlockDevice: &ec2.InstanceRootBlockDeviceArgs{
-			VolumeType:          pulumi.String("gp3"),
-			VolumeSize:          pulumi.Int(c.RootVolumeSize),
-			Encrypted:           pulumi.Bool(true),
-			DeleteOnTermination: pulumi.Bool(true),
-			Tags:                e.tagged("root"),
-		},
-		UserDataBase64: pulumi.String(userData),
+		MetadataOptions:          metadataOptions(),
+		RootBlockDevice:          rootDevice(c, e.tagged("root")),
+		UserDataBase64:           pulumi.String(userData),
 		// cloud-init runs user-data once per instance. The bootstrap
 		// changes only with the signing key, and even then the host is
 		// kept (user-data changes are ignored below): rotate the key with
@@ -165,14 +140,7 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		return nil, err
 	}
 
-	h.Attachment, err = ec2.NewVolumeAttachment(ctx, name+"-data-attachment", &ec2.VolumeAttachmentArgs{
-		DeviceName: pulumi.String(dataDevice),
-		InstanceId: h.Instance.ID(),
-		VolumeId:   h.DataVolume.ID(),
-		// Stop the host before detaching so the filesystem is unmounted
-		// cleanly when the instance is replaced.
-		StopInstanceBeforeDetaching: pulumi.Bool(true),
-	}, parent, pulumi.DeleteBeforeReplace(true))
+	h.Attachment, err = attachData(ctx, name, h.Instance, h.DataVolume, parent)
 	if err != nil {
 		return nil, err
 	}
@@ -196,27 +164,8 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		}
 	}
 
-	// Rollout: the association runs the host's bootstrap again whenever the
-	// artifact or the host parameters change (its command names both
-	// sha256s). The bootstrap fetches and verifies the new binary, which
-	// writes the files; the setup restarts what changed, checks /readyz and
-	// puts the previous binary back if the new one fails; pulumi up waits
-	// for the result. No SSH, no new instance.
-	h.Rollout, err = ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
-		Name: pulumi.String("AWS-RunShellScript"),
-		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
-			Key:    pulumi.String("InstanceIds"),
-			Values: pulumi.StringArray{h.Instance.ID()},
-		}},
-		Parameters: pulumi.StringMap{
-			"commands":         params.ApplyT(func(p string) string { return RolloutCommand(e, s.ArtifactSHA256, p, e.hostParamsName()) }).(pulumi.StringOutput),
-			"executionTimeout": pulumi.String("1800"),
-		},
-		ComplianceSeverity:           pulumi.String("HIGH"),
-		MaxErrors:                    pulumi.String("0"),
-		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
-		Tags:                         e.tagged("rollout"),
-	}, parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Params, h.Attachment}))
+	h.Rollout, err = newRollout(ctx, name, e, c, h.Instance, s.ArtifactSHA256, params, e.hostParamsName(), "rollout",
+		parent, pulumi.DependsOn([]pulumi.Resource{s.ArtifactParam, h.Params, h.Attachment}))
 	if err != nil {
 		return nil, err
 	}
@@ -227,6 +176,95 @@ func NewHost(ctx *pulumi.Context, name string, e env, c Config, n *Network, s *S
 		"publicDns":    h.PublicDNS,
 	})
 	return h, err
+}
+
+// The parts a gateway host has whether it is the all-in-one host or a
+// slot of the scale topology; tag is the Name tag's suffix.
+
+// dataVolume declares the encrypted volume the spool lives on. It names
+// nothing of the instance: replacing the instance keeps it, and the new
+// instance mounts the same spool.
+func dataVolume(ctx *pulumi.Context, name string, e env, c Config, zone, tag string, parent pulumi.ResourceOption) (*ebs.Volume, error) {
+	return ebs.NewVolume(ctx, name+"-data", &ebs.VolumeArgs{
+		AvailabilityZone: pulumi.String(zone),
+		Type:             pulumi.String("gp3"),
+		Size:             pulumi.Int(c.DataVolumeSize),
+		Iops:             pulumi.Int(c.DataVolumeIops),
+		Throughput:       pulumi.Int(125),
+		Encrypted:        pulumi.Bool(true),
+		Tags:             withSnapshotTag(e, e.tagged(tag)),
+	}, parent, pulumi.RetainOnDelete(c.DataVolumeRetain), pulumi.Protect(c.DataVolumeProtect))
+}
+
+// hostParams declares the SSM parameter paramName holding what the host is
+// configured with (JSON, no secrets).
+func hostParams(ctx *pulumi.Context, name string, e env, paramName, description string, value pulumi.StringOutput, tag string, parent pulumi.ResourceOption) (*ssm.Parameter, error) {
+	return ssm.NewParameter(ctx, name+"-params", &ssm.ParameterArgs{
+		Name:        pulumi.String(paramName),
+		Description: pulumi.String(description),
+		Type:        pulumi.String("String"),
+		Tier:        pulumi.String("Standard"),
+		Value:       value,
+		Tags:        e.tagged(tag),
+	}, parent)
+}
+
+// metadataOptions allows IMDSv2 only, one hop: a container on the host
+// cannot reach the instance's credentials.
+func metadataOptions() *ec2.InstanceMetadataOptionsArgs {
+	return &ec2.InstanceMetadataOptionsArgs{
+		HttpEndpoint:            pulumi.String("enabled"),
+		HttpTokens:              pulumi.String("required"),
+		HttpPutResponseHopLimit: pulumi.Int(1),
+		InstanceMetadataTags:    pulumi.String("disabled"),
+	}
+}
+
+func rootDevice(c Config, tags pulumi.StringMap) *ec2.InstanceRootBlockDeviceArgs {
+	return &ec2.InstanceRootBlockDeviceArgs{
+		VolumeType:          pulumi.String("gp3"),
+		VolumeSize:          pulumi.Int(c.RootVolumeSize),
+		Encrypted:           pulumi.Bool(true),
+		DeleteOnTermination: pulumi.Bool(true),
+		Tags:                tags,
+	}
+}
+
+// attachData attaches the data volume as dataDevice.
+func attachData(ctx *pulumi.Context, name string, inst *ec2.Instance, vol *ebs.Volume, parent pulumi.ResourceOption) (*ec2.VolumeAttachment, error) {
+	return ec2.NewVolumeAttachment(ctx, name+"-data-attachment", &ec2.VolumeAttachmentArgs{
+		DeviceName: pulumi.String(dataDevice),
+		InstanceId: inst.ID(),
+		VolumeId:   vol.ID(),
+		// Stop the host before detaching so the filesystem is unmounted
+		// cleanly when the instance is replaced.
+		StopInstanceBeforeDetaching: pulumi.Bool(true),
+	}, parent, pulumi.DeleteBeforeReplace(true))
+}
+
+// newRollout declares the association that runs the host's bootstrap again
+// whenever the artifact or the host parameters change (its command names
+// both sha256s). The bootstrap fetches and verifies the new binary, which
+// writes the files; the setup restarts what changed, checks /readyz and
+// puts the previous binary back if the new one fails; pulumi up waits for
+// the result. No SSH, no new instance.
+func newRollout(ctx *pulumi.Context, name string, e env, c Config, inst *ec2.Instance, artifactSHA256 string,
+	params pulumi.StringOutput, paramsName, tag string, opts ...pulumi.ResourceOption) (*ssm.Association, error) {
+	return ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
+		Name: pulumi.String("AWS-RunShellScript"),
+		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
+			Key:    pulumi.String("InstanceIds"),
+			Values: pulumi.StringArray{inst.ID()},
+		}},
+		Parameters: pulumi.StringMap{
+			"commands":         params.ApplyT(func(p string) string { return RolloutCommand(e, artifactSHA256, p, paramsName) }).(pulumi.StringOutput),
+			"executionTimeout": pulumi.String("1800"),
+		},
+		ComplianceSeverity:           pulumi.String("HIGH"),
+		MaxErrors:                    pulumi.String("0"),
+		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
+		Tags:                         e.tagged(tag),
+	}, opts...)
 }
 
 // RolloutCommand is the shell command a rollout association runs: the
@@ -253,52 +291,62 @@ func withSnapshotTag(e env, tags pulumi.StringMap) pulumi.StringMap {
 	return tags
 }
 
-// identity declares the instance role, its policies and the profile.
+// identity declares the instance role, its policies and the profile, and
+// the export's role, which trusts the instance role and which the instance
+// role's policy names.
 func (h *Host) identity(ctx *pulumi.Context, name string, e env, c Config, s *Storage, parent pulumi.ResourceOption) error {
+	policy := func(role *iam.Role) (pulumi.StringOutput, error) {
+		h.Role = role
+		if err := h.exportIdentity(ctx, name, e, c, s, parent); err != nil {
+			return pulumi.StringOutput{}, err
+		}
+		return pulumi.All(s.Bucket.Arn, h.ExportRole.Arn).ApplyT(func(v []any) (string, error) {
+			return HostPolicy(e, v[0].(string), s.ArtifactKey, v[1].(string))
+		}).(pulumi.StringOutput), nil
+	}
+	var err error
+	h.Role, h.Profile, err = instanceIdentity(ctx, name, e, fmt.Sprintf("iot-gateway %s host", e.stack), "host", policy, parent)
+	return err
+}
+
+// instanceIdentity declares a gateway instance's role with the SSM agent's
+// policy and its own inline policy (made by policy once the role exists:
+// the host's names a role that trusts this one), and the instance profile.
+func instanceIdentity(ctx *pulumi.Context, name string, e env, description, tag string, policyOf func(*iam.Role) (pulumi.StringOutput, error), parent pulumi.ResourceOption) (*iam.Role, *iam.InstanceProfile, error) {
 	assume, err := assumeRolePolicy("ec2.amazonaws.com")
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	h.Role, err = iam.NewRole(ctx, name+"-role", &iam.RoleArgs{
-		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s host", e.stack)),
+	role, err := iam.NewRole(ctx, name+"-role", &iam.RoleArgs{
+		Description:      pulumi.String(description),
 		AssumeRolePolicy: pulumi.String(assume),
-		Tags:             e.tagged("host"),
+		Tags:             e.tagged(tag),
 	}, parent)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	// Session Manager (shell and port forwarding) and Run Command instead of
 	// SSH: what the SSM agent needs, in place of AmazonSSMManagedInstanceCore,
 	// which also allows ssm:GetParameter(s) on every parameter.
 	agent, err := SSMAgentPolicy()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	_, err = iam.NewRolePolicy(ctx, name+"-ssm-agent", &iam.RolePolicyArgs{
-		Role:   h.Role.Name,
-		Policy: pulumi.String(agent),
-	}, parent)
+	if _, err = iam.NewRolePolicy(ctx, name+"-ssm-agent", &iam.RolePolicyArgs{Role: role.Name, Policy: pulumi.String(agent)}, parent); err != nil {
+		return nil, nil, err
+	}
+	policy, err := policyOf(role)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	if err := h.exportIdentity(ctx, name, e, c, s, parent); err != nil {
-		return err
+	if _, err = iam.NewRolePolicy(ctx, name+"-policy", &iam.RolePolicyArgs{Role: role.Name, Policy: policy}, parent); err != nil {
+		return nil, nil, err
 	}
-	policy := pulumi.All(s.Bucket.Arn, h.ExportRole.Arn).ApplyT(func(v []any) (string, error) {
-		return HostPolicy(e, v[0].(string), s.ArtifactKey, v[1].(string))
-	}).(pulumi.StringOutput)
-	_, err = iam.NewRolePolicy(ctx, name+"-policy", &iam.RolePolicyArgs{
-		Role:   h.Role.Name,
-		Policy: policy,
-	}, parent)
+	profile, err := iam.NewInstanceProfile(ctx, name+"-profile", &iam.InstanceProfileArgs{Role: role.Name, Tags: e.tagged(tag)}, parent)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	h.Profile, err = iam.NewInstanceProfile(ctx, name+"-profile", &iam.InstanceProfileArgs{
-		Role: h.Role.Name,
-		Tags: e.tagged("host"),
-	}, parent)
-	return err
+	return role, profile, nil
 }
 
 // exportIdentity declares the export's role: the daily export's S3 writes

@@ -275,17 +275,7 @@ func newSlot(ctx *pulumi.Context, e env, c Config, i int, ami string, sc *Scale,
 		return nil, err
 	}
 	var err error
-	// The volume names nothing of the instance: replacing the instance
-	// keeps it, and the new instance mounts the same spool.
-	s.Volume, err = ebs.NewVolume(ctx, name+"-data", &ebs.VolumeArgs{
-		AvailabilityZone: pulumi.String(s.Zone),
-		Type:             pulumi.String("gp3"),
-		Size:             pulumi.Int(c.DataVolumeSize),
-		Iops:             pulumi.Int(c.DataVolumeIops),
-		Throughput:       pulumi.Int(125),
-		Encrypted:        pulumi.Bool(true),
-		Tags:             withSnapshotTag(e, e.tagged(name+"-data")),
-	}, parent, pulumi.RetainOnDelete(c.DataVolumeRetain), pulumi.Protect(c.DataVolumeProtect))
+	s.Volume, err = dataVolume(ctx, name, e, c, s.Zone, name+"-data", parent)
 	if err != nil {
 		return nil, err
 	}
@@ -293,14 +283,8 @@ func newSlot(ctx *pulumi.Context, e env, c Config, i int, ami string, sc *Scale,
 		b, err := provision.HostParams(SlotParams(e, c, i, string(v[0].(pulumi.ID)), v[1].(string), v[2].(string), sc.IoT.Endpoint))
 		return string(b), err
 	}).(pulumi.StringOutput)
-	s.Params, err = ssm.NewParameter(ctx, name+"-params", &ssm.ParameterArgs{
-		Name:        pulumi.String(e.slotParamsName(i)),
-		Description: pulumi.String(fmt.Sprintf("Host parameters (JSON) of gateway slot %d; no secrets", i)),
-		Type:        pulumi.String("String"),
-		Tier:        pulumi.String("Standard"),
-		Value:       params,
-		Tags:        e.tagged(name + "-params"),
-	}, parent)
+	s.Params, err = hostParams(ctx, name, e, e.slotParamsName(i),
+		fmt.Sprintf("Host parameters (JSON) of gateway slot %d; no secrets", i), params, name+"-params", parent)
 	if err != nil {
 		return nil, err
 	}
@@ -316,22 +300,11 @@ func newSlot(ctx *pulumi.Context, e env, c Config, i int, ami string, sc *Scale,
 		IamInstanceProfile:       s.profileName,
 		AssociatePublicIpAddress: pulumi.Bool(false),
 		Monitoring:               pulumi.Bool(c.DetailedMonitoring),
-		MetadataOptions: &ec2.InstanceMetadataOptionsArgs{
-			HttpEndpoint:            pulumi.String("enabled"),
-			HttpTokens:              pulumi.String("required"),
-			HttpPutResponseHopLimit: pulumi.Int(1),
-			InstanceMetadataTags:    pulumi.String("disabled"),
-		},
-		RootBlockDevice: &ec2.InstanceRootBlockDeviceArgs{
-			VolumeType:          pulumi.String("gp3"),
-			VolumeSize:          pulumi.Int(c.RootVolumeSize),
-			Encrypted:           pulumi.Bool(true),
-			DeleteOnTermination: pulumi.Bool(true),
-			Tags:                e.tagged(name + "-root"),
-		},
-		UserDataBase64:          pulumi.String(userData),
-		UserDataReplaceOnChange: pulumi.Bool(true),
-		Tags:                    e.tagged(name),
+		MetadataOptions:          metadataOptions(),
+		RootBlockDevice:          rootDevice(c, e.tagged(name+"-root")),
+		UserDataBase64:           pulumi.String(userData),
+		UserDataReplaceOnChange:  pulumi.Bool(true),
+		Tags:                     e.tagged(name),
 	}
 	if strings.HasPrefix(c.InstanceType, "t") {
 		args.CreditSpecification = &ec2.InstanceCreditSpecificationArgs{CpuCredits: pulumi.String("standard")}
@@ -344,33 +317,15 @@ func newSlot(ctx *pulumi.Context, e env, c Config, i int, ami string, sc *Scale,
 	if err != nil {
 		return nil, err
 	}
-	s.Attachment, err = ec2.NewVolumeAttachment(ctx, name+"-data-attachment", &ec2.VolumeAttachmentArgs{
-		DeviceName:                  pulumi.String(dataDevice),
-		InstanceId:                  s.Instance.ID(),
-		VolumeId:                    s.Volume.ID(),
-		StopInstanceBeforeDetaching: pulumi.Bool(true),
-	}, parent, pulumi.DeleteBeforeReplace(true))
+	s.Attachment, err = attachData(ctx, name, s.Instance, s.Volume, parent)
 	if err != nil {
 		return nil, err
 	}
 	// The readiness gate: pulumi up waits until this slot's bootstrap has
 	// installed the binary and /readyz answered (else the slot rolled back
 	// and the association failed), and only then touches the next slot.
-	s.Rollout, err = ssm.NewAssociation(ctx, name+"-rollout", &ssm.AssociationArgs{
-		Name: pulumi.String("AWS-RunShellScript"),
-		Targets: ssm.AssociationTargetArray{&ssm.AssociationTargetArgs{
-			Key:    pulumi.String("InstanceIds"),
-			Values: pulumi.StringArray{s.Instance.ID()},
-		}},
-		Parameters: pulumi.StringMap{
-			"commands":         params.ApplyT(func(p string) string { return RolloutCommand(e, storage.ArtifactSHA256, p, e.slotParamsName(i)) }).(pulumi.StringOutput),
-			"executionTimeout": pulumi.String("1800"),
-		},
-		ComplianceSeverity:           pulumi.String("HIGH"),
-		MaxErrors:                    pulumi.String("0"),
-		WaitForSuccessTimeoutSeconds: pulumi.Int(c.RolloutWaitSeconds),
-		Tags:                         e.tagged(name + "-rollout"),
-	}, parent, after(storage.ArtifactParam, s.Params, s.Attachment))
+	s.Rollout, err = newRollout(ctx, name, e, c, s.Instance, storage.ArtifactSHA256, params, e.slotParamsName(i), name+"-rollout",
+		parent, after(storage.ArtifactParam, s.Params, s.Attachment))
 	if err != nil {
 		return nil, err
 	}
@@ -382,36 +337,15 @@ func newSlot(ctx *pulumi.Context, e env, c Config, i int, ami string, sc *Scale,
 // tokens and exports, so only its role reads the admin password, writes
 // the tokens and writes the export prefix.
 func (s *Slot) identity(ctx *pulumi.Context, name string, e env, c Config, st *Storage, parent pulumi.ResourceOption) error {
-	assume, err := assumeRolePolicy("ec2.amazonaws.com")
-	if err != nil {
-		return err
-	}
-	s.Role, err = iam.NewRole(ctx, name+"-role", &iam.RoleArgs{
-		Description:      pulumi.String(fmt.Sprintf("iot-gateway %s gateway slot %d", e.stack, s.Index)),
-		AssumeRolePolicy: pulumi.String(assume),
-		Tags:             e.tagged(name),
-	}, parent)
-	if err != nil {
-		return err
-	}
-	agent, err := SSMAgentPolicy()
-	if err != nil {
-		return err
-	}
-	if _, err = iam.NewRolePolicy(ctx, name+"-ssm-agent", &iam.RolePolicyArgs{Role: s.Role.Name, Policy: pulumi.String(agent)}, parent); err != nil {
-		return err
-	}
 	policy := st.Bucket.Arn.ApplyT(func(bucketArn string) (string, error) {
 		return SlotPolicy(e, c, s.Index, bucketArn, st.ArtifactKey)
 	}).(pulumi.StringOutput)
-	if _, err = iam.NewRolePolicy(ctx, name+"-policy", &iam.RolePolicyArgs{Role: s.Role.Name, Policy: policy}, parent); err != nil {
-		return err
-	}
-	profile, err := iam.NewInstanceProfile(ctx, name+"-profile", &iam.InstanceProfileArgs{Role: s.Role.Name, Tags: e.tagged(name)}, parent)
+	role, profile, err := instanceIdentity(ctx, name, e, fmt.Sprintf("iot-gateway %s gateway slot %d", e.stack, s.Index), name,
+		func(*iam.Role) (pulumi.StringOutput, error) { return policy, nil }, parent)
 	if err != nil {
 		return err
 	}
-	s.profileName = profile.Name
+	s.Role, s.profileName = role, profile.Name
 	return nil
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/iot-gateway/iot-gateway/app/command"
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/gateway"
+	"github.com/iot-gateway/iot-gateway/app/gateway/gwconfig"
 	"github.com/iot-gateway/iot-gateway/app/sim"
 )
 
@@ -234,7 +235,7 @@ func (dm *demo) configureGateway() (remove func(), err error) {
 // startGateway builds the gateway and runs it in the background until
 // stopGateway; stopCommands ends the command service.
 func (dm *demo) startGateway() (stopCommands func(), err error) {
-	g, err := newGateway(dm.cfg, dm.log)
+	g, err := gwconfig.New(dm.cfg, dm.log)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iot-gateway/iot-gateway/app/config"
+	"github.com/iot-gateway/iot-gateway/app/gateway/gwconfig"
 	"github.com/iot-gateway/iot-gateway/app/ssmref"
 )
 
@@ -109,7 +110,7 @@ for profiling; it is off by default.`,
 					}
 				}()
 			}
-			g, err := newGateway(cfg, log)
+			g, err := gwconfig.New(cfg, log)
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,9 @@
-package main
+// Package gwconfig builds a gateway from the configuration: it opens the
+// parts cfg names (spool, dead letters, mapper, InfluxDB writer) and
+// translates config.Config into gateway.Options. It is the one place that
+// knows both, so that app/gateway does not import app/config; the binary
+// and the gateway's tests build their gateways through it.
+package gwconfig
 
 import (
 	"fmt"
@@ -15,10 +20,10 @@ import (
 	"github.com/iot-gateway/iot-gateway/app/spool"
 )
 
-// newGateway opens the gateway's state (spool, dead letters) and parts
-// (mapper, InfluxDB writer) as cfg says, and assembles the gateway over
-// them. cfg must have been validated.
-func newGateway(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
+// New opens the gateway's state (spool, dead letters) and parts (mapper,
+// InfluxDB writer) as cfg says, and assembles the gateway over them. cfg
+// must have been validated.
+func New(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
 	mapper, err := sensor.NewMapper(cfg.MapperConfig())
 	if err != nil {
 		return nil, fmt.Errorf("mapping: %w", err)
@@ -48,7 +53,7 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
 		dead.Close()
 		return nil, err
 	}
-	g, err := gateway.New(gatewayOptions(cfg, log, mapper, sp, w, dead))
+	g, err := gateway.New(Options(cfg, log, mapper, sp, w, dead))
 	if err != nil {
 		sp.Close()
 		dead.Close()
@@ -58,9 +63,10 @@ func newGateway(cfg config.Config, log *slog.Logger) (*gateway.Gateway, error) {
 	return g, nil
 }
 
-// gatewayOptions translates the configuration into the gateway's options
-// over the given parts.
-func gatewayOptions(cfg config.Config, log *slog.Logger, mapper *sensor.Mapper, sp gateway.Store, w gateway.PointWriter, dead gateway.DeadSink) gateway.Options {
+// Options translates the configuration into the gateway's options over
+// the given parts. Every setting the gateway takes from the configuration
+// is translated here.
+func Options(cfg config.Config, log *slog.Logger, mapper *sensor.Mapper, sp gateway.Store, w gateway.PointWriter, dead gateway.DeadSink) gateway.Options {
 	mc := cfg.MQTT
 	degraded := cfg.Spool.DegradedBytes
 	if degraded == 0 {
