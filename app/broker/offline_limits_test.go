@@ -293,7 +293,7 @@ func TestKeepaliveZeroBounded(t *testing.T) {
 		t.Errorf("keep-alive within max_keepalive: CONNACK overrides it with %d", ack.Properties.ServerKeepAlive)
 	}
 
-	// The talker sends a PINGREQ every 400 ms, for longer than the silent
+	// The talker sends a PINGREQ every 200 ms, for longer than the silent
 	// ones are allowed.
 	talked := make(chan error, 1)
 	go func() {
@@ -308,7 +308,7 @@ func TestKeepaliveZeroBounded(t *testing.T) {
 				talked <- fmt.Errorf("PINGRESP %x: %v", resp, err)
 				return
 			}
-			time.Sleep(400 * time.Millisecond)
+			time.Sleep(200 * time.Millisecond)
 		}
 		talked <- nil
 	}()
