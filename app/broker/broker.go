@@ -117,6 +117,16 @@ type Options struct {
 	// MaxQueuedBytes bounds the payload bytes waiting to be written to one
 	// connected client; a client that would exceed it is disconnected.
 	MaxQueuedBytes int
+	// MaxOfflineBytes bounds the QoS 1/2 messages (payload plus about
+	// 1 KiB each) a device's persistent session holds while it is offline;
+	// MaxOfflineBytesGateway a gateway's or anonymous client's. Over the
+	// budget, the session's oldest messages are dropped.
+	MaxOfflineBytes        int
+	MaxOfflineBytesGateway int
+	// MaxKeepalive is the keep-alive given to a client that asks for 0 or
+	// more (MQTT 5 clients are told in CONNACK); one that sends nothing for
+	// 1.5 times it is disconnected. Whole seconds.
+	MaxKeepalive time.Duration
 
 	noLimits bool // benchmarks only: mochi's listener, no limits, no per-message access hooks
 }
@@ -289,7 +299,8 @@ func (b *Broker) Start() error {
 	if err := srv.AddHook(&expiryHook{srv: srv}, nil); err != nil {
 		return fmt.Errorf("broker: add expiry hook: %w", err)
 	}
-	if err := b.addLimits(srv); err != nil {
+	offline, err := b.addLimits(srv)
+	if err != nil {
 		return fmt.Errorf("broker: add limits hook: %w", err)
 	}
 	if b.opts.DataDir != "" {
@@ -297,12 +308,16 @@ func (b *Broker) Start() error {
 			return fmt.Errorf("broker: DataDir: %w", err)
 		}
 		path := filepath.Join(b.opts.DataDir, storeFile)
-		err := srv.AddHook(boltStore{new(bolt.Hook)}, &bolt.Options{
+		store := boltStore{new(bolt.Hook)}
+		err := srv.AddHook(store, &bolt.Options{
 			Path:    path,
 			Options: &bbolt.Options{Timeout: 2 * time.Second},
 		})
 		if err != nil {
 			return fmt.Errorf("broker: open store %s: %w (is another broker using it?)", path, err)
+		}
+		if offline != nil {
+			offline.store = store // messages it drops leave the store too
 		}
 	}
 	for _, l := range b.opts.Listeners {

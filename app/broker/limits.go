@@ -28,6 +28,8 @@ const (
 	DefaultMaxConnectionsPerAddr   = 1000
 	DefaultWriteTimeout            = 10 * time.Second
 	DefaultMaxQueuedBytes          = 16 << 20
+	DefaultMaxKeepalive            = 300 * time.Second
+	maxMaxKeepalive                = 65535 * time.Second // the largest MQTT can encode
 	minMaxPacketSize               = 128
 	maxMaxPacketSize               = 268435455 + 5 // the largest packet MQTT can encode
 	idleResetAfter                 = time.Second
@@ -55,6 +57,9 @@ type LimitStats struct {
 	QueuedBytesClosed  uint64 // connections closed by max_queued_bytes
 	AcceptErrors       uint64 // accept failures (e.g. out of file descriptors), retried
 	QueuedBytesDropped uint64 // payload bytes queued or arriving for clients closed by max_queued_bytes, estimated
+	OfflineDropped     uint64 // stored messages dropped from offline sessions by max_offline_bytes(_gateway)
+	OfflineDroppedSize uint64 // their payload bytes
+	KeepaliveTimeouts  uint64 // connections closed after 1.5 x max_keepalive of silence, having asked for keep-alive 0 or more
 }
 
 // limitKind names one limit; its string is the config key logged when hit.
@@ -67,13 +72,16 @@ const (
 	limPacketSize
 	limWriteTimeout
 	limQueuedBytes
+	limOfflineBytes
+	limKeepalive
 	limAccept
 	numLimits
 )
 
 var limitKeys = [numLimits]string{
 	"max_connections", "max_connections_per_address", "connect_timeout",
-	"max_packet_size", "write_timeout", "max_queued_bytes", "accept",
+	"max_packet_size", "write_timeout", "max_queued_bytes", "max_offline_bytes",
+	"max_keepalive", "accept",
 }
 
 // limiter holds the limits of one broker and the state they need: open
@@ -87,6 +95,7 @@ type limiter struct {
 	writeTimeout   time.Duration
 	maxQueued      int64 // charged bytes allowed per client
 	chargeMin      int   // smaller payloads are not charged
+	maxKeepalive   uint16
 	log            *slog.Logger
 
 	conns       atomic.Int64
@@ -96,6 +105,8 @@ type limiter struct {
 	lastLog     [numLimits]atomic.Int64 // unix nanos of the last log line
 	logged      [numLimits]atomic.Uint64
 	droppedByte atomic.Uint64
+
+	offlineDropped atomic.Uint64 // payload bytes dropped by max_offline_bytes
 }
 
 func newLimiter(o *Options, log *slog.Logger) *limiter {
@@ -107,6 +118,7 @@ func newLimiter(o *Options, log *slog.Logger) *limiter {
 		writeTimeout:   o.WriteTimeout,
 		maxQueued:      int64(o.MaxQueuedBytes) - int64(o.MaxQueuedBytes/uncharged),
 		chargeMin:      o.MaxQueuedBytes / (uncharged * max(o.MaxInflight, 1)),
+		maxKeepalive:   uint16(o.MaxKeepalive / time.Second),
 		log:            log,
 		perAddr:        map[string]int{},
 	}
@@ -138,6 +150,9 @@ func (l *limiter) stats() LimitStats {
 		QueuedBytesClosed:  l.hits[limQueuedBytes].Load(),
 		AcceptErrors:       l.hits[limAccept].Load(),
 		QueuedBytesDropped: l.droppedByte.Load(),
+		OfflineDropped:     l.hits[limOfflineBytes].Load(),
+		OfflineDroppedSize: l.offlineDropped.Load(),
+		KeepaliveTimeouts:  l.hits[limKeepalive].Load(),
 	}
 }
 
@@ -299,7 +314,9 @@ func (l *limitedListener) Close(closeClients listeners.CloseFn) {
 //     until then);
 //   - write_timeout, a deadline on every write; a write that does not finish
 //     in time closes the connection, which releases the client lock mochi
-//     holds across the write.
+//     holds across the write;
+//   - max_keepalive, by counting the read deadline mochi sets from the
+//     keep-alive limitsHook imposed.
 //
 // It also carries the client's queued-bytes account (see limitsHook).
 type limitConn struct {
@@ -314,6 +331,7 @@ type limitConn struct {
 	readErr error
 
 	connected     atomic.Bool  // the first packet has been read in full
+	keepaliveCap  atomic.Bool  // the client's keep-alive is max_keepalive, not its own
 	writeDeadline atomic.Int64 // unix nanos of the armed write deadline
 	writing       atomic.Int32
 	lastWrite     atomic.Int64 // unix nanos when the last write started
@@ -342,8 +360,13 @@ func (c *limitConn) Read(p []byte) (int, error) {
 			return 0, serr
 		}
 	}
-	if err != nil && !c.connected.Load() && isTimeout(err) {
-		c.lim.hit(limConnectTimeout, "listener", c.listener, "remote", c.addr)
+	if err != nil && isTimeout(err) {
+		switch {
+		case !c.connected.Load():
+			c.lim.hit(limConnectTimeout, "listener", c.listener, "remote", c.addr)
+		case c.keepaliveCap.Load():
+			c.lim.hit(limKeepalive, "listener", c.listener, "remote", c.addr)
+		}
 	}
 	return n, err
 }
@@ -527,14 +550,38 @@ func (h *limitsHook) ID() string { return "iotgw-limits" }
 
 func (h *limitsHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode,
+	case mqtt.OnConnect, mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnPacketEncode,
 		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnSessionEstablished, mqtt.OnClientExpired:
 		return true
 	}
 	return false
 }
 
+// OnConnect bounds the client's keep-alive by max_keepalive. Keep-alive 0
+// would leave a silent connection open for good, holding a slot: mochi sets
+// no read deadline for it. mochi reads cl.State.Keepalive for the deadline
+// once OnConnect has run and, with ServerKeepalive set, tells MQTT 5 clients
+// the value in CONNACK (Server Keep Alive). MQTT 3.1.1 has no way to tell a
+// client; a server may close a client it finds inactive (3.1.1 section
+// 3.1.2.10), so such a client must send something, a reading or a PINGREQ,
+// at least every 1.5 x max_keepalive.
+func (h *limitsHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	limit := h.lim.maxKeepalive
+	if ka := cl.State.Keepalive; ka != 0 && ka <= limit {
+		return nil
+	}
+	cl.State.Keepalive = limit
+	cl.State.ServerKeepalive = true
+	if c, ok := cl.Net.Conn.(*limitConn); ok {
+		c.keepaliveCap.Store(true)
+	}
+	return nil
+}
+
 func (h *limitsHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if len(pk.Payload) >= detachMin {
+		detachStrings(&pk)
+	}
 	if len(pk.Payload) < h.lim.chargeMin {
 		return pk, nil
 	}
@@ -694,6 +741,12 @@ func (o *Options) validateLimits() error {
 		return fmt.Errorf("option WriteTimeout: must be positive, got %s", o.WriteTimeout)
 	case o.MaxQueuedBytes < o.MaxPacketSize:
 		return fmt.Errorf("option MaxQueuedBytes: must be at least MaxPacketSize (%d), got %d", o.MaxPacketSize, o.MaxQueuedBytes)
+	case o.MaxOfflineBytes < o.MaxPacketSize:
+		return fmt.Errorf("option MaxOfflineBytes: must be at least MaxPacketSize (%d), got %d", o.MaxPacketSize, o.MaxOfflineBytes)
+	case o.MaxOfflineBytesGateway < o.MaxPacketSize:
+		return fmt.Errorf("option MaxOfflineBytesGateway: must be at least MaxPacketSize (%d), got %d", o.MaxPacketSize, o.MaxOfflineBytesGateway)
+	case o.MaxKeepalive < time.Second || o.MaxKeepalive > maxMaxKeepalive || o.MaxKeepalive%time.Second != 0:
+		return fmt.Errorf("option MaxKeepalive: must be whole seconds between 1s and %s, got %s", maxMaxKeepalive, o.MaxKeepalive)
 	}
 	return nil
 }
@@ -718,6 +771,15 @@ func (o *Options) limitDefaults() {
 	if o.MaxQueuedBytes == 0 {
 		o.MaxQueuedBytes = max(DefaultMaxQueuedBytes, o.MaxPacketSize)
 	}
+	if o.MaxOfflineBytes == 0 {
+		o.MaxOfflineBytes = max(DefaultMaxOfflineBytes, o.MaxPacketSize)
+	}
+	if o.MaxOfflineBytesGateway == 0 {
+		o.MaxOfflineBytesGateway = max(DefaultMaxOfflineBytesGateway, o.MaxPacketSize)
+	}
+	if o.MaxKeepalive == 0 {
+		o.MaxKeepalive = DefaultMaxKeepalive
+	}
 }
 
 // LimitStats returns the connection-limit counters (zero before Start).
@@ -741,14 +803,20 @@ func (b *Broker) listener(l Listener) listeners.Listener {
 }
 
 // addLimits configures srv for the limits: mochi's own packet-size check
-// (it too refuses before allocating) and the queued-bytes hook.
-func (b *Broker) addLimits(srv *mqtt.Server) error {
+// (it too refuses before allocating), the queued-bytes and keep-alive hook
+// and the offline sessions' byte budgets. It returns the offline hook (nil
+// without limits), which needs the store once there is one.
+func (b *Broker) addLimits(srv *mqtt.Server) (*offlineHook, error) {
 	b.limits = newLimiter(&b.opts, b.log)
 	if b.opts.noLimits {
-		return nil
+		return nil, nil
 	}
 	srv.Options.Capabilities.MaximumPacketSize = uint32(b.opts.MaxPacketSize)
-	return srv.AddHook(&limitsHook{lim: b.limits, topics: srv.Topics, clients: srv.Clients}, nil)
+	if err := srv.AddHook(&limitsHook{lim: b.limits, topics: srv.Topics, clients: srv.Clients}, nil); err != nil {
+		return nil, err
+	}
+	off := newOfflineHook(b.limits, &b.opts, b.access.isDevice, srv.Info)
+	return off, srv.AddHook(off, nil)
 }
 
 // LimitsConfig holds the broker.toml keys of the connection-level limits.
@@ -760,6 +828,9 @@ type LimitsConfig struct {
 	MaxConnectionsPerAddress int           `toml:"max_connections_per_address"`
 	WriteTimeout             time.Duration `toml:"write_timeout"`
 	MaxQueuedBytes           int           `toml:"max_queued_bytes"`
+	MaxOfflineBytes          int           `toml:"max_offline_bytes"`
+	MaxOfflineBytesGateway   int           `toml:"max_offline_bytes_gateway"`
+	MaxKeepalive             time.Duration `toml:"max_keepalive"`
 }
 
 func defaultLimitsConfig() LimitsConfig {
@@ -770,6 +841,9 @@ func defaultLimitsConfig() LimitsConfig {
 		MaxConnectionsPerAddress: DefaultMaxConnectionsPerAddr,
 		WriteTimeout:             DefaultWriteTimeout,
 		MaxQueuedBytes:           DefaultMaxQueuedBytes,
+		MaxOfflineBytes:          DefaultMaxOfflineBytes,
+		MaxOfflineBytesGateway:   DefaultMaxOfflineBytesGateway,
+		MaxKeepalive:             DefaultMaxKeepalive,
 	}
 }
 
@@ -787,6 +861,12 @@ func (c LimitsConfig) validate() error {
 		return keyErr("write_timeout", "must be positive, got %s", c.WriteTimeout)
 	case c.MaxQueuedBytes < c.MaxPacketSize:
 		return keyErr("max_queued_bytes", "must be at least max_packet_size (%d), got %d", c.MaxPacketSize, c.MaxQueuedBytes)
+	case c.MaxOfflineBytes < c.MaxPacketSize:
+		return keyErr("max_offline_bytes", "must be at least max_packet_size (%d), got %d", c.MaxPacketSize, c.MaxOfflineBytes)
+	case c.MaxOfflineBytesGateway < c.MaxPacketSize:
+		return keyErr("max_offline_bytes_gateway", "must be at least max_packet_size (%d), got %d", c.MaxPacketSize, c.MaxOfflineBytesGateway)
+	case c.MaxKeepalive < time.Second || c.MaxKeepalive > maxMaxKeepalive || c.MaxKeepalive%time.Second != 0:
+		return keyErr("max_keepalive", "must be whole seconds between 1s and %s, got %s", maxMaxKeepalive, c.MaxKeepalive)
 	}
 	return nil
 }
@@ -798,4 +878,7 @@ func (c LimitsConfig) apply(o *Options) {
 	o.MaxConnectionsPerAddress = c.MaxConnectionsPerAddress
 	o.WriteTimeout = c.WriteTimeout
 	o.MaxQueuedBytes = c.MaxQueuedBytes
+	o.MaxOfflineBytes = c.MaxOfflineBytes
+	o.MaxOfflineBytesGateway = c.MaxOfflineBytesGateway
+	o.MaxKeepalive = c.MaxKeepalive
 }
