@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/tagtable"
 )
 
 // Defaults of Options.
@@ -151,28 +153,6 @@ func (w *Watch) find(h uint64, id string) (uint32, bool) {
 	}
 }
 
-// free returns the first empty slot from tag's place on.
-func (w *Watch) free(tag uint64) uint64 {
-	mask := uint64(len(w.slots) - 1)
-	i := tag & mask
-	for w.slots[i] != 0 {
-		i = (i + 1) & mask
-	}
-	return i
-}
-
-// grow doubles the slots; a slot's place comes from its tag alone, so no
-// id is read.
-func (w *Watch) grow() {
-	old := w.slots
-	w.slots = make([]uint64, max(64, 2*len(old)))
-	for _, sl := range old {
-		if sl != 0 {
-			w.slots[w.free(sl>>32)] = sl
-		}
-	}
-}
-
 // add tracks a new device; w.mu is held. ok is false when the chunks are
 // out of offsets.
 func (w *Watch) add(h uint64, id string, now int64) (uint32, bool) {
@@ -196,9 +176,9 @@ func (w *Watch) add(h uint64, id string, now int64) (uint32, bool) {
 		copy(unsafe.Slice((*byte)(unsafe.Pointer(&c[at+deviceWords])), len(id)), id)
 	}
 	if (w.count+1)*2 > len(w.slots) {
-		w.grow()
+		w.slots = tagtable.Grow(w.slots, 64)
 	}
-	w.slots[w.free(h>>32)] = h>>32<<32 | uint64(off+1)
+	w.slots[tagtable.Free(w.slots, h>>32)] = h>>32<<32 | uint64(off+1)
 	w.count++
 	return off, true
 }

@@ -6,6 +6,8 @@ import (
 	"hash/maphash"
 	"sync"
 	"unsafe"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/tagtable"
 )
 
 // Topic is what the gateway keeps about one MQTT topic: its name, its
@@ -309,30 +311,10 @@ func (g *topicGen) get(h uint64, name string) (Topic, bool) {
 // taken from the tag itself, so the table can grow without the names.
 func (g *topicGen) insert(h uint64, off uint32) {
 	if (g.n+1)*4 > len(g.slots)*3 {
-		g.grow()
+		g.slots = tagtable.Grow(g.slots, 16)
 	}
-	g.slots[g.free(h>>32)] = h>>32<<32 | uint64(off+1)
+	g.slots[tagtable.Free(g.slots, h>>32)] = h>>32<<32 | uint64(off+1)
 	g.n++
-}
-
-// free returns the first empty slot from tag's place on.
-func (g *topicGen) free(tag uint64) uint64 {
-	mask := uint64(len(g.slots) - 1)
-	i := tag & mask
-	for g.slots[i] != 0 {
-		i = (i + 1) & mask
-	}
-	return i
-}
-
-func (g *topicGen) grow() {
-	old := g.slots
-	g.slots = make([]uint64, max(16, 2*len(old)))
-	for _, sl := range old {
-		if sl != 0 {
-			g.slots[g.free(sl>>32)] = sl
-		}
-	}
 }
 
 // at decodes the entry at off.
