@@ -341,11 +341,13 @@ func (s *topicShard) put(genCap int, h uint64, name []byte, format byte, prefix 
 		return Topic{}, false
 	}
 	if !s.cur.fits(need) {
-		if !force && !s.thawing && s.prev.n > 0 && s.hits < s.adds {
-			s.frozen, s.declined = true, 0
+		if !force && (s.frozen || !s.thawing && s.prev.n > 0 && s.hits < s.adds) {
+			if !s.frozen {
+				s.frozen, s.declined = true, 0
+			}
 			return Topic{}, false
 		}
-		s.hits, s.adds, s.thawing = 0, 0, false
+		s.hits, s.adds, s.thawing, s.frozen = 0, 0, false, false
 		s.prev = s.cur
 		// An eighth of the generation's bytes for the table (8 bytes a
 		// slot, three quarters of them used at most), the rest for the

@@ -376,3 +376,37 @@ func TestTopicCacheFittingFleetNeverFreezes(t *testing.T) {
 		}
 	}
 }
+
+// The mapper's own path (no entry carried, as in the demo or tests) does
+// not start a new generation in a frozen shard either: the share it keeps
+// stays, however long the shard has been hit since it froze.
+func TestTopicCacheFrozenStaysFrozenForTheMapper(t *testing.T) {
+	m := newTestMapper(t, MinTopicCacheBytes)
+	c := m.Topics()
+	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3)
+	names := make([][]byte, 10*capacity)
+	for i := range names {
+		names[i] = []byte(fmt.Sprintf("sensors/s1/d%d/env", i))
+	}
+	for round := 0; round < 3; round++ {
+		for _, n := range names {
+			session(c, n)
+		}
+	}
+	var kept [][]byte
+	for _, n := range names {
+		if _, ok := c.Lookup(n); ok {
+			kept = append(kept, n) // many hits while frozen
+		}
+	}
+	for _, n := range names {
+		if _, _, err := m.Append(nil, Message{Topic: string(n), Payload: []byte(`{"v":1}`)}, FormatJSON); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range kept {
+		if _, ok := c.Lookup(n); !ok {
+			t.Fatalf("%s left a frozen shard through the mapper's path", n)
+		}
+	}
+}
