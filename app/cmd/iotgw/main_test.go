@@ -44,7 +44,6 @@ func TestNoOperatorOnlyDeps(t *testing.T) {
 	}
 }
 
-
 // `iotgw device ...` (the old place of device add) says where the command
 // went, with exit code 2, whatever flags follow.
 func TestDeviceMoved(t *testing.T) {
