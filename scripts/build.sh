@@ -6,6 +6,11 @@
 # the host installs it only if the signature verifies with the stack's
 # signingPublicKey (provision/signing has the format).
 #
+# Beside them, the operators' binary iotgw-admin (device add; app/cmd/
+# iotgw-admin) as dist/iotgw-admin-linux-<arch> with a sha256 file. It is
+# not signed: it is never a host artifact, and without a .sig the Pulumi
+# program refuses it as artifactPath.
+#
 #   scripts/build.sh                 # VERSION from git describe
 #   VERSION=v1.2.3 scripts/build.sh
 #   ARCHES="arm64" scripts/build.sh  # only one architecture
@@ -45,6 +50,14 @@ for arch in $ARCHES; do
 	(cd "$OUT" && sha256sum "iotgw-linux-$arch" >"iotgw-linux-$arch.sha256")
 	cat "$OUT/iotgw-linux-$arch.sha256"
 	bins+=("$bin")
+
+	admin="$OUT/iotgw-admin-linux-$arch"
+	echo "building $admin ($VERSION)"
+	CGO_ENABLED=0 GOOS=linux GOARCH="$arch" go build -trimpath -buildvcs=false \
+		-ldflags "-s -w -X main.version=$VERSION" -o "$admin.tmp" ./app/cmd/iotgw-admin
+	mv -f "$admin.tmp" "$admin"
+	(cd "$OUT" && sha256sum "iotgw-admin-linux-$arch" >"iotgw-admin-linux-$arch.sha256")
+	cat "$OUT/iotgw-admin-linux-$arch.sha256"
 done
 "${sign[@]}" ${key_args[@]+"${key_args[@]}"} -pub "$OUT/iotgw-signing.pub" "${bins[@]}"
 echo "signed ${bins[*]} with the key of $OUT/iotgw-signing.pub"

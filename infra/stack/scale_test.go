@@ -279,6 +279,11 @@ func TestScaleDeploy(t *testing.T) {
 			t.Errorf("output %s missing", want)
 		}
 	}
+	// Devices are enrolled with the operators' binary; iotgw answers
+	// `device` only with a pointer to it.
+	if got, _ := r.outputs["deviceAddCommand"].Value.(string); !strings.HasPrefix(got, "iotgw-admin device add --region ") {
+		t.Errorf("deviceAddCommand = %q", got)
+	}
 	if got := r.outputs["mqttEndpoint"].Value; got != "mqtts://"+mockIoTEndpoint+":8883" {
 		t.Errorf("mqttEndpoint = %v", got)
 	}

@@ -243,7 +243,7 @@ func (d *Deployment) scaleOutputs(c Config) pulumi.Map {
 		"iotClaimPolicy":          pulumi.String(sc.IoT.Names.ClaimPolicy),
 		"iotProvisioningTemplate": pulumi.String(sc.IoT.Names.Template),
 		"iotConnections":          pulumi.Sprintf("%d in all, %d per slot", total, per),
-		"deviceAddCommand": pulumi.Sprintf("iotgw device add --region %s --site <site> --thing-group %s --thing-type %s --policy %s <device>",
+		"deviceAddCommand": pulumi.Sprintf("iotgw-admin device add --region %s --site <site> --thing-group %s --thing-type %s --policy %s <device>",
 			sc.IoT.region(), sc.IoT.Names.ThingGroup, sc.IoT.Names.ThingType, sc.IoT.Names.DevicePolicy),
 		"influxEndpoint": pulumi.Sprintf("https://%s:8086 (inside the VPC only)", sc.Database.Endpoint),
 		"vpcId":          sc.Network.Vpc.ID(),

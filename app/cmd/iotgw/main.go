@@ -1,14 +1,16 @@
 // Command iotgw is the iot-gateway binary: the MQTT → InfluxDB gateway, the
 // sensor simulator, the local demo, the daily export and the host broker.
+// Operator-only commands that pull in a large AWS client (device add) are in
+// iotgw-admin, so the processes on a host neither map nor initialise them.
 // This package only wires the app/ packages together.
 package main
 
 import (
 	"errors"
-	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/cli"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -22,6 +24,7 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
+func (e *exitError) ExitCode() int { return e.code }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -30,28 +33,28 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd(), newDeviceCmd(), newCommandCmd())
+	root.AddCommand(cli.NewVersionCmd(version), newRunCmd(), newConfigCmd(), newBrokerCmd(), newSimulateCmd(), newExportCmd(), newDemoCmd(), newProvisionFilesCmd(), newCommandCmd(), newMovedDeviceCmd())
 	return root
 }
 
-func newVersionCmd() *cobra.Command {
+// newMovedDeviceCmd answers `iotgw device ...`, which older docs, scripts
+// and stack outputs name, with where the command is now, instead of
+// cobra's bare "unknown command". It takes any arguments and flags as they
+// are, so the whole old command line gets the same answer.
+func newMovedDeviceCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), version)
+		Use:                "device",
+		Short:              "Moved to iotgw-admin",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		Args:               cobra.ArbitraryArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return &exitError{code: 2, err: errors.New("device commands are in the operators' binary iotgw-admin (built beside iotgw by scripts/build.sh): " +
+				"run `iotgw-admin device add ...` with the same flags")}
 		},
 	}
 }
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "iotgw:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		os.Exit(1)
-	}
+	cli.Main(newRootCmd())
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/iot-gateway/iot-gateway/app/internal/cli"
 )
 
 // iotResponses answers the AWS IoT API calls of `device add` in the API
@@ -65,5 +67,41 @@ func TestDeviceAdd(t *testing.T) {
 	n := calls.Load()
 	if _, err := run(); err == nil || !strings.Contains(err.Error(), "exists") || calls.Load() != n {
 		t.Errorf("second add: %v, %d more calls", err, calls.Load()-n)
+	}
+}
+
+// Bad arguments and flags are usage errors (exit code 2), found before
+// any AWS configuration is loaded.
+func TestDeviceAddUsage(t *testing.T) {
+	full := []string{"--site", "s1", "--thing-type", "t", "--thing-group", "g", "--policy", "p"}
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no device", full, "accepts 1 arg"},
+		{"missing flag", []string{"--site", "s1", "d7"}, `"policy"`},
+		{"unknown flag", append([]string{"--colour", "red", "d7"}, full...), "unknown flag: --colour"},
+		{"bad site", append(append([]string{}, full...), "--site", "s/1", "d7"), `site "s/1"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := newRootCmd()
+			var out bytes.Buffer
+			root.SetOut(&out)
+			root.SetErr(&out)
+			code := cli.Run(root, append([]string{"device", "add", "--out", t.TempDir()}, c.args...), &out)
+			if code != 2 || !strings.Contains(out.String(), c.want) {
+				t.Fatalf("exit %d, output %q; want 2 and %q", code, out.String(), c.want)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	if code := cli.Run(root, []string{"version"}, &out); code != 0 || out.String() != version+"\n" {
+		t.Fatalf("version: exit %d, %q", code, out.String())
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/spf13/cobra"
 
+	"github.com/iot-gateway/iot-gateway/app/internal/cli"
 	"github.com/iot-gateway/iot-gateway/app/iotcore"
 )
 
@@ -45,11 +46,24 @@ mqttEndpoint with client id <device> and publishes under
 sensors/<site>/<device>/. The stack outputs (pulumi stack output
 deviceAddCommand) give the flags. AWS credentials and region come from the
 usual places (environment, ~/.aws, --region).`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				return cli.Usage(err)
+			}
+			return nil
+		},
+		// cobra checks required flags after PreRunE; checking them here
+		// gives a missing one exit code 2, as other bad flags.
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cmd.ValidateRequiredFlags(); err != nil {
+				return cli.Usage(err)
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d.Name = args[0]
 			if err := d.Validate(); err != nil {
-				return err
+				return cli.Usage(err)
 			}
 			crt, key := filepath.Join(out, d.Name+".crt"), filepath.Join(out, d.Name+".key")
 			// Refuse before anything is created in IoT Core.
