@@ -113,19 +113,26 @@ func TestRequestIsSigned(t *testing.T) {
 	}
 }
 
-// Throttling is retried a few times, then reported; the value comes from
-// the local SSM server behind a proxy that throttles the first requests.
-func TestRetriesThrottling(t *testing.T) {
+// Throttling and 5xx are retried a few times, then reported; the value
+// comes from the local SSM server behind a proxy that fails the first
+// requests as AWS and a load balancer in front of it would.
+func TestRetries(t *testing.T) {
 	ssm := testsvc.StartSSM(t)
 	ssm.Put(t, "/iot-gateway/dev/influx-token", "tok-123")
 	target, _ := url.Parse(ssm.URL)
 	pass := httputil.NewSingleHostReverseProxy(target)
-	var throttle, requests atomic.Int32
+	type fault struct {
+		status int
+		answer string
+	}
+	var failing, requests atomic.Int32
+	var answer atomic.Pointer[fault]
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
-		if throttle.Add(-1) >= 0 {
-			w.WriteHeader(http.StatusBadRequest)
-			_, _ = io.WriteString(w, `{"__type":"ThrottlingException","message":"Rate exceeded"}`)
+		if failing.Add(-1) >= 0 {
+			f := answer.Load()
+			w.WriteHeader(f.status)
+			_, _ = io.WriteString(w, f.answer)
 			return
 		}
 		pass.ServeHTTP(w, r)
@@ -133,19 +140,29 @@ func TestRetriesThrottling(t *testing.T) {
 	t.Cleanup(proxy.Close)
 	c := newClient(t, proxy.URL, staticCreds(testsvc.SSMAccessKeyID, testsvc.SSMSecretKey, ""))
 
-	throttle.Store(attempts - 1)
-	if v, err := c.GetParameter(context.Background(), "/iot-gateway/dev/influx-token"); err != nil || v != "tok-123" {
-		t.Fatalf("got %q, %v", v, err)
-	}
-	if n := requests.Load(); n != attempts {
-		t.Fatalf("%d requests, want %d", n, attempts)
-	}
+	for _, tt := range []struct {
+		status      int
+		answer, err string
+	}{
+		{400, `{"__type":"ThrottlingException","message":"Rate exceeded"}`, "ThrottlingException (HTTP 400): Rate exceeded (after 3 tries)"},
+		{503, "<html>busy</html>", "error (HTTP 503): Service Unavailable, 17 bytes that are not an AWS error (after 3 tries)"},
+	} {
+		answer.Store(&fault{tt.status, tt.answer})
+		failing.Store(attempts - 1)
+		requests.Store(0)
+		if v, err := c.GetParameter(context.Background(), "/iot-gateway/dev/influx-token"); err != nil || v != "tok-123" {
+			t.Fatalf("got %q, %v", v, err)
+		}
+		if n := requests.Load(); n != attempts {
+			t.Fatalf("%d requests, want %d", n, attempts)
+		}
 
-	throttle.Store(attempts)
-	requests.Store(0)
-	_, err := c.GetParameter(context.Background(), "/iot-gateway/dev/influx-token")
-	if err == nil || !strings.Contains(err.Error(), "ThrottlingException (HTTP 400): Rate exceeded (after 3 tries)") || requests.Load() != attempts {
-		t.Fatalf("err = %v after %d requests", err, requests.Load())
+		failing.Store(attempts)
+		requests.Store(0)
+		_, err := c.GetParameter(context.Background(), "/iot-gateway/dev/influx-token")
+		if err == nil || err.Error() != tt.err || requests.Load() != attempts {
+			t.Fatalf("err = %v after %d requests, want %s", err, requests.Load(), tt.err)
+		}
 	}
 }
 
