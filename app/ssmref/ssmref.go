@@ -5,12 +5,12 @@
 //
 // The one call it makes, GetParameter with decryption, is written here
 // against SSM's JSON protocol (client.go) instead of using the SDK's
-// service/ssm package: that package's init builds the schemas of the whole
-// SSM API, about 1.4 MB of pointer-laden heap and 7,900 allocations, kept
-// for the life of every iotgw process (the daemon and the broker included)
-// and scanned by every garbage collection, which under the gateway's small
-// memory limit runs many times a second — all for one request per name at
-// start. The SDK still provides the credential chain and region
+// service/ssm client: that package's init builds the schemas of the whole
+// SSM API, about 1.4 MB of pointer-laden heap kept for the life of every
+// iotgw process (the daemon and the broker included) and scanned by every
+// garbage collection, which under the gateway's small memory limit runs
+// many times a second — all for one request per name at start (figures in
+// docs/history.md). The SDK still provides the credential chain and region
 // (aws-sdk-go-v2/config) and the SigV4 signer.
 package ssmref
 
