@@ -51,7 +51,8 @@ type Client struct {
 // an SSM-specific one from the configuration (AWS_ENDPOINT_URL_SSM, the
 // shared config's services section), cfg.BaseEndpoint (AWS_ENDPOINT_URL),
 // and otherwise SSM's regional endpoint in the region's partition. FIPS and
-// dual-stack endpoints are not derived; name one as the endpoint.
+// dual-stack endpoints are not derived: asking for one (AWS_USE_FIPS_ENDPOINT,
+// use_dualstack_endpoint, ...) without naming it is an error.
 func NewClient(cfg aws.Config, endpoint string) (*Client, error) {
 	if !validRegion(cfg.Region) {
 		if cfg.Region == "" {
@@ -66,6 +67,9 @@ func NewClient(cfg aws.Config, endpoint string) (*Client, error) {
 		endpoint = configuredEndpoint(cfg)
 	}
 	if endpoint == "" {
+		if v := variant(cfg); v != "" {
+			return nil, fmt.Errorf("ssm: a %s endpoint is configured but not derived here: set IOTGW_SSM_ENDPOINT to it", v)
+		}
 		endpoint = "https://ssm." + cfg.Region + "." + dnsSuffix(cfg.Region)
 	}
 	u, err := url.Parse(endpoint)
@@ -121,6 +125,38 @@ func configuredEndpoint(cfg aws.Config) string {
 		}
 	}
 	return base
+}
+
+// variant names the FIPS or dual-stack endpoint the configuration asks for,
+// if any, found as the SDK finds it (the first source that sets it).
+func variant(cfg aws.Config) string {
+	type fips interface {
+		GetUseFIPSEndpoint(context.Context) (aws.FIPSEndpointState, bool, error)
+	}
+	type dualStack interface {
+		GetUseDualStackEndpoint(context.Context) (aws.DualStackEndpointState, bool, error)
+	}
+	for _, src := range cfg.ConfigSources {
+		if p, ok := src.(fips); ok {
+			if v, found, err := p.GetUseFIPSEndpoint(context.Background()); err == nil && found {
+				if v == aws.FIPSEndpointStateEnabled {
+					return "FIPS"
+				}
+				break
+			}
+		}
+	}
+	for _, src := range cfg.ConfigSources {
+		if p, ok := src.(dualStack); ok {
+			if v, found, err := p.GetUseDualStackEndpoint(context.Background()); err == nil && found {
+				if v == aws.DualStackEndpointStateEnabled {
+					return "dual-stack"
+				}
+				break
+			}
+		}
+	}
+	return ""
 }
 
 // dnsSuffix is the domain of region's partition (the SDK's partitions.json).

@@ -2,6 +2,7 @@ package ssmref
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,15 @@ func TestDefaultEndpoint(t *testing.T) {
 		if got := r.get.(*Client).url; got != tt.want {
 			t.Errorf("endpoint %q, want %q", got, tt.want)
 		}
+	}
+
+	os.Unsetenv("AWS_ENDPOINT_URL")
+	os.Unsetenv("AWS_ENDPOINT_URL_SSM")
+	t.Setenv("AWS_USE_FIPS_ENDPOINT", "true")
+	if _, err := NewDefault(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "a FIPS endpoint is configured") {
+		t.Fatalf("FIPS asked for: %v", err)
+	}
+	if _, err := NewDefault(context.Background(), "https://ssm-fips.eu-west-1.amazonaws.com"); err != nil {
+		t.Fatalf("FIPS endpoint named: %v", err)
 	}
 }
