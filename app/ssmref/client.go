@@ -245,17 +245,17 @@ func (c *Client) GetParameter(ctx context.Context, name string) (string, error) 
 		}
 		var api *APIError
 		again := errors.As(err, &api) && api.retryable() || errors.Is(err, errTransport)
+		if try > 1 {
+			err = fmt.Errorf("%w (after %d tries)", err, try)
+		}
 		if !again || try == attempts || ctx.Err() != nil {
-			if try > 1 {
-				err = fmt.Errorf("%w (after %d tries)", err, try)
-			}
 			return "", err
 		}
 		t := time.NewTimer(wait.Next())
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return "", fmt.Errorf("%w (after %d tries)", err, try)
+			return "", err
 		case <-t.C:
 		}
 	}
