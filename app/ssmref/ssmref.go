@@ -2,6 +2,16 @@
 // Manager parameter — "ssm:/iot-gateway/dev/influx-token" — so secrets stay
 // off the host's disk: the gateway reads them at start with the instance
 // role, and the rendered configuration holds only their names.
+//
+// The one call it makes, GetParameter with decryption, is written here
+// against SSM's JSON protocol (client.go) instead of using the SDK's
+// service/ssm client: that package's init builds the schemas of the whole
+// SSM API, about 1.4 MB of pointer-laden heap kept for the life of every
+// iotgw process (the daemon and the broker included) and scanned by every
+// garbage collection, which under the gateway's small memory limit runs
+// many times a second — all for one request per name at start (figures in
+// docs/history.md). The SDK still provides the credential chain and region
+// (aws-sdk-go-v2/config) and the SigV4 signer.
 package ssmref
 
 import (
@@ -11,9 +21,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/service/ssm"
 )
 
 // Prefix marks a value as a parameter name.
@@ -28,9 +36,9 @@ type Field struct {
 	Value *string // replaced in place when it is a reference
 }
 
-// Getter is the one SSM call needed.
+// Getter is the one SSM call needed: a parameter's decrypted value.
 type Getter interface {
-	GetParameter(ctx context.Context, in *ssm.GetParameterInput, opts ...func(*ssm.Options)) (*ssm.GetParameterOutput, error)
+	GetParameter(ctx context.Context, name string) (string, error)
 }
 
 // Resolver looks parameters up, each name once.
@@ -51,11 +59,11 @@ func NewDefault(ctx context.Context, endpoint string) (*Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ssm: aws config: %w", err)
 	}
-	return New(ssm.NewFromConfig(cfg, func(o *ssm.Options) {
-		if endpoint != "" {
-			o.BaseEndpoint = aws.String(endpoint)
-		}
-	})), nil
+	c, err := NewClient(cfg, endpoint)
+	if err != nil {
+		return nil, err
+	}
+	return New(c), nil
 }
 
 // Resolve replaces every reference among fields with the parameter's
@@ -88,17 +96,14 @@ func (r *Resolver) lookup(ctx context.Context, name string) (string, error) {
 	if ok {
 		return v, nil
 	}
-	out, err := r.get.GetParameter(ctx, &ssm.GetParameterInput{Name: aws.String(name), WithDecryption: aws.Bool(true)})
+	v, err := r.get.GetParameter(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	if out.Parameter == nil || out.Parameter.Value == nil {
-		return "", errors.New("no value")
-	}
 	r.mu.Lock()
-	r.cache[name] = *out.Parameter.Value
+	r.cache[name] = v
 	r.mu.Unlock()
-	return *out.Parameter.Value, nil
+	return v, nil
 }
 
 // Any reports whether any field holds a reference.

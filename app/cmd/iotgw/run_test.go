@@ -2,17 +2,12 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ssm"
-	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/iot-gateway/iot-gateway/app/config"
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
@@ -92,18 +87,14 @@ func TestRunResolvesSSMReferences(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", testsvc.SSMAccessKeyID)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", testsvc.SSMSecretKey)
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	if _, err := srv.Client.PutParameter(context.Background(), &ssm.PutParameterInput{
-		Name: aws.String("/iot-gateway/dev/influx-token"), Value: aws.String("tok"), Type: types.ParameterTypeSecureString,
-		Overwrite: aws.Bool(true)}); err != nil {
-		t.Fatal(err)
-	}
+	srv.Put(t, "/iot-gateway/dev/influx-token", "tok")
 	t.Setenv("IOTGW_INFLUX_TOKEN", "ssm:/iot-gateway/dev/influx-token")
 	if code, out := execute(t, "run", "--check"); code != 0 {
 		t.Fatalf("exit %d: %s", code, out)
 	}
 	t.Setenv("IOTGW_MQTT_PASSWORD", "ssm:/iot-gateway/dev/missing")
 	code, out := execute(t, "run", "--check")
-	if code != 2 || !strings.Contains(out, "mqtt.password: ssm parameter /iot-gateway/dev/missing") {
+	if code != 2 || !strings.Contains(out, "mqtt.password: ssm parameter /iot-gateway/dev/missing: ParameterNotFound") {
 		t.Fatalf("exit %d: %s", code, out)
 	}
 }
