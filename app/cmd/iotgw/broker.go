@@ -29,7 +29,7 @@ func newBrokerCmd() *cobra.Command {
 			err := broker.Run(ctx, configPath, cmd.ErrOrStderr())
 			var ce *broker.ConfigError
 			if errors.As(err, &ce) {
-				return &exitError{code: 2, err: err}
+				return &exitError{Code: 2, Err: err}
 			}
 			return err
 		},
@@ -55,7 +55,7 @@ func newBrokerHashPasswordCmd() *cobra.Command {
 			password = bytes.TrimSuffix(password, []byte("\r"))
 			hash, err := broker.HashPassword(string(password))
 			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("hash-password: %w", err)}
+				return &exitError{Code: 2, Err: fmt.Errorf("hash-password: %w", err)}
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), hash)
 			return nil
@@ -86,11 +86,11 @@ func newBrokerIssueCertCmd() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if user == "" {
-				return &exitError{code: 2, err: errors.New("issue-cert: --user is required")}
+				return &exitError{Code: 2, Err: errors.New("issue-cert: --user is required")}
 			}
 			cfg, err := broker.LoadConfig(configPath)
 			if err != nil {
-				return &exitError{code: 2, err: err}
+				return &exitError{Code: 2, Err: err}
 			}
 			certPEM, keyPEM, err := broker.IssueClientCert(cfg.TLSDir(), user, time.Now())
 			if err != nil {

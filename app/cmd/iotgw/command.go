@@ -54,11 +54,11 @@ func checkCommands(c config.Commands) error {
 		return nil
 	}
 	if _, err := commandToken(c); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	if c.TLSCertFile != "" {
 		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("config: commands.tls_cert_file, commands.tls_key_file: %w", err)}
+			return &exitError{Code: 2, Err: fmt.Errorf("config: commands.tls_cert_file, commands.tls_key_file: %w", err)}
 		}
 	}
 	return nil
@@ -73,7 +73,7 @@ func startCommands(ctx context.Context, cfg config.Config, g *gateway.Gateway, l
 	}
 	tok, err := commandToken(cfg.Commands)
 	if err != nil {
-		return nil, &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return nil, &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	gwID := cfg.MapperConfig().StaticTags["gateway"]
 	m, err := command.Open(command.Options{
@@ -90,7 +90,7 @@ func startCommands(ctx context.Context, cfg config.Config, g *gateway.Gateway, l
 		t, err := mqtt.TLSConfig(mqtt.Config{CAFile: mc.CAFile, CertFile: mc.CertFile, KeyFile: mc.KeyFile, InsecureSkipVerify: mc.InsecureSkipVerify})
 		if err != nil {
 			m.Close()
-			return nil, &exitError{code: 2, err: fmt.Errorf("config: mqtt.ca_file: %w", err)}
+			return nil, &exitError{Code: 2, Err: fmt.Errorf("config: mqtt.ca_file: %w", err)}
 		}
 		tc = t
 	}
@@ -176,11 +176,11 @@ type apiClient struct {
 func newAPIClient(cfgPath, apiURL, tokenFile, caFile string) (*apiClient, error) {
 	cfg, err := config.Load(cfgPath, os.LookupEnv)
 	if err != nil {
-		return nil, &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return nil, &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	if apiURL == "" {
 		if cfg.HTTP.Addr == "" {
-			return nil, &exitError{code: 2, err: errors.New("no API address: give --url or set http.addr")}
+			return nil, &exitError{Code: 2, Err: errors.New("no API address: give --url or set http.addr")}
 		}
 		scheme := "http"
 		if cfg.Commands.TLSCertFile != "" {
@@ -196,21 +196,21 @@ func newAPIClient(cfgPath, apiURL, tokenFile, caFile string) (*apiClient, error)
 		cfg.Commands.Token, cfg.Commands.TokenFile = "", tokenFile
 	}
 	if !cfg.Commands.Enabled() {
-		return nil, &exitError{code: 2, err: errors.New("no API token: give --token-file or set IOTGW_COMMANDS_TOKEN")}
+		return nil, &exitError{Code: 2, Err: errors.New("no API token: give --token-file or set IOTGW_COMMANDS_TOKEN")}
 	}
 	tok, err := commandToken(cfg.Commands)
 	if err != nil {
-		return nil, &exitError{code: 2, err: err}
+		return nil, &exitError{Code: 2, Err: err}
 	}
 	hc := &http.Client{Timeout: maxWaitFlag + 30*time.Second}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, &exitError{code: 2, err: fmt.Errorf("--ca-file: %w", err)}
+			return nil, &exitError{Code: 2, Err: fmt.Errorf("--ca-file: %w", err)}
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &exitError{code: 2, err: fmt.Errorf("--ca-file: %s holds no PEM certificate", caFile)}
+			return nil, &exitError{Code: 2, Err: fmt.Errorf("--ca-file: %s holds no PEM certificate", caFile)}
 		}
 		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}}
 	}
@@ -292,16 +292,16 @@ lifecycle (sent, delivered, answered, failed, expired). The API is found at
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if device == "" || name == "" {
-				return &exitError{code: 2, err: errors.New("--device and --name are required")}
+				return &exitError{Code: 2, Err: errors.New("--device and --name are required")}
 			}
 			if wait < 0 || wait > maxWaitFlag {
-				return &exitError{code: 2, err: fmt.Errorf("--wait %v is not between 0 and %v", wait, maxWaitFlag)}
+				return &exitError{Code: 2, Err: fmt.Errorf("--wait %v is not between 0 and %v", wait, maxWaitFlag)}
 			}
 			a := map[string]json.RawMessage{}
 			for _, s := range args {
 				k, v, err := parseArg(s)
 				if err != nil {
-					return &exitError{code: 2, err: err}
+					return &exitError{Code: 2, Err: err}
 				}
 				a[k] = v
 			}

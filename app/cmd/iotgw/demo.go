@@ -49,7 +49,7 @@ then prints points per measurement, publish→write latency and dead letters.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.duration <= 0 {
-				return &exitError{code: 2, err: errors.New("--duration must be positive")}
+				return &exitError{Code: 2, Err: errors.New("--duration must be positive")}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -166,7 +166,7 @@ func runDemo(ctx context.Context, out io.Writer, d time.Duration, so sim.Options
 func (dm *demo) loadConfig(verbose bool) error {
 	cfg, err := config.Load("", os.LookupEnv)
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return &exitError{Code: 2, Err: err}
 	}
 	// The demo's own output is the report; the log shows problems only,
 	// unless asked for more. log.format is honoured.
@@ -177,7 +177,7 @@ func (dm *demo) loadConfig(verbose bool) error {
 	}
 	dm.cfg, dm.log = cfg, newLogger(os.Stderr, logCfg)
 	if os.Getenv("IOTGW_INFLUX_URL") == "" {
-		return &exitError{code: 2, err: errors.New("IOTGW_INFLUX_URL is not set: start InfluxDB first (scripts/demo.sh does)")}
+		return &exitError{Code: 2, Err: errors.New("IOTGW_INFLUX_URL is not set: start InfluxDB first (scripts/demo.sh does)")}
 	}
 	return nil
 }
@@ -227,7 +227,7 @@ func (dm *demo) configureGateway() (remove func(), err error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		remove()
-		return nil, &exitError{code: 2, err: err}
+		return nil, &exitError{Code: 2, Err: err}
 	}
 	return remove, nil
 }

@@ -38,14 +38,14 @@ was uploaded. See app/export/README.md.
 Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return &exitError{code: 2, err: fmt.Errorf("export takes no arguments, got %q", args)}
+				return &exitError{Code: 2, Err: fmt.Errorf("export takes no arguments, got %q", args)}
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			in, cfg, logCfg, err := loadExportConfig(configFile)
 			if err != nil {
-				return &exitError{code: 2, err: err}
+				return &exitError{Code: 2, Err: err}
 			}
 			if cmd.Flags().Changed("out") {
 				cfg.Dir = out
@@ -64,7 +64,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			}
 			cfg = cfg.WithDefaults()
 			if err := errors.Join(in.Validate(), cfg.Validate(!noUpload)); err != nil {
-				return &exitError{code: 2, err: err}
+				return &exitError{Code: 2, Err: err}
 			}
 			now := time.Now()
 			windows, err := exportWindows(cmd, day, from, to, catchUp, noUpload, cfg, now)
@@ -124,7 +124,7 @@ Exit status: 0 done, 1 the export or upload failed, 2 bad flags or config.`,
 			return err
 		},
 	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{Code: 2, Err: err} })
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "the gateway's TOML config file (the export reads [influx] and [export]); IOTGW_* environment variables override it")
 	f.StringVar(&day, "day", "", "UTC day to export, YYYY-MM-DD (default: yesterday)")
@@ -152,7 +152,7 @@ func loadExportConfig(path string) (export.Influx, export.Config, config.Log, er
 
 // exportWindows turns the flags into the windows to export.
 func exportWindows(cmd *cobra.Command, day, from, to string, catchUp, noUpload bool, cfg export.Config, now time.Time) ([]export.Window, error) {
-	bad := func(format string, a ...any) error { return &exitError{code: 2, err: fmt.Errorf(format, a...)} }
+	bad := func(format string, a ...any) error { return &exitError{Code: 2, Err: fmt.Errorf(format, a...)} }
 	ranged := from != "" || to != ""
 	switch {
 	case day != "" && ranged:

@@ -52,7 +52,7 @@ func runExport(t *testing.T, env map[string]string, args ...string) (code int, s
 	case err == nil:
 		code = 0
 	case errors.As(err, &ee):
-		code = ee.code
+		code = ee.Code
 	default:
 		code = 1
 	}

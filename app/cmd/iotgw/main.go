@@ -17,14 +17,7 @@ import (
 var version = "dev"
 
 // exitError carries a process exit code through cobra.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-func (e *exitError) ExitCode() int { return e.code }
+type exitError = cli.ExitError
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -49,7 +42,7 @@ func newMovedDeviceCmd() *cobra.Command {
 		DisableFlagParsing: true,
 		Args:               cobra.ArbitraryArgs,
 		RunE: func(*cobra.Command, []string) error {
-			return &exitError{code: 2, err: errors.New("device commands are in the operators' binary iotgw-admin (built beside iotgw by scripts/build.sh): " +
+			return &exitError{Code: 2, Err: errors.New("device commands are in the operators' binary iotgw-admin (built beside iotgw by scripts/build.sh): " +
 				"run `iotgw-admin device add ...` with the same flags")}
 		},
 	}

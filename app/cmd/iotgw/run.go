@@ -44,7 +44,7 @@ func (f *configFlags) register(cmd *cobra.Command) {
 func (f *configFlags) load(cmd *cobra.Command) (config.Config, error) {
 	cfg, err := config.Load(f.path, os.LookupEnv)
 	if err != nil {
-		return cfg, &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return cfg, &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	set := func(name string, dst *string, v string) {
 		if cmd.Flags().Changed(name) {
@@ -58,7 +58,7 @@ func (f *configFlags) load(cmd *cobra.Command) (config.Config, error) {
 	set("spool-dir", &cfg.Spool.Dir, f.spoolDir)
 	set("log-level", &cfg.Log.Level, f.logLevel)
 	if err := cfg.Validate(); err != nil {
-		return cfg, &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return cfg, &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	return cfg, nil
 }

@@ -27,7 +27,7 @@ func execute(t *testing.T, args ...string) (int, string) {
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
-		return ee.code, out.String() + err.Error()
+		return ee.Code, out.String() + err.Error()
 	}
 	return 1, out.String() + err.Error()
 }

@@ -20,10 +20,10 @@ func resolveSecrets(fields []ssmref.Field) error {
 	defer cancel()
 	r, err := ssmref.NewDefault(ctx, os.Getenv("IOTGW_SSM_ENDPOINT"))
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return &exitError{Code: 2, Err: err}
 	}
 	if err := r.Resolve(ctx, fields); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("config: %w", err)}
+		return &exitError{Code: 2, Err: fmt.Errorf("config: %w", err)}
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ or was not acknowledged, 2 for bad flags.`,
 				fmt.Fprintln(out, summary(rep))
 			}
 			if runErr != nil {
-				return &exitError{code: 1, err: runErr}
+				return &exitError{Code: 1, Err: runErr}
 			}
 			return nil
 		},
@@ -146,7 +146,7 @@ or was not acknowledged, 2 for bad flags.`,
 	return cmd
 }
 
-func usageError(err error) error { return &exitError{code: 2, err: err} }
+func usageError(err error) error { return &exitError{Code: 2, Err: err} }
 
 // optionError turns a sim.OptionError into a usage error naming the flag.
 func optionError(err error) error {
