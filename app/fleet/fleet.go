@@ -78,10 +78,15 @@ type Watch struct {
 	// here holds a pointer the collector must follow per device: with a map
 	// of strings, a hundred thousand pointers were scanned at every
 	// collection, a cost every message paid.
-	chunks    [][]uint64
-	count     int
-	silent    int
-	untracked uint64
+	chunks [][]uint64
+	count  int
+	// pending messages, recorded in batches (see flush); their ids are
+	// copied into pendingIDs, as the caller's may view a reused buffer.
+	pending    []seen
+	pendingIDs []byte
+	sink       uint64 // keeps flush's early loads from being optimized away
+	silent     int
+	untracked  uint64
 }
 
 // maxIDLen is the longest id tracked; longer ones are counted as untracked.
@@ -192,12 +197,78 @@ func (w *Watch) Rejected(id string, at time.Time) { w.record(id, at, true) }
 
 func (w *Watch) record(id string, at time.Time, rejected bool) {
 	now := at.UnixNano()
-	h := maphash.String(w.seed, id)
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	if len(id) > maxIDLen {
+		w.untracked++
+		w.mu.Unlock()
+		return
+	}
+	w.pending = append(w.pending, seen{at: now, idOff: uint32(len(w.pendingIDs)), idLen: uint16(len(id)), rejected: rejected})
+	w.pendingIDs = append(w.pendingIDs, id...)
+	if len(w.pending) >= batchSize || now-w.pending[0].at > int64(batchAge) {
+		w.flush()
+	}
+	w.mu.Unlock()
+}
+
+// Messages are recorded in batches: with a large fleet each device's slot
+// and record are a cache miss in the CPU, taken one at a time when every
+// message looks its device up between decoding it and spooling it. Looked
+// up together, a batch's misses overlap. Every reader (Sweep, Known,
+// Stats, List, Bytes) records what is pending first, so none sees a
+// message missing.
+const (
+	batchSize = 64
+	batchAge  = 20 * time.Millisecond
+)
+
+// seen is a message waiting in the batch; its id is in pendingIDs.
+type seen struct {
+	at       int64
+	idOff    uint32
+	idLen    uint16
+	rejected bool
+}
+
+// flush records the pending messages; w.mu is held.
+func (w *Watch) flush() {
+	if len(w.pending) == 0 {
+		return
+	}
+	var hashes [batchSize]uint64
+	for len(w.pending) > 0 {
+		n := min(len(w.pending), batchSize)
+		batch := w.pending[:n]
+		// First the hashes and a load of each one's first slot, which do
+		// not depend on each other: the CPU has their misses in flight at
+		// once, and the lookups below find the slots in its cache.
+		var touch uint64
+		mask := uint64(len(w.slots) - 1)
+		for k := range batch {
+			hashes[k] = maphash.String(w.seed, w.pendingID(&batch[k]))
+			if len(w.slots) > 0 {
+				touch += w.slots[hashes[k]>>32&mask]
+			}
+		}
+		w.sink = touch
+		for k := range batch {
+			w.apply(hashes[k], w.pendingID(&batch[k]), batch[k].at, batch[k].rejected)
+		}
+		w.pending = w.pending[n:]
+	}
+	w.pending, w.pendingIDs = w.pending[:0:cap(w.pending)], w.pendingIDs[:0]
+}
+
+// pendingID is the id of a pending message, viewing pendingIDs.
+func (w *Watch) pendingID(p *seen) string {
+	return unsafe.String(unsafe.SliceData(w.pendingIDs[p.idOff:]), int(p.idLen))
+}
+
+// apply records one message; w.mu is held.
+func (w *Watch) apply(h uint64, id string, now int64, rejected bool) {
 	off, ok := w.find(h, id)
 	if !ok {
-		if w.count >= w.opts.MaxDevices || len(id) > maxIDLen {
+		if w.count >= w.opts.MaxDevices {
 			w.untracked++
 			return
 		}
@@ -241,6 +312,7 @@ func (w *Watch) Sweep(now time.Time) int {
 	t := now.UnixNano()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.flush()
 	w.each(func(off uint32) {
 		d := w.dev(off)
 		if d.silent || d.messages < minSamples {
@@ -259,6 +331,7 @@ func (w *Watch) Known(id string) bool {
 	h := maphash.String(w.seed, id)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.flush()
 	_, ok := w.find(h, id)
 	return ok
 }
@@ -268,6 +341,7 @@ func (w *Watch) Known(id string) bool {
 func (w *Watch) Bytes() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.flush()
 	return len(w.chunks)*chunkWords*8 + len(w.slots)*8
 }
 
@@ -282,6 +356,7 @@ type Stats struct {
 func (w *Watch) Stats() Stats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.flush()
 	return Stats{Devices: w.count, Silent: w.silent, Untracked: w.untracked}
 }
 
@@ -319,6 +394,7 @@ func (w *Watch) List(match string, limit int) []Device {
 	}
 	picked := make([]entry, 0, min(limit, 1024))
 	w.mu.Lock()
+	w.flush()
 	w.each(func(off uint32) {
 		id := w.id(off)
 		if match != "" && !strings.Contains(id, match) {
