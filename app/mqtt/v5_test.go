@@ -230,6 +230,11 @@ func TestSharedSubscriptionSplits(t *testing.T) {
 // MQTT 5 the session expiry ends that: once the dead member's session has
 // expired, the live member gets every message. Measured against both
 // brokers.
+// deadExpiry is the away member's session expiry: long enough for its
+// first absence (100 publishes and a probe) on a loaded machine, since a
+// session that expires then takes its share with it.
+const deadExpiry = 6 * time.Second
+
 func TestSharedDeadMemberShare(t *testing.T) {
 	addrs := brokers5(t)
 	for _, bname := range []string{"mosquitto", "iotgw broker"} {
@@ -241,13 +246,14 @@ func TestSharedDeadMemberShare(t *testing.T) {
 			startSource(t, Config{URL: "tcp://" + addr, ClientID: fmt.Sprintf("gw-live-%d", len(bname)), QoS: 1, Protocol: V5,
 				Topics: []string{group}}, live.handle, st, nil)
 			deadCfg := Config{URL: "tcp://" + addr, ClientID: fmt.Sprintf("gw-dead-%d", len(bname)), QoS: 1, Protocol: V5,
-				Topics: []string{group}, SessionExpiry: 2 * time.Second}
+				Topics: []string{group}, SessionExpiry: deadExpiry}
 			dead := &collector{}
 			st2 := &stateLog{}
 			src := startSource(t, deadCfg, dead.handle, st2, nil)
 			st.waitUp(t, 1)
 			st2.waitUp(t, 1)
 			src.Close()
+			away := time.Now()
 			pub := dialPub5(t, addr, fmt.Sprintf("pub-dead-%d", len(bname)))
 			const n = 100
 			for i := 0; i < n; i++ {
@@ -282,6 +288,9 @@ func TestSharedDeadMemberShare(t *testing.T) {
 			st3 := &stateLog{}
 			src = startSource(t, deadCfg, back.handle, st3, nil)
 			st3.waitUp(t, 1)
+			if gone := time.Since(away); gone >= deadExpiry {
+				t.Fatalf("the member came back after %v, past its session expiry of %v: the machine is too slow for this test", gone, deadExpiry)
+			}
 			eventually(t, waitLong, "every message at one member", func() bool {
 				return len(live.deliveries())+len(back.deliveries()) >= n+10
 			})
@@ -299,7 +308,7 @@ func TestSharedDeadMemberShare(t *testing.T) {
 			// Away for longer than its session expiry: the broker drops the
 			// session, and with it the member's turn.
 			src.Close()
-			time.Sleep(4 * time.Second) // the expiry under test, and the broker's check of it
+			time.Sleep(deadExpiry + 2*time.Second) // the expiry under test, and the broker's check of it
 			before := len(live.deliveries())
 			for i := 0; i < 20; i++ {
 				pub.publish("sensors/s/d/m", fmt.Sprintf("b-%d", i), nil)
