@@ -260,6 +260,25 @@ func session(c *TopicCache, name []byte) (Topic, bool) {
 	return c.AddOrPass(name, FormatJSON), false
 }
 
+// frozenFleet fills a minimum-size cache with three rounds of a fleet ten
+// times its capacity, topics sensors/<site>/d<i>/env, so its shards freeze.
+func frozenFleet(t *testing.T, site func(i int) string) (*Mapper, *TopicCache, int, [][]byte) {
+	t.Helper()
+	m := newTestMapper(t, MinTopicCacheBytes)
+	c := m.Topics()
+	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3) // entries at most
+	names := make([][]byte, 10*capacity)
+	for i := range names {
+		names[i] = []byte(fmt.Sprintf("sensors/%s/d%d/env", site(i), i))
+	}
+	for round := 0; round < 3; round++ {
+		for _, n := range names {
+			session(c, n)
+		}
+	}
+	return m, c, capacity, names
+}
+
 // A fleet ten times larger than the cache, publishing in turn: a cache
 // that kept admitting would miss on every message (each topic leaves
 // before it is heard from again). Frozen shards keep a stable share that
@@ -267,19 +286,8 @@ func session(c *TopicCache, name []byte) (Topic, bool) {
 // every message still maps to its own line.
 func TestTopicCacheFleetLargerThanCacheKeepsAShare(t *testing.T) {
 	const budget = MinTopicCacheBytes
-	m := newTestMapper(t, budget)
-	c := m.Topics()
-	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3) // entries at most
-	fleet := 10 * capacity
-	names := make([][]byte, fleet)
-	for i := range names {
-		names[i] = []byte(fmt.Sprintf("sensors/s%d/d%d/env", i%7, i))
-	}
-	for round := 0; round < 3; round++ { // fill and freeze
-		for _, n := range names {
-			session(c, n)
-		}
-	}
+	m, c, _, names := frozenFleet(t, func(i int) string { return fmt.Sprintf("s%d", i%7) })
+	fleet := len(names)
 	hits := 0
 	for i, n := range names {
 		tp, hit := session(c, n)
@@ -325,18 +333,7 @@ func TestTopicCacheFleetLargerThanCacheKeepsAShare(t *testing.T) {
 // A frozen cache follows a fleet that changes: once all devices are new,
 // it admits them a generation at a time and hits again.
 func TestTopicCacheFrozenFollowsANewFleet(t *testing.T) {
-	m := newTestMapper(t, MinTopicCacheBytes)
-	c := m.Topics()
-	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3)
-	old := make([][]byte, 10*capacity)
-	for i := range old {
-		old[i] = []byte(fmt.Sprintf("sensors/old/d%d/env", i))
-	}
-	for round := 0; round < 3; round++ {
-		for _, n := range old {
-			session(c, n)
-		}
-	}
+	_, c, capacity, _ := frozenFleet(t, func(int) string { return "old" })
 	// A small new fleet that fits: after the thaw it is cached whole.
 	small := make([][]byte, capacity/4)
 	for i := range small {
@@ -382,18 +379,7 @@ func TestTopicCacheFittingFleetNeverFreezes(t *testing.T) {
 // not start a new generation in a frozen shard either: the share it keeps
 // stays, however long the shard has been hit since it froze.
 func TestTopicCacheFrozenStaysFrozenForTheMapper(t *testing.T) {
-	m := newTestMapper(t, MinTopicCacheBytes)
-	c := m.Topics()
-	capacity := topicShards * 2 * (c.genCap / 64 / 4 * 3)
-	names := make([][]byte, 10*capacity)
-	for i := range names {
-		names[i] = []byte(fmt.Sprintf("sensors/s1/d%d/env", i))
-	}
-	for round := 0; round < 3; round++ {
-		for _, n := range names {
-			session(c, n)
-		}
-	}
+	m, c, _, names := frozenFleet(t, func(int) string { return "s1" })
 	var kept [][]byte
 	for _, n := range names {
 		// Topics held by a frozen shard (one may be thawing: it admits a
