@@ -263,3 +263,71 @@ func TestBytes(t *testing.T) {
 		t.Fatalf("50,000 devices hold %d bytes", b)
 	}
 }
+
+// The watch against a plain map of the same rules, over random messages
+// from ids of every length, with reads (which flush the batch) at random
+// points, a cap on tracked devices, and times that sometimes go back.
+func TestAgainstAModel(t *testing.T) {
+	type model struct {
+		last               int64
+		messages, rejected uint32
+	}
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		const maxDevices = 300
+		w := New(Options{MaxDevices: maxDevices})
+		want := map[string]*model{}
+		var order []string
+		untracked := uint64(0)
+		at := t0
+		for i := range 5000 {
+			id := fmt.Sprintf("s%d/%s%d", rng.IntN(3), strings.Repeat("x", rng.IntN(30)), rng.IntN(400))
+			if rng.IntN(10) == 0 {
+				at = at.Add(-time.Duration(rng.IntN(1000)) * time.Millisecond)
+			} else {
+				at = at.Add(time.Duration(rng.IntN(50)) * time.Millisecond)
+			}
+			rejected := rng.IntN(5) == 0
+			if rejected {
+				w.Rejected(id, at)
+			} else {
+				w.Seen(id, at)
+			}
+			m := want[id]
+			if m == nil {
+				if len(want) >= maxDevices {
+					untracked++
+					goto read
+				}
+				m = &model{last: at.UnixNano()}
+				want[id] = m
+				order = append(order, id)
+			}
+			m.messages++
+			if rejected {
+				m.rejected++
+			}
+			m.last = max(m.last, at.UnixNano())
+		read:
+			if rng.IntN(500) == 0 || i == 4999 {
+				st := w.Stats()
+				if st.Devices != len(want) || st.Untracked != untracked {
+					t.Fatalf("seed %d message %d: %d devices, %d untracked; want %d, %d", seed, i, st.Devices, st.Untracked, len(want), untracked)
+				}
+				got := w.List("", maxDevices)
+				if len(got) != len(want) {
+					t.Fatalf("seed %d: List has %d devices, want %d", seed, len(got), len(want))
+				}
+				for _, d := range got {
+					m := want[d.ID]
+					if m == nil || d.Messages != m.messages || d.Rejected != m.rejected || d.LastSeen.UnixNano() != m.last {
+						t.Fatalf("seed %d message %d: %+v, want %+v", seed, i, d, m)
+					}
+				}
+				if !w.Known(order[rng.IntN(len(order))]) {
+					t.Fatalf("seed %d: a tracked device is not known", seed)
+				}
+			}
+		}
+	}
+}
