@@ -258,11 +258,13 @@ func (l *limitedListener) Serve(establish listeners.EstablishFn) {
 func (l *limitedListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	key := addrKey(conn.RemoteAddr())
 	if kind, ok := l.lim.admit(key); !ok {
+		// Counted before the close, so that whoever sees the socket
+		// refused also finds it in the numbers.
+		l.lim.hit(kind, "listener", l.id, "remote", key)
 		if tc, ok := conn.(*net.TCPConn); ok {
 			_ = tc.SetLinger(0) // nothing was read; free the socket at once
 		}
 		conn.Close()
-		l.lim.hit(kind, "listener", l.id, "remote", key)
 		return
 	}
 	// One absolute deadline for the TLS handshake and the whole CONNECT;
