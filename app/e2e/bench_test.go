@@ -187,36 +187,15 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog, devices in
 		g.startAgain()
 		var profDone chan error
 		if profile != "" && i == 0 {
-			profDone = make(chan error, 1)
-			go func() { profDone <- fetchProfile(pprofAddr, profile+"."+filepath.Base(b.Name())) }()
+			profDone = startProfile(pprofAddr, profile+"."+filepath.Base(b.Name()))
 		}
-		// The kernel keeps the peak of the whole RSS (VmHWM) but not of its
-		// anonymous part (heap, stacks: what the process itself costs, as
-		// opposed to the binary's pages, which are shared and reclaimable),
-		// so that is sampled.
-		anonDone := make(chan int64)
-		stopAnon := make(chan struct{})
-		go func() {
-			var hi int64
-			t := time.NewTicker(5 * time.Millisecond)
-			defer t.Stop()
-			for {
-				hi = max(hi, procStatus(g.pid(), "RssAnon:"))
-				select {
-				case <-t.C:
-				case <-stopAnon:
-					anonDone <- hi
-					return
-				}
-			}
-		}()
+		stopAnon := sampleAnon(g)
 		g.waitFor("backlog drained", 10*time.Minute, func() bool {
 			return g.metric("iotgw_points_written_total") >= float64(backlog)
 		})
 		d := time.Since(start)
 		b.StopTimer()
-		close(stopAnon)
-		peakAnon = max(peakAnon, <-anonDone)
+		peakAnon = max(peakAnon, stopAnon())
 		gw1, ok3 := cpuTime(g.pid()) // a new process: all of it is this drain's
 		mq1, ok4 := cpuTime(mq.Pid())
 		in1, ok5 := cpuTime(in.Pid())
@@ -252,6 +231,39 @@ func benchDrain(b *testing.B, opts testsvc.MosquittoOptions, backlog, devices in
 		b.ReportMetric(perMsg(mqCPU, int(want)), "mosquitto_cpu_us/msg")
 		b.ReportMetric(perMsg(inCPU, int(want)), "influxd_cpu_us/msg")
 	}
+}
+
+// startProfile fetches the gateway's CPU profile into path; the channel
+// gives the result.
+func startProfile(addr, path string) chan error {
+	done := make(chan error, 1)
+	go func() { done <- fetchProfile(addr, path) }()
+	return done
+}
+
+// sampleAnon samples the anonymous part of the gateway's RSS until the
+// returned function is called, which returns its peak. The kernel keeps
+// the peak of the whole RSS (VmHWM) but not of that part (heap, stacks:
+// what the process itself costs, as opposed to the binary's pages, which
+// are shared and reclaimable).
+func sampleAnon(g *gw) (stop func() int64) {
+	done := make(chan int64)
+	quit := make(chan struct{})
+	go func() {
+		var hi int64
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			hi = max(hi, procStatus(g.pid(), "RssAnon:"))
+			select {
+			case <-t.C:
+			case <-quit:
+				done <- hi
+				return
+			}
+		}
+	}()
+	return func() int64 { close(quit); return <-done }
 }
 
 // runningDrain is the drain of a gateway that has been running: the
@@ -297,33 +309,16 @@ func runningDrain(b *testing.B, g *gw, pub *publisher, in *testsvc.Influx, mqPid
 		}
 		var profDone chan error
 		if profile != "" && i == 0 {
-			profDone = make(chan error, 1)
-			go func() { profDone <- fetchProfile(pprofAddr, profile+"."+filepath.Base(b.Name())) }()
+			profDone = startProfile(pprofAddr, profile+"."+filepath.Base(b.Name()))
 		}
-		anonDone := make(chan int64)
-		stopAnon := make(chan struct{})
-		go func() {
-			var hi int64
-			t := time.NewTicker(5 * time.Millisecond)
-			defer t.Stop()
-			for {
-				hi = max(hi, procStatus(g.pid(), "RssAnon:"))
-				select {
-				case <-t.C:
-				case <-stopAnon:
-					anonDone <- hi
-					return
-				}
-			}
-		}()
+		stopAnon := sampleAnon(g)
 		want := float64(devices + (i+1)*backlog)
 		g.waitFor("backlog drained", 10*time.Minute, func() bool {
 			return g.metric("iotgw_points_written_total") >= want
 		})
 		d := time.Since(start)
 		b.StopTimer()
-		close(stopAnon)
-		peakAnon = max(peakAnon, <-anonDone)
+		peakAnon = max(peakAnon, stopAnon())
 		gw1, ok3 := cpuTime(g.pid())
 		mq1, ok4 := cpuTime(mqPid)
 		in1, ok5 := cpuTime(inPid)
