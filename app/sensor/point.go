@@ -3,6 +3,7 @@ package sensor
 import (
 	"bytes"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"math"
 	"slices"
@@ -488,7 +489,7 @@ func (m *Mapper) linePrefix(topic string, cached Topic, format Format, buf *[max
 		return nil, err
 	}
 	if !ok {
-		if t, ok := m.topics.add(unsafe.Slice(unsafe.StringData(topic), len(topic)), format, p, false); ok {
+		if t, ok := m.topics.add(maphash.String(m.topics.seed, topic), unsafe.Slice(unsafe.StringData(topic), len(topic)), format, p, false); ok {
 			return t.prefix, nil
 		}
 	}

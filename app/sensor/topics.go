@@ -197,7 +197,7 @@ func (c *TopicCache) lookupString(name string) (Topic, bool) {
 func (c *TopicCache) Add(name []byte, f Format) Topic {
 	var buf [maxStackPrefix]byte
 	prefix := c.buildPrefix(&buf, name)
-	t, ok := c.add(name, f, prefix, true)
+	t, ok := c.add(maphash.Bytes(c.seed, name), name, f, prefix, true)
 	if !ok {
 		// Too big to cache: a copy of its own.
 		t = Topic{Name: string(name), Format: f, prefix: bytes.Clone(prefix), cache: c}
@@ -218,7 +218,7 @@ func (c *TopicCache) AddOrPass(name []byte, f Format) Topic {
 	s.mu.Unlock()
 	if admit {
 		var buf [maxStackPrefix]byte
-		if t, ok := c.add(name, f, c.buildPrefix(&buf, name), false); ok {
+		if t, ok := c.add(h, name, f, c.buildPrefix(&buf, name), false); ok {
 			return t
 		}
 	}
@@ -235,11 +235,10 @@ func (c *TopicCache) buildPrefix(buf *[maxStackPrefix]byte, name []byte) []byte 
 	return prefix
 }
 
-// add caches name with its prefix (nil for a topic the mapper refuses);
-// ok is false when the entry is too big to cache, or when force is false
-// and its shard declines it.
-func (c *TopicCache) add(name []byte, f Format, prefix []byte, force bool) (Topic, bool) {
-	h := maphash.Bytes(c.seed, name)
+// add caches name, whose hash is h, with its prefix (nil for a topic the
+// mapper refuses); ok is false when the entry is too big to cache, or when
+// force is false and its shard declines it.
+func (c *TopicCache) add(h uint64, name []byte, f Format, prefix []byte, force bool) (Topic, bool) {
 	s := &c.shards[h%topicShards]
 	s.mu.Lock()
 	t, ok := s.put(c.genCap, h, name, formatByte(f), prefix, prefix != nil, force)
