@@ -232,13 +232,9 @@ type seen struct {
 
 // flush records the pending messages; w.mu is held.
 func (w *Watch) flush() {
-	if len(w.pending) == 0 {
-		return
-	}
 	var hashes [batchSize]uint64
-	for len(w.pending) > 0 {
-		n := min(len(w.pending), batchSize)
-		batch := w.pending[:n]
+	for from := 0; from < len(w.pending); from += batchSize {
+		batch := w.pending[from:min(from+batchSize, len(w.pending))]
 		// First the hashes and a load of each one's first slot, which do
 		// not depend on each other: the CPU has their misses in flight at
 		// once, and the lookups below find the slots in its cache.
@@ -254,9 +250,9 @@ func (w *Watch) flush() {
 		for k := range batch {
 			w.apply(hashes[k], w.pendingID(&batch[k]), batch[k].at, batch[k].rejected)
 		}
-		w.pending = w.pending[n:]
 	}
-	w.pending, w.pendingIDs = w.pending[:0:cap(w.pending)], w.pendingIDs[:0]
+	// Both kept for the next batch: recording allocates nothing.
+	w.pending, w.pendingIDs = w.pending[:0], w.pendingIDs[:0]
 }
 
 // pendingID is the id of a pending message, viewing pendingIDs.

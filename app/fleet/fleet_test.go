@@ -331,3 +331,25 @@ func TestAgainstAModel(t *testing.T) {
 		}
 	}
 }
+
+// Recording a message from a known device allocates nothing, batches and
+// their flushes included.
+func TestSeenDoesNotAllocate(t *testing.T) {
+	w := New(Options{})
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("s1/d%d", i)
+		w.Seen(ids[i], t0)
+	}
+	w.Stats()
+	i := 0
+	// A run is a whole batch, so that one allocation per flush shows.
+	if a := testing.AllocsPerRun(100, func() {
+		for range batchSize {
+			w.Seen(ids[i%len(ids)], t0)
+			i++
+		}
+	}); a != 0 {
+		t.Fatalf("%v allocations a batch of %d messages", a, batchSize)
+	}
+}
