@@ -727,20 +727,10 @@ func testConnectRefused(t *testing.T, version byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	b, err := broker.New(broker.Options{
-		Listeners:    []broker.Listener{{ID: "plain", Addr: "127.0.0.1:0"}},
+	b := startTestBroker(t, broker.Options{
 		Users:        []broker.User{{Username: "gateway", PasswordHash: string(hash)}},
 		GatewayUsers: []string{"gateway"},
-		Logger:       quiet,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
 	url := "tcp://" + b.Addr("plain")
 
 	// iotgw broker refuses bad credentials with 3.1.1 code 0x04 and

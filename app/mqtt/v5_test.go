@@ -82,11 +82,17 @@ func (p *pub5) publish(topic, payload string, props *packets5.Properties) {
 func brokers5(t *testing.T) map[string]string {
 	t.Helper()
 	mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{MaxInflight: 100})
-	b, err := broker.New(broker.Options{
-		Listeners:      []broker.Listener{{ID: "plain", Addr: "127.0.0.1:0"}},
-		AllowAnonymous: true,
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	b := startTestBroker(t, broker.Options{AllowAnonymous: true})
+	return map[string]string{"mosquitto": mq.Addr(), "iotgw broker": b.Addr("plain")}
+}
+
+// startTestBroker starts an iotgw broker with o on a plain loopback
+// listener ("plain", a free port), logging nowhere, closed at the end.
+func startTestBroker(t *testing.T, o broker.Options) *broker.Broker {
+	t.Helper()
+	o.Listeners = []broker.Listener{{ID: "plain", Addr: "127.0.0.1:0"}}
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := broker.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +100,7 @@ func brokers5(t *testing.T) map[string]string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return map[string]string{"mosquitto": mq.Addr(), "iotgw broker": b.Addr("plain")}
+	return b
 }
 
 // Both protocol versions against both brokers: every message arrives once
@@ -662,18 +668,7 @@ func TestV5ReasonsFromBrokers(t *testing.T) {
 				mq := testsvc.StartMosquitto(t, testsvc.MosquittoOptions{})
 				addr, stop = mq.Addr(), mq.Stop
 			} else {
-				b, err := broker.New(broker.Options{
-					Listeners:      []broker.Listener{{ID: "plain", Addr: "127.0.0.1:0"}},
-					AllowAnonymous: true,
-					Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := b.Start(); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { b.Close() })
+				b := startTestBroker(t, broker.Options{AllowAnonymous: true})
 				addr, stop = b.Addr("plain"), func() { b.Close() }
 			}
 			cfg := Config{URL: "tcp://" + addr, ClientID: "gw-reasons", QoS: 1, Protocol: V5, Topics: []string{"sensors/#"},
