@@ -3,40 +3,17 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
 	"github.com/iot-gateway/iot-gateway/app/internal/testsvc"
 )
 
-// influxQL returns the rows of q as InfluxQL (/query) answers them, with
-// nanosecond times: its JSON shows the stored bytes of strings, which
-// Flux's CSV does not (it drops carriage returns).
+// influxQL returns the rows of q (testsvc's InfluxQL) as one table, with
+// the columns of its series.
 func influxQL(t *testing.T, in *testsvc.Influx, q string) (cols []string, rows [][]any) {
 	t.Helper()
-	v := url.Values{"db": {testsvc.Database}, "rp": {testsvc.RetentionPolicy}, "epoch": {"ns"}, "q": {q}}
-	resp, err := http.Get(in.URL() + "/query?" + v.Encode())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Results []struct {
-			Error  string
-			Series []struct {
-				Columns []string
-				Values  [][]any
-			}
-		}
-	}
-	dec := json.NewDecoder(resp.Body)
-	dec.UseNumber()
-	if err := dec.Decode(&body); err != nil || len(body.Results) != 1 || body.Results[0].Error != "" {
-		t.Fatalf("%s: %v %+v", q, err, body)
-	}
-	for _, s := range body.Results[0].Series {
+	for _, s := range in.InfluxQL(q) {
 		cols = s.Columns
 		rows = append(rows, s.Values...)
 	}

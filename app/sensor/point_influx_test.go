@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -36,28 +35,8 @@ func write(t *testing.T, in *testsvc.Influx, body []byte) {
 // and gives an empty string back as null.
 func stored(t *testing.T, in *testsvc.Influx, m string, cols ...string) map[int64]string {
 	t.Helper()
-	q := url.Values{"db": {testsvc.Database}, "rp": {testsvc.RetentionPolicy}, "epoch": {"ns"}, "q": {fmt.Sprintf(`SELECT * FROM %q`, m)}}
-	resp, err := http.Get(in.URL() + "/query?" + q.Encode())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Results []struct {
-			Error  string
-			Series []struct {
-				Columns []string
-				Values  [][]any
-			}
-		}
-	}
-	dec := json.NewDecoder(resp.Body)
-	dec.UseNumber()
-	if err := dec.Decode(&body); err != nil || len(body.Results) != 1 || body.Results[0].Error != "" {
-		t.Fatalf("query %s: %v %+v", m, err, body)
-	}
 	out := map[int64]string{}
-	for _, ser := range body.Results[0].Series {
+	for _, ser := range in.InfluxQL(fmt.Sprintf(`SELECT * FROM %q`, m)) {
 		for _, row := range ser.Values {
 			var ts int64
 			var parts []string

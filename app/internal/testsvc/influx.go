@@ -2,7 +2,10 @@ package testsvc
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -119,4 +122,36 @@ func (in *Influx) Count(measurement, field string) (int64, error) {
 		return 0, fmt.Errorf("count: unexpected value %#v", rows[0]["_value"])
 	}
 	return n, nil
+}
+
+// Series is one series of an InfluxQL answer.
+type Series struct {
+	Columns []string
+	Values  [][]any // numbers as json.Number
+}
+
+// InfluxQL runs q through InfluxQL (/query) with nanosecond times and
+// returns its series. Its JSON shows the stored bytes of strings, which
+// Flux's CSV does not (it drops carriage returns, and gives an empty
+// string back as null).
+func (in *Influx) InfluxQL(q string) []Series {
+	in.t.Helper()
+	v := url.Values{"db": {Database}, "rp": {RetentionPolicy}, "epoch": {"ns"}, "q": {q}}
+	resp, err := http.Get(in.URL() + "/query?" + v.Encode())
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Results []struct {
+			Error  string
+			Series []Series
+		}
+	}
+	dec := json.NewDecoder(resp.Body)
+	dec.UseNumber()
+	if err := dec.Decode(&body); err != nil || len(body.Results) != 1 || body.Results[0].Error != "" {
+		in.t.Fatalf("%s: %v %+v", q, err, body)
+	}
+	return body.Results[0].Series
 }
